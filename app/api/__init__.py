@@ -1,0 +1,34 @@
+"""The HTTP face of the service: thin Flask views over `app.service.DecisionService`.
+
+Each view validates with the shared marshmallow schemas, makes one call into the
+core and serialises the answer. Every error is an RFC 9457 problem document.
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.api import facts, health, openapi, problems
+from app.config import Settings
+from app.service import DecisionService
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """The WSGI application. `config`: a `Settings`, or overrides of the environment's."""
+    settings = config if isinstance(config, Settings) else Settings.load(overrides=config)
+    service = DecisionService.open(settings)
+    atexit.register(service.close)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["decision_service"] = service
+
+    problems.init_app(app)
+    for blueprint in (health.bp, facts.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    return app

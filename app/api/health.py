@@ -1,0 +1,50 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from marshmallow import Schema, fields
+
+from app.api.openapi import documented
+from app.api.request_context import service
+from app.errors import ServiceUnavailable
+
+bp = Blueprint("health", __name__)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class DependenciesUnavailable(ServiceUnavailable):
+    slug = "not-ready"
+    title = "Not ready"
+
+    def __init__(self, checks: dict[str, str]) -> None:
+        failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items()
+                            if reason != "ok")
+        super().__init__(failing)
+        self.checks = checks
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"checks": self.checks}
+
+
+@bp.get("/healthz")
+@documented(summary="Liveness: the process answers", tag="operations",
+            responses={200: ("alive", HealthSchema)})
+def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@documented(summary="Readiness: Redis (and the policy engine) answer", tag="operations",
+            responses={200: ("ready", HealthSchema), 503: ("a dependency is down", None)})
+def readyz() -> dict[str, Any]:
+    checks = service().readiness()
+    if any(reason != "ok" for reason in checks.values()):
+        raise DependenciesUnavailable(checks)
+    return {"status": "ready", "checks": checks}

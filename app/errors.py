@@ -1,0 +1,118 @@
+"""Every error the service raises on purpose, and the problem type each becomes.
+
+    DecisionServiceError            base; knows its HTTP status and problem type
+    ├── ConfigurationError          bad DECISION_* setting (the process refuses to start)
+    ├── InvalidInput                422: a request or file failed validation; lists each field
+    │   └── MalformedRequest        400: the body is not JSON at all
+    ├── UnsupportedMediaType        415: the body is not declared as JSON
+    ├── PayloadTooLarge             413: over DECISION_MAX_BODY_BYTES
+    ├── NotFound                    404
+    ├── Conflict                    409: the request contradicts what is stored
+    └── ServiceUnavailable          503: a dependency is down; the request may be retried
+        └── StoreUnavailable        Redis did not answer in time
+
+Third-party errors are translated at the edge (`raise StoreUnavailable(...) from exc`),
+so the views only ever see this tree. Views turn any of these into an RFC 9457
+`application/problem+json` answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InvalidParam:
+    """One field that failed validation: a dotted path and the reason."""
+
+    name: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
+class DecisionServiceError(Exception):
+    status = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def problem_type(self) -> str:
+        return f"urn:decision-service:problem:{self.slug}"
+
+    def problem_extensions(self) -> dict[str, Any]:
+        """Members added to the problem document beside type, title, status, detail."""
+        return {}
+
+
+class ConfigurationError(DecisionServiceError):
+    slug = "configuration-error"
+    title = "Invalid configuration"
+
+
+class InvalidInput(DecisionServiceError):
+    status = 422
+    slug = "invalid-input"
+    title = "The request is not valid"
+
+    def __init__(self, detail: str, invalid_params: list[InvalidParam] | None = None) -> None:
+        super().__init__(detail)
+        self.invalid_params = invalid_params or []
+
+    @classmethod
+    def from_params(cls, invalid_params: list[InvalidParam]) -> InvalidInput:
+        first = invalid_params[0]
+        more = len(invalid_params) - 1
+        detail = f"{first.name}: {first.reason}" + (f" (and {more} more)" if more else "")
+        return cls(detail, invalid_params)
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"invalid-params": [param.as_dict() for param in self.invalid_params]}
+
+
+class MalformedRequest(InvalidInput):
+    status = 400
+    slug = "malformed-request"
+    title = "The request body is not valid JSON"
+
+
+class UnsupportedMediaType(DecisionServiceError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "The request body must be application/json"
+
+
+class PayloadTooLarge(DecisionServiceError):
+    status = 413
+    slug = "payload-too-large"
+    title = "The request body is too large"
+
+
+class NotFound(DecisionServiceError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(DecisionServiceError):
+    status = 409
+    slug = "conflict"
+    title = "The request conflicts with stored state"
+
+
+class ServiceUnavailable(DecisionServiceError):
+    status = 503
+    slug = "service-unavailable"
+    title = "A dependency is unavailable"
+    retry_after_seconds = 1
+
+
+class StoreUnavailable(ServiceUnavailable):
+    slug = "store-unavailable"
+    title = "Redis is unavailable"

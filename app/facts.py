@@ -1,0 +1,187 @@
+"""The shared fact pool: what every department has said about every subject.
+
+A fact is stored as JSON in its subject's hash, with its version first so that a
+Lua script can bump it without decoding the rest. A batch is one script call, so
+it is stored all or none and no reader sees half of it. Facts posted with
+`ttl_seconds` carry `expires_at`; readers never return an expired fact, and the
+first reader that meets one purges the subject's expired facts.
+
+Redis Cluster: a subject's keys share a hash slot; the fact-id owner keys do not,
+which is why the scripts take every key they touch in KEYS.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypedDict, cast
+
+import redis
+
+from app import keys
+from app.clock import Clock, rfc3339, system_clock
+from app.errors import Conflict, NotFound
+from app.store import unavailable_on_outage
+
+
+class FactRecord(TypedDict):
+    """A stored fact, exactly as the API returns it."""
+
+    version: int
+    id: str
+    subject: str
+    type: str
+    department: str
+    data: dict[str, Any]
+    recorded_at: str
+    expires_at: str | None
+
+
+# KEYS: per fact (facts hash, expiry zset, owner key); ARGV: now_ms, then per fact
+# (id, subject, JSON without version, expires_ms or "").
+_PUT = """
+local now = tonumber(ARGV[1])
+local n = #KEYS / 3
+for i = 0, n - 1 do
+  local owner = redis.call('GET', KEYS[3 * i + 3])
+  local subject = ARGV[4 * i + 3]
+  if owner and owner ~= subject then
+    return {'conflict', ARGV[4 * i + 2], owner}
+  end
+end
+local versions = {'ok'}
+for i = 0, n - 1 do
+  local facts, expiry, owner = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local id, subject = ARGV[4 * i + 2], ARGV[4 * i + 3]
+  local body, expires = ARGV[4 * i + 4], ARGV[4 * i + 5]
+  local version = 1
+  local old = redis.call('HGET', facts, id)
+  if old then
+    local old_expiry = redis.call('ZSCORE', expiry, id)
+    if not old_expiry or tonumber(old_expiry) > now then
+      version = tonumber(string.match(old, '^{"version":(%d+),')) + 1
+    end
+  end
+  redis.call('HSET', facts, id, '{"version":' .. version .. ',' .. string.sub(body, 2))
+  if expires == '' then
+    redis.call('ZREM', expiry, id)
+    redis.call('SET', owner, subject)
+  else
+    redis.call('ZADD', expiry, expires, id)
+    redis.call('SET', owner, subject, 'PX', math.max(1, tonumber(expires) - now))
+  end
+  versions[#versions + 1] = version
+end
+return versions
+"""
+
+# KEYS: facts hash, expiry zset, owner key; ARGV: id, subject, now_ms.
+# Returns 1 if a live fact was retracted, 0 if there was none (or it had expired).
+_RETRACT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+if expiry and tonumber(expiry) <= tonumber(ARGV[3]) then return 0 end
+return removed
+"""
+
+# KEYS: facts hash, expiry zset; ARGV: now_ms. Owner keys expire by themselves.
+_PURGE_EXPIRED = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(ids) do redis.call('HDEL', KEYS[1], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return #ids
+"""
+
+
+def _new_fact_id() -> str:
+    return str(uuid.uuid4())
+
+
+class FactPool:
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+        self._redis = redis_client
+        self._clock = clock
+        self._put = redis_client.register_script(_PUT)
+        self._retract = redis_client.register_script(_RETRACT)
+        self._purge = redis_client.register_script(_PURGE_EXPIRED)
+
+    def put(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
+        """Store validated facts (see `app.schemas.FactInSchema`) all or none.
+
+        A fact whose id is already stored replaces it with the next version; an id
+        stored under another subject is a `Conflict` and nothing is stored.
+        """
+        now_ms = int(self._clock() * 1000)
+        recorded_at = rfc3339(now_ms / 1000)
+        script_keys: list[str] = []
+        args: list[Any] = [now_ms]
+        records: list[FactRecord] = []
+        for fact in facts:
+            ttl = fact.get("ttl_seconds")
+            expires_ms = now_ms + ttl * 1000 if ttl else None
+            record: FactRecord = {
+                "version": 0,  # set by the script
+                "id": fact.get("id") or _new_fact_id(),
+                "subject": fact["subject"],
+                "type": fact["type"],
+                "department": fact["department"],
+                "data": fact["data"],
+                "recorded_at": recorded_at,
+                "expires_at": rfc3339(expires_ms / 1000) if expires_ms else None,
+            }
+            body = {k: v for k, v in record.items() if k != "version"}
+            script_keys += [
+                keys.subject_facts(record["subject"]),
+                keys.subject_fact_expiry(record["subject"]),
+                keys.fact_owner(record["id"]),
+            ]
+            args += [
+                record["id"],
+                record["subject"],
+                json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                expires_ms or "",
+            ]
+            records.append(record)
+        with unavailable_on_outage():
+            result = self._put(keys=script_keys, args=args)
+        if result[0] == "conflict":
+            fact_id, owner = result[1:3]
+            raise Conflict(f"fact id {fact_id!r} already belongs to subject {owner!r}")
+        for record, version in zip(records, result[1:], strict=True):
+            record["version"] = int(version)
+        return records
+
+    def facts_of(self, subject: str) -> list[FactRecord]:
+        """The subject's live facts, oldest first (ties broken by id, so the order is stable)."""
+        now_ms = int(self._clock() * 1000)
+        with unavailable_on_outage():
+            stored = self._redis.hgetall(keys.subject_facts(subject))
+        records: list[FactRecord] = [json.loads(raw) for raw in stored.values()]
+        now_text = rfc3339(now_ms / 1000)
+        live = [r for r in records if r["expires_at"] is None or r["expires_at"] > now_text]
+        if len(live) < len(records):
+            with unavailable_on_outage():
+                self._purge(
+                    keys=[keys.subject_facts(subject), keys.subject_fact_expiry(subject)],
+                    args=[now_ms],
+                )
+        live.sort(key=lambda r: (r["recorded_at"], r["id"]))
+        return live
+
+    def retract(self, fact_id: str) -> None:
+        """Remove a fact from the pool; `NotFound` if no live fact has this id."""
+        owner_key = keys.fact_owner(fact_id)
+        with unavailable_on_outage():
+            subject = cast(str | None, self._redis.get(owner_key))
+            if subject is None:
+                raise NotFound(f"no fact with id {fact_id!r}")
+            removed = self._retract(
+                keys=[keys.subject_facts(subject), keys.subject_fact_expiry(subject), owner_key],
+                args=[fact_id, subject, int(self._clock() * 1000)],
+            )
+        if not removed:
+            raise NotFound(f"no fact with id {fact_id!r}")

