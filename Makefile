@@ -25,6 +25,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
+	$(BIN)/decision-service rules validate rules/
 	$(BIN)/pytest
 
 clean:

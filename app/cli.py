@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from app.config import OPTIONS, Settings
-from app.errors import ConfigurationError
+from app.errors import ConfigurationError, RulesetInvalid
 from app.store import EmbeddedRedis
 
 
@@ -70,6 +71,44 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@main.group()
+def rules() -> None:
+    """Rule files: check them before they go live."""
+
+
+@rules.command("validate")
+@click.argument("directory", required=False, type=click.Path(exists=True, file_okay=True,
+                                                              path_type=Path))
+def rules_validate(directory: Path | None) -> None:
+    """Check every rule file in DIRECTORY (default: DECISION_RULES_DIR), or one file.
+
+    Each file is validated and compiled into the rule engine, exactly as a reload
+    would. Prints every problem in every file; exits 1 if there is any.
+    """
+    from app.rules import engine
+    from app.rules.loader import load_ruleset_file, rule_files
+
+    target = directory or _settings().rules_dir
+    files = [target] if target.is_file() else rule_files(target)
+    if not files:
+        raise click.ClickException(f"no rule files (*.yaml, *.yml, *.json) in {target}")
+    failed = 0
+    for path in files:
+        try:
+            ruleset = load_ruleset_file(path)
+            engine.register(ruleset)
+        except RulesetInvalid as exc:
+            failed += 1
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            continue
+        click.echo(f"ok: {path}: ruleset {ruleset.name} version {ruleset.version}, "
+                   f"{len(ruleset.rules)} rules")
+    if failed:
+        click.echo(f"{failed} of {len(files)} rule files rejected", err=True)
+        sys.exit(1)
 
 
 def _run_gunicorn(settings: Settings) -> None:

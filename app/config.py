@@ -40,6 +40,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be zero or a positive number")
+    return value
+
+
 def _environment(raw: str) -> str:
     if raw not in ("development", "production"):
         raise ValueError("must be 'development' or 'production'")
@@ -74,6 +81,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("policy_dir", "./rego", Path, "Rego policies (and data *.json) for the policy gate"),
     Option("policy_path", "decision/governance", str, "policy document the gate evaluates"),
     Option("rules_dir", "./rules", Path, "rule files (*.yaml, *.yml, *.json)"),
+    Option("rules_reload_seconds", "2", _non_negative_float,
+           "each worker re-reads changed rule files this often, on use; 0: only at start"),
     Option("executors_file", "", _optional_path,
            "YAML map of action type to executor URL; empty: actions are recorded, not sent"),
     Option("api_keys_file", "", _optional_path,
@@ -101,6 +110,7 @@ class Settings:
     policy_dir: Path
     policy_path: str
     rules_dir: Path
+    rules_reload_seconds: float
     executors_file: Path | None
     api_keys_file: Path | None
     max_body_bytes: int

@@ -3,11 +3,14 @@
     DecisionServiceError            base; knows its HTTP status and problem type
     ├── ConfigurationError          bad DECISION_* setting (the process refuses to start)
     ├── InvalidInput                422: a request or file failed validation; lists each field
-    │   └── MalformedRequest        400: the body is not JSON at all
+    │   ├── MalformedRequest        400: the body is not JSON at all
+    │   └── RulesetInvalid          422: a rule file failed validation; lists file, line, rule
     ├── UnsupportedMediaType        415: the body is not declared as JSON
     ├── PayloadTooLarge             413: over DECISION_MAX_BODY_BYTES
     ├── NotFound                    404
+    │   └── UnknownRuleset          no ruleset of that name (or version) is loaded
     ├── Conflict                    409: the request contradicts what is stored
+    ├── EvaluationFailed            500: the rules did not come to rest (a rule loop)
     └── ServiceUnavailable          503: a dependency is down; the request may be retried
         └── StoreUnavailable        Redis did not answer in time
 
@@ -76,6 +79,33 @@ class InvalidInput(DecisionServiceError):
         return {"invalid-params": [param.as_dict() for param in self.invalid_params]}
 
 
+@dataclass(frozen=True)
+class RuleProblem:
+    """One thing wrong with a rule file, located as precisely as the file allows."""
+
+    file: str
+    message: str
+    rule: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        return f"{where}: " + (f"rule {self.rule}: " if self.rule else "") + self.message
+
+
+class RulesetInvalid(InvalidInput):
+    slug = "invalid-ruleset"
+    title = "The rule file is not valid"
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        params = [InvalidParam(f"{p.file}" + (f":{p.line}" if p.line else "")
+                               + (f" rule {p.rule}" if p.rule else ""), p.message)
+                  for p in problems]
+        more = len(problems) - 1
+        super().__init__(str(problems[0]) + (f" (and {more} more)" if more else ""), params)
+        self.problems = problems
+
+
 class MalformedRequest(InvalidInput):
     status = 400
     slug = "malformed-request"
@@ -98,6 +128,16 @@ class NotFound(DecisionServiceError):
     status = 404
     slug = "not-found"
     title = "Not found"
+
+
+class UnknownRuleset(NotFound):
+    slug = "unknown-ruleset"
+    title = "No such ruleset"
+
+
+class EvaluationFailed(DecisionServiceError):
+    slug = "evaluation-failed"
+    title = "The rules did not come to rest"
 
 
 class Conflict(DecisionServiceError):

@@ -32,8 +32,9 @@ FACT_ID_PATTERN = SUBJECT_PATTERN
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 DATA_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
-# The engine sees a fact's data fields beside these; data may not shadow them.
-RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject"})
+# The engine sees a fact's data fields beside these (`sid` is durable_rules' own);
+# data may not shadow them.
+RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject", "sid"})
 MAX_DATA_FIELDS = 200  # durable_rules fails above 255 properties per fact
 MAX_JSON_DEPTH = 32
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600

@@ -13,6 +13,7 @@ import redis
 from app.config import Settings
 from app.errors import DecisionServiceError
 from app.facts import FactPool
+from app.rules import RulesetRegistry
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ class DecisionService:
         self.settings = settings
         self.redis = redis_client
         self.facts = FactPool(redis_client)
+        self.rulesets = RulesetRegistry(settings.rules_dir,
+                                        check_interval_seconds=settings.rules_reload_seconds)
+        self.rulesets.reload()
         self._embedded_redis = embedded_redis
 
     @classmethod

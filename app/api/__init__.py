@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from app.api import facts, health, openapi, problems
+from app.api import facts, health, openapi, problems, rulesets
 from app.config import Settings
 from app.service import DecisionService
 
@@ -29,6 +29,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["decision_service"] = service
 
     problems.init_app(app)
-    for blueprint in (health.bp, facts.bp, openapi.bp):
+    for blueprint in (health.bp, facts.bp, rulesets.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

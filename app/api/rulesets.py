@@ -1,0 +1,50 @@
+"""Which rulesets are active, in which version, and which rule files were rejected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from marshmallow import Schema, fields
+
+from app.api.openapi import documented
+from app.api.request_context import service
+
+bp = Blueprint("rulesets", __name__)
+
+
+class RulesetSummarySchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True, metadata={"description": "content hash of the file"})
+    file = fields.String(required=True)
+    description = fields.String()
+    rules = fields.List(fields.String(), required=True, metadata={"description": "rule names"})
+    triggers = fields.List(fields.String())
+
+
+class RuleProblemSchema(Schema):
+    file = fields.String(required=True)
+    line = fields.Integer(allow_none=True)
+    rule = fields.String(allow_none=True)
+    message = fields.String(required=True)
+
+
+class RulesetListSchema(Schema):
+    rulesets = fields.List(fields.Nested(RulesetSummarySchema), required=True)
+    problems = fields.List(fields.Nested(RuleProblemSchema), required=True, metadata={
+        "description": "rule files rejected at the last reload (their previous version, if "
+                       "any, stays active)"})
+
+
+@bp.get("/v1/rulesets")
+@documented(summary="Active rulesets and rejected rule files (this worker's view)",
+            tag="rules", responses={200: ("the active rulesets", RulesetListSchema)})
+def list_rulesets() -> dict[str, Any]:
+    registry = service().rulesets
+    return {
+        "rulesets": [{"name": r.name, "version": r.version, "file": r.file,
+                      "description": r.description, "rules": [rule.name for rule in r.rules],
+                      "triggers": list(r.triggers)} for r in registry.active()],
+        "problems": [{"file": p.file, "line": p.line, "rule": p.rule, "message": p.message}
+                     for p in registry.problems],
+    }

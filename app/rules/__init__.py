@@ -1,0 +1,17 @@
+"""The rules engine: rule files as data, compiled to durable_rules, forward chaining.
+
+    loader    rule file text -> validated `Ruleset` (or every problem, located)
+    model     the validated form, and what each condition means
+    regex     the `matches` dialect, translated for durable_rules
+    compiler  `Ruleset` -> durable_rules definition
+    engine    `evaluate(ruleset, facts) -> Evaluation`, safely around the C core
+    registry  active versions per name, reload from the rules directory
+"""
+
+from app.rules.engine import Evaluation, Firing, ProposedAction, evaluate
+from app.rules.loader import load_ruleset_file, parse_ruleset
+from app.rules.model import Ruleset
+from app.rules.registry import RulesetRegistry
+
+__all__ = ["Evaluation", "Firing", "ProposedAction", "Ruleset", "RulesetRegistry", "evaluate",
+           "load_ruleset_file", "parse_ruleset"]

@@ -1,0 +1,285 @@
+"""Evaluating facts against a ruleset in durable_rules' C core, safely.
+
+The shape of it, and the durable_rules 2.0.28 edge each part answers (DESIGN.md):
+- One long-lived engine ruleset per ruleset version (`name@version`), registered
+  once per process: names cannot be registered twice and never unregistered.
+- One session id for everything: each sid preallocates ~97 KB and a ruleset
+  holds at most 1024. Evaluations are kept apart by the tag every fact carries
+  and every join compares (see compiler), and by running one at a time.
+- One process-wide lock around every call into the core: it has no locks of its
+  own and never releases the GIL, so nothing is lost by serialising.
+- No `Host`, no background threads: actions are taken from the core's agenda
+  here, in priority order, and every action started is completed, or the session
+  would stay blocked for every later evaluation.
+- Every fact passes `fact_problems` first (the core crashes on some inputs), and
+  the core sees only a fact's scalar fields (`core_view`): a join that meets a
+  null, a list or an object aborts the whole assert (error 312). Matches are read
+  back by id from the full facts kept here. Every fact asserted is retracted at the
+  end, error or not. `delete_state` is
+  never called (it crashes on a session holding partial joins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import durable_rules_engine as core
+
+from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
+from app.rules.compiler import TAG, compile_ruleset, rule_key
+from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
+from app.schemas import FACT_ID_PATTERN, NAME_PATTERN, data_problems
+
+DERIVED_DEPARTMENT = "rules"
+DEFAULT_MAX_FIRINGS = 1000
+MAX_EVALUATION_FACTS = 10_000
+
+_SID = "0"
+_NOT_HANDLED, _OBSERVED = 1, 2
+_LOCK = threading.RLock()
+_HANDLES: dict[str, int] = {}  # engine name -> handle, for the life of the process
+_TAGS = itertools.count(1)
+_FACT_ID = re.compile(FACT_ID_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class Firing:
+    rule: str
+    facts: dict[str, str]  # alias -> id of the fact it matched
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "facts": dict(self.facts)}
+
+
+@dataclass(frozen=True)
+class ProposedAction:
+    id: str  # a content hash: the same proposal has the same id in every replay
+    type: str
+    params: dict[str, Any]
+    rule: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "params": self.params, "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a ruleset made of a set of facts."""
+
+    ruleset: str
+    version: str
+    fired: list[Firing] = field(default_factory=list)
+    derived_facts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[ProposedAction] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ruleset": {"name": self.ruleset, "version": self.version},
+            "fired": [f.as_dict() for f in self.fired],
+            "derived_facts": list(self.derived_facts),
+            "actions": [a.as_dict() for a in self.actions],
+        }
+
+
+def _content_id(prefix: str, kind: str, body: Any) -> str:
+    canonical = json.dumps([kind, body], sort_keys=True, separators=(",", ":"))
+    return f"{prefix}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def fact_problems(facts: Sequence[Any]) -> list[InvalidParam]:
+    """Why these facts may not enter the engine: the guard in front of the C core."""
+    if len(facts) > MAX_EVALUATION_FACTS:
+        return [InvalidParam("facts", f"{len(facts)} facts; at most {MAX_EVALUATION_FACTS}"
+                                      " per evaluation")]
+    problems: list[InvalidParam] = []
+    seen: set[str] = set()
+    for index, fact in enumerate(facts):
+        where = f"facts.{index}"
+        if not isinstance(fact, Mapping):
+            problems.append(InvalidParam(where, "a fact must be an object"))
+            continue
+        fact_id = fact.get("id")
+        if not isinstance(fact_id, str) or not _FACT_ID.match(fact_id):
+            problems.append(InvalidParam(f"{where}.id", "missing or not a valid fact id"))
+        elif fact_id in seen:
+            problems.append(InvalidParam(f"{where}.id", f"id {fact_id!r} appears twice"))
+        else:
+            seen.add(fact_id)
+        for key in ("type", "department"):
+            if not isinstance(fact.get(key), str) or not _NAME.match(fact[key]):
+                problems.append(InvalidParam(f"{where}.{key}", "missing or not a valid name"))
+        problems.extend(data_problems(fact.get("data"), f"{where}.data"))
+    return problems
+
+
+def core_view(fact: EngineFact) -> EngineFact:
+    """What the C core may see of a fact: its string, number and boolean fields.
+
+    A whole float is sent as an integer: the core's joins find 2 and 2.0 unequal.
+    """
+    view = {}
+    for key, value in fact.items():
+        kind = type(value)
+        if kind is float and value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
+            view[key] = int(value)
+        elif kind in _SCALARS:
+            view[key] = value
+    return view
+
+
+_SCALARS = (str, int, float, bool)
+_EXACT_FLOAT_INTS = 2**53
+
+
+def register(ruleset: Ruleset) -> None:
+    """Compile `ruleset` into the C core once per process; RulesetInvalid if it refuses."""
+    with _LOCK:
+        if ruleset.engine_name in _HANDLES:
+            return
+        definition = compile_ruleset(ruleset)
+        try:
+            _HANDLES[ruleset.engine_name] = core.create_ruleset(
+                ruleset.engine_name, json.dumps(definition))
+        except core.error as exc:
+            raise RulesetInvalid(_locate_refusal(ruleset, definition, exc)) from exc
+
+
+def _locate_refusal(ruleset: Ruleset, definition: dict[str, Any],
+                    error: Exception) -> list[RuleProblem]:
+    """Which rules the core refuses: each is tried alone (only ever on this error path)."""
+    problems = []
+    for rule in ruleset.rules:
+        probe = {rule_key(rule.index): definition[rule_key(rule.index)]}
+        try:
+            handle = core.create_ruleset(f"{ruleset.engine_name}#probe{rule.index}",
+                                         json.dumps(probe))
+        except core.error as exc:
+            problems.append(RuleProblem(ruleset.file, f"the rule engine refused it: {exc}",
+                                        rule=rule.name, line=rule.line))
+        else:
+            core.delete_ruleset(handle)
+    return problems or [RuleProblem(ruleset.file, f"the rule engine refused it: {error}")]
+
+
+def evaluate(ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
+             max_firings: int = DEFAULT_MAX_FIRINGS) -> Evaluation:
+    """Run `ruleset` over `facts` (each with id, type, department, data) to quiescence.
+
+    Facts are asserted in the order given; the rules fire in priority order (lower
+    first, then file order). Raises InvalidInput for facts the engine may not see
+    and EvaluationFailed when the rules keep firing past `max_firings`.
+    """
+    problems = fact_problems(facts)
+    if problems:
+        raise InvalidInput.from_params(problems)
+    register(ruleset)
+    with _LOCK:
+        return _Run(ruleset, _HANDLES[ruleset.engine_name], max_firings).run(facts)
+
+
+class _Run:
+    """One evaluation inside the lock: assert, fire to quiescence, retract everything."""
+
+    def __init__(self, ruleset: Ruleset, handle: int, max_firings: int) -> None:
+        self.ruleset = ruleset
+        self.handle = handle
+        self.max_firings = max_firings
+        self.rules: dict[str, Rule] = {rule_key(r.index): r for r in ruleset.rules}
+        self.tag = str(next(_TAGS))
+        self.facts: list[EngineFact] = []
+        self._by_engine_id: dict[str, EngineFact] = {}
+        self.result = Evaluation(ruleset.name, ruleset.version)
+        self._derived_ids: set[str] = set()
+        self._action_ids: set[str] = set()
+
+    def _engine_fact(self, fact_id: str, fact_type: str, department: str,
+                     data: Mapping[str, Any]) -> EngineFact:
+        engine_fact: EngineFact = dict(data)
+        engine_fact.update({"sid": _SID, "id": f"{self.tag}.{len(self.facts)}", TAG: self.tag,
+                            "_id": fact_id, "type": fact_type, "department": department})
+        self.facts.append(engine_fact)
+        self._by_engine_id[engine_fact["id"]] = engine_fact
+        return core_view(engine_fact)
+
+    def run(self, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
+        batch = [self._engine_fact(f["id"], f["type"], f["department"], f["data"])
+                 for f in facts]
+        try:
+            if batch:
+                code, state = core.assert_facts(self.handle, json.dumps(batch))
+                if code == _NOT_HANDLED:
+                    raise EvaluationFailed("the rule engine did not take the facts")
+                self._fire_all(state)
+        except core.error as exc:
+            raise EvaluationFailed(f"the rule engine refused the facts: {exc}") from exc
+        finally:
+            self._retract_all()  # retracting a fact the core never took is harmless
+        return self.result
+
+    def _fire_all(self, state: int) -> None:
+        started = core.start_action_for_state(self.handle, state)
+        message = started[1] if started else None
+        firings = 0
+        try:
+            while message:
+                [(key, matched)] = json.loads(message).items()
+                firings += 1
+                if firings > self.max_firings:
+                    raise EvaluationFailed(
+                        f"ruleset {self.ruleset.name} did not come to rest within"
+                        f" {self.max_firings} firings (last: rule {self.rules[key].name})")
+                bindings = {alias: self._by_engine_id[f["id"]] for alias, f in matched.items()}
+                self._fire(self.rules[key], bindings)
+                message = core.complete_and_start_action(self.handle, state)
+        except BaseException:
+            while message:  # complete every started action, or the session stays blocked
+                message = core.complete_and_start_action(self.handle, state)
+            raise
+
+    def _fire(self, rule: Rule, bindings: Bindings) -> None:
+        if not rule.holds(bindings, self.facts):
+            return  # the core's loose match, or an `unless` that a later fact made true
+        self.result.fired.append(
+            Firing(rule.name, {p.alias: bindings[p.alias]["_id"] for p in rule.when}))
+        for step in rule.then:
+            if isinstance(step, Propose):
+                self._propose(rule, step, bindings)
+            elif isinstance(step, Derive):
+                self._derive(rule, step, bindings)
+
+    def _propose(self, rule: Rule, step: Propose, bindings: Bindings) -> None:
+        params = step.params.render(bindings)
+        action_id = _content_id("act", step.action, params)
+        if action_id in self._action_ids:
+            return  # the same proposal from another match: one action
+        self._action_ids.add(action_id)
+        self.result.actions.append(ProposedAction(action_id, step.action, params, rule.name))
+
+    def _derive(self, rule: Rule, step: Derive, bindings: Bindings) -> None:
+        data = step.data.render(bindings)
+        fact_id = _content_id("drv", step.type, data)
+        if fact_id in self._derived_ids:
+            return  # already known: deriving a fact twice does not make it twice as true
+        problems = data_problems(data, "data")
+        if problems:
+            raise EvaluationFailed(f"rule {rule.name} derived an invalid fact: "
+                                   f"{problems[0].name}: {problems[0].reason}")
+        self._derived_ids.add(fact_id)
+        self.result.derived_facts.append({"id": fact_id, "type": step.type,
+                                          "department": DERIVED_DEPARTMENT, "data": data,
+                                          "rule": rule.name})
+        core.assert_fact(self.handle, json.dumps(
+            self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)))
+
+    def _retract_all(self) -> None:
+        if self.facts:
+            identities = [{"sid": _SID, "id": f["id"]} for f in self.facts]
+            core.retract_facts(self.handle, json.dumps(identities))

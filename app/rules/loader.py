@@ -1,0 +1,495 @@
+"""Rule files in, validated `Ruleset`s out, or every problem with its file, line and rule.
+
+Rule files are data: YAML is read with a safe loader that also refuses anchors and
+aliases (no expansion bombs), duplicate keys (the last one would silently win) and
+YAML's implicit dates (a date stays the string it looks like). Nothing in a rule
+file can name Python code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.errors import RuleProblem, RulesetInvalid
+from app.rules import regex
+from app.rules.model import (
+    OPERATORS,
+    Derive,
+    Interpolation,
+    Pattern,
+    Propose,
+    Ref,
+    Rule,
+    Ruleset,
+    Step,
+    Template,
+    Test,
+)
+from app.schemas import (
+    DATA_KEY_PATTERN,
+    MAX_DATA_FIELDS,
+    NAME_PATTERN,
+    RESERVED_DATA_KEYS,
+    json_value_problems,
+)
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_RULE_FILE_BYTES = 1_000_000
+MAX_RULES = 500
+MAX_WHEN_ALIASES = 8  # durable_rules joins at most 16 frames per rule
+MAX_UNLESS_ALIASES = 8
+MAX_FIELD_TESTS = 16
+MAX_IN_VALUES = 16
+MAX_THEN_STEPS = 32
+MAX_PRIORITY = 1000
+
+RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
+META_FIELDS = ("type", "department", "id")
+_RULE_NAME = re.compile(RULE_NAME_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+_DATA_KEY = re.compile(DATA_KEY_PATTERN)
+_REF = r"\$(?:\{(?P<a1>[A-Za-z][A-Za-z0-9_]*)\.(?P<f1>[A-Za-z][A-Za-z0-9_-]*)\}" \
+       r"|(?P<a2>[A-Za-z][A-Za-z0-9_]*)\.(?P<f2>[A-Za-z][A-Za-z0-9_-]*)|(?P<dollar>\$))"
+_REF_TOKEN = re.compile(_REF)
+
+
+def version_of(source: str) -> str:
+    """A ruleset's version: the content hash of its source."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+class _RuleFileLoader(yaml.SafeLoader):
+    """SafeLoader without aliases, duplicate keys or implicit timestamps."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                None, None, "anchors and aliases (*name) are not allowed in rule files",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(None, None, f"duplicate key {key!r}",
+                                           key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_RuleFileLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _rule_lines_yaml(node: Any) -> list[int]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "rules" and isinstance(value, yaml.SequenceNode):
+                return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(source: str, file: str) -> tuple[Any, list[int]]:
+    """The document and the line each rule starts on (for YAML), or RulesetInvalid."""
+    if file.endswith(".json"):
+        try:
+            document = json.loads(source, object_pairs_hook=_no_duplicates,
+                                  parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc.msg}",
+                                              line=exc.lineno)]) from exc
+        except (ValueError, RecursionError) as exc:
+            raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc}")]) from exc
+        return document, []
+    loader = _RuleFileLoader(source)
+    try:
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {reason}",
+                                          line=mark.line + 1 if mark else None)]) from exc
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
+    finally:
+        loader.dispose()
+    return document, _rule_lines_yaml(node)
+
+
+# --- validating ------------------------------------------------------------------------
+
+
+class _Checker:
+    """Collects problems while it turns a parsed document into the model."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[RuleProblem] = []
+        self.at_rule: str | None = None  # the rule being checked, for messages
+        self.at_line: int | None = None
+
+    def problem(self, where: str, message: str) -> None:
+        text = f"{where}: {message}" if where else message
+        self.problems.append(RuleProblem(self.file, text, self.at_rule, self.at_line))
+
+    def keys(self, value: Mapping[str, Any], where: str, allowed: tuple[str, ...],
+             required: tuple[str, ...] = ()) -> None:
+        for key in value:
+            if key not in allowed:
+                self.problem(where, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
+        for key in required:
+            if key not in value:
+                self.problem(where, f"missing {key!r}")
+
+    def name(self, value: Any, where: str, pattern: re.Pattern[str], what: str) -> str | None:
+        if not isinstance(value, str) or not pattern.match(value):
+            self.problem(where, f"{what} must be a string matching {pattern.pattern}"
+                         f" (got {value!r})")
+            return None
+        return value
+
+    # conditions
+
+    def ref(self, text: str, where: str, aliases: tuple[str, ...]) -> Ref | None:
+        token = _REF_TOKEN.fullmatch(text)
+        if token is None or token.group("dollar"):
+            self.problem(where, f"{text!r} is not a reference; write $alias.field"
+                         " (or $$ for a literal '$')")
+            return None
+        alias = token.group("a1") or token.group("a2")
+        field = token.group("f1") or token.group("f2")
+        if alias not in aliases:
+            known = ", ".join(aliases) or "none"
+            self.problem(where, f"{text} refers to {alias!r}, which is not matched before it"
+                         f" (available: {known})")
+            return None
+        self.field_name(field, where)
+        return Ref(alias, field)
+
+    def field_name(self, field: Any, where: str) -> bool:
+        if field == "subject":
+            self.problem(where, "'subject' is not a field: all facts of a decision share it")
+            return False
+        if field in META_FIELDS:
+            return True
+        if not isinstance(field, str) or not _DATA_KEY.match(field):
+            self.problem(where, f"field {field!r} must be type, department, id or a data field"
+                         " name (a letter, then letters, digits, '_' or '-')")
+            return False
+        return True
+
+    def operand(self, value: Any, where: str, aliases: tuple[str, ...]) -> Any:
+        """A scalar to compare with, or a reference. None when invalid."""
+        if isinstance(value, str) and value.startswith("$"):
+            if value.startswith("$$"):
+                return value[1:]
+            return self.ref(value, where, aliases)
+        if value is None:
+            self.problem(where, "null cannot be compared; use {exists: false}")
+            return None
+        if isinstance(value, list | dict):
+            self.problem(where, "compare with a string, number or boolean (use 'in' for a list)")
+            return None
+        problems = list(json_value_problems(value, where))
+        for problem in problems:
+            self.problem(problem.name, problem.reason)
+        return None if problems else value
+
+    def test(self, field: str, spec: Any, where: str, aliases: tuple[str, ...]) -> Test | None:
+        if not self.field_name(field, where):
+            return None
+        if not isinstance(spec, dict):
+            value = self.operand(spec, where, aliases)
+            return None if value is None else Test(field, "==", value)
+        if len(spec) != 1:
+            self.problem(where, f"a condition is a value or one operator ({', '.join(OPERATORS)})")
+            return None
+        [(op, raw)] = spec.items()
+        where = f"{where}.{op}"
+        if op not in OPERATORS:
+            self.problem(where, f"unknown operator {op!r} (one of: {', '.join(OPERATORS)})")
+            return None
+        if op == "in":
+            if not isinstance(raw, list) or not raw or len(raw) > MAX_IN_VALUES:
+                self.problem(where, f"needs a list of 1 to {MAX_IN_VALUES} values")
+                return None
+            values = [self.operand(item, f"{where}.{i}", ()) for i, item in enumerate(raw)]
+            if any(v is None or isinstance(v, Ref) for v in values):
+                return None
+            return Test(field, op, tuple(values))
+        if op == "matches":
+            try:
+                _, compiled = regex.translate(raw)
+            except ValueError as exc:
+                self.problem(where, str(exc))
+                return None
+            return Test(field, op, compiled, pattern=raw)
+        if op == "exists":
+            if not isinstance(raw, bool):
+                self.problem(where, "needs true or false")
+                return None
+            return Test(field, op, raw)
+        value = self.operand(raw, where, aliases)
+        if value is None:
+            return None
+        if op in ("<", "<=", ">", ">=") and (
+                isinstance(value, bool) or not isinstance(value, int | float | str | Ref)):
+            self.problem(where, "needs a number, a string or a reference")
+            return None
+        return Test(field, op, value)
+
+    def pattern(self, alias: Any, condition: Any, where: str,
+                aliases: tuple[str, ...]) -> Pattern | None:
+        alias_ok = self.name(alias, where, _ALIAS, "an alias")
+        where = f"{where}.{alias}"
+        if not isinstance(condition, dict):
+            self.problem(where, "a condition is a mapping of field to value or operator")
+            return None
+        if len(condition) > MAX_FIELD_TESTS:
+            self.problem(where, f"at most {MAX_FIELD_TESTS} fields per condition")
+            return None
+        tests = [self.test(field, spec, f"{where}.{field}", aliases)
+                 for field, spec in condition.items()]
+        if not alias_ok or any(t is None for t in tests):
+            return None
+        return Pattern(alias, tuple(t for t in tests if t is not None))
+
+    # then
+
+    def template(self, value: Any, where: str, aliases: tuple[str, ...]) -> Any:
+        if isinstance(value, str):
+            return self.text(value, where, aliases)
+        if isinstance(value, list):
+            return [self.template(item, f"{where}.{i}", aliases) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    self.problem(where, f"keys must be strings (got {key!r})")
+            return {key: self.template(item, f"{where}.{key}", aliases)
+                    for key, item in value.items()}
+        for problem in json_value_problems(value, where):
+            self.problem(problem.name, problem.reason)
+        return value
+
+    def text(self, text: str, where: str, aliases: tuple[str, ...]) -> Any:
+        if "$" not in text:
+            return text
+        parts: list[str | Ref] = []
+        position = 0
+        for token in _REF_TOKEN.finditer(text):
+            if "$" in text[position:token.start()]:
+                break
+            parts.append(text[position:token.start()])
+            if token.group("dollar"):
+                parts.append("$")
+            else:
+                ref = self.ref(token.group(0), where, aliases)
+                if ref is None:
+                    return None
+                parts.append(ref)
+            position = token.end()
+        if "$" in text[position:]:
+            self.problem(where, f"{text!r}: '$' starts a reference ($alias.field or"
+                         " ${alias.field}); write $$ for a literal '$'")
+            return None
+        parts.append(text[position:])
+        parts = [p for p in parts if p != ""]
+        if len(parts) == 1 and isinstance(parts[0], Ref):
+            return parts[0]
+        if all(isinstance(p, str) for p in parts):
+            return "".join(p for p in parts if isinstance(p, str))
+        return Interpolation(tuple(parts))
+
+    def step(self, item: Any, where: str, aliases: tuple[str, ...]) -> Step | None:
+        if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in (
+                "propose", "assert"):
+            self.problem(where, "each step is {propose: {...}} or {assert: {...}}")
+            return None
+        [(kind, body)] = item.items()
+        where = f"{where}.{kind}"
+        if not isinstance(body, dict):
+            self.problem(where, "needs a mapping")
+            return None
+        before = len(self.problems)
+        if kind == "propose":
+            self.keys(body, where, ("action", "params"), ("action",))
+            action = self.name(body.get("action"), f"{where}.action", _NAME, "the action")
+            params = body.get("params", {})
+            if not isinstance(params, dict):
+                self.problem(f"{where}.params", "needs a mapping")
+            rendered = self.template(params, f"{where}.params", aliases)
+            if len(self.problems) > before or action is None:
+                return None
+            return Propose(action, Template(rendered))
+        self.keys(body, where, ("type", "data"), ("type",))
+        fact_type = self.name(body.get("type"), f"{where}.type", _NAME, "the fact type")
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            self.problem(f"{where}.data", "needs a mapping")
+            data = {}
+        if len(data) > MAX_DATA_FIELDS:
+            self.problem(f"{where}.data", f"at most {MAX_DATA_FIELDS} fields")
+        for key in data:
+            if not isinstance(key, str) or not _DATA_KEY.match(key) or key in RESERVED_DATA_KEYS:
+                self.problem(f"{where}.data.{key}", "not a valid data field name"
+                             " (a letter, then letters, digits, '_' or '-'; not id, type,"
+                             " department or subject)")
+        rendered = self.template(data, f"{where}.data", aliases)
+        if len(self.problems) > before or fact_type is None:
+            return None
+        return Derive(fact_type, Template(rendered))
+
+    # rules
+
+    def rule(self, raw: Any, index: int, line: int | None, seen: set[str]) -> Rule | None:
+        self.at_rule, self.at_line = None, line
+        if not isinstance(raw, dict):
+            self.problem(f"rules.{index}", "a rule is a mapping with name, when and then")
+            return None
+        name = raw.get("name")
+        if isinstance(name, str):
+            self.at_rule = name
+        before = len(self.problems)
+        self.name(name, "name", _RULE_NAME, "the rule name")
+        if name in seen:
+            self.problem("name", "another rule has this name")
+        seen.add(str(name))
+        self.keys(raw, "", ("name", "description", "priority", "when", "unless", "then"),
+                  ("name", "when", "then"))
+        priority = raw.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                -MAX_PRIORITY <= priority <= MAX_PRIORITY):
+            self.problem("priority", f"must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            self.problem("description", "must be a string")
+        when = raw.get("when")
+        patterns: list[Pattern | None] = []
+        aliases: tuple[str, ...] = ()
+        if not isinstance(when, dict) or not when:
+            if "when" in raw:
+                self.problem("when", "needs at least one alias: condition")
+        elif len(when) > MAX_WHEN_ALIASES:
+            self.problem("when", f"at most {MAX_WHEN_ALIASES} aliases (each is a join)")
+        else:
+            for alias, condition in when.items():
+                patterns.append(self.pattern(alias, condition, "when", aliases))
+                aliases += (str(alias),)
+        unless = raw.get("unless", {})
+        negations: list[Pattern | None] = []
+        if not isinstance(unless, dict):
+            self.problem("unless", "needs a mapping of alias: condition")
+        elif len(unless) > MAX_UNLESS_ALIASES:
+            self.problem("unless", f"at most {MAX_UNLESS_ALIASES} aliases")
+        else:
+            for alias, condition in unless.items():
+                if alias in aliases:
+                    self.problem(f"unless.{alias}", "this alias is already used in when")
+                negations.append(self.pattern(alias, condition, "unless", aliases))
+        then = raw.get("then")
+        steps: list[Step | None] = []
+        if not isinstance(then, list) or not then or len(then) > MAX_THEN_STEPS:
+            if "then" in raw:
+                self.problem("then", f"needs a list of 1 to {MAX_THEN_STEPS} steps")
+        else:
+            steps = [self.step(item, f"then.{i}", aliases) for i, item in enumerate(then)]
+        if len(self.problems) > before:
+            return None
+        return Rule(
+            name=str(name), index=index, priority=priority, line=line, description=description,
+            when=tuple(p for p in patterns if p is not None),
+            unless=tuple(p for p in negations if p is not None),
+            then=tuple(s for s in steps if s is not None),
+        )
+
+    def ruleset(self, document: Any, source: str, rule_lines: list[int]) -> Ruleset | None:
+        if not isinstance(document, dict):
+            self.problem("", "a rule file is a mapping with ruleset, description and rules")
+            return None
+        self.keys(document, "", ("ruleset", "description", "triggers", "rules"),
+                  ("ruleset", "rules"))
+        name = self.name(document.get("ruleset"), "ruleset", _NAME, "the ruleset name")
+        description = document.get("description", "")
+        if not isinstance(description, str):
+            self.problem("description", "must be a string")
+        triggers = document.get("triggers", [])
+        if not isinstance(triggers, list) or not all(
+                isinstance(t, str) and _NAME.match(t) for t in triggers):
+            self.problem("triggers", "must be a list of fact types")
+            triggers = []
+        raw_rules = document.get("rules")
+        rules: list[Rule] = []
+        if not isinstance(raw_rules, list) or not raw_rules:
+            if "rules" in document:
+                self.problem("rules", "needs a list of at least one rule")
+        elif len(raw_rules) > MAX_RULES:
+            self.problem("rules", f"at most {MAX_RULES} rules per file")
+        else:
+            seen: set[str] = set()
+            for index, raw in enumerate(raw_rules):
+                line = rule_lines[index] if index < len(rule_lines) else None
+                rule = self.rule(raw, index, line, seen)
+                if rule is not None:
+                    rules.append(rule)
+            self.at_rule, self.at_line = None, None
+        if self.problems or name is None:
+            return None
+        return Ruleset(name=name, version=version_of(source), source=source, file=self.file,
+                       rules=tuple(rules), description=description, triggers=tuple(triggers))
+
+
+def parse_ruleset(source: str, file: str) -> Ruleset:
+    """Validate rule file text (`file` names it in messages and picks YAML or JSON)."""
+    if len(source.encode()) > MAX_RULE_FILE_BYTES:
+        raise RulesetInvalid([RuleProblem(file, f"larger than {MAX_RULE_FILE_BYTES} bytes")])
+    document, rule_lines = _parse(source, file)
+    checker = _Checker(file)
+    ruleset = checker.ruleset(document, source, rule_lines)
+    if ruleset is None:
+        raise RulesetInvalid(checker.problems)
+    return ruleset
+
+
+def load_ruleset_file(path: Path) -> Ruleset:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesetInvalid([RuleProblem(str(path), f"cannot be read: {exc}")]) from exc
+    return parse_ruleset(source, str(path))
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """The rule files of a directory, in name order (not recursive)."""
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and p.suffix in RULE_FILE_SUFFIXES and not p.name.startswith("."))

@@ -1,0 +1,217 @@
+"""A ruleset as the service understands it: validated, immutable, and the one definition of
+what a condition means.
+
+`Test.holds` is the semantics of the rule language. durable_rules finds candidate
+matches fast but coerces types (its `true` also matches `1` and `"true"`) and its
+negation cannot withdraw an activation once queued, so every firing it proposes
+is checked here before it counts, and `unless` is decided here alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# A fact as the engine holds it: data fields beside type, department and the fact id.
+EngineFact = dict[str, Any]
+Bindings = dict[str, EngineFact]
+
+# The rule language's `id` field is held under this name inside durable_rules, whose
+# own `id` property is the identity of a fact in working memory.
+ENGINE_FIELD = {"id": "_id"}
+
+
+def engine_field(name: str) -> str:
+    return ENGINE_FIELD.get(name, name)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """`$alias.field`: the value of a field of a fact matched in the same rule."""
+
+    alias: str
+    field: str
+
+    def resolve(self, bindings: Bindings) -> Any:
+        return bindings[self.alias].get(engine_field(self.field))
+
+    def __str__(self) -> str:
+        return f"${self.alias}.{self.field}"
+
+
+def _present(value: Any) -> bool:
+    return value is not None
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float)  # bool is an int
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """JSON equality: booleans are not numbers, 1 equals 1.0, strings compare exactly."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return left == right
+    return type(left) is type(right) and left == right
+
+
+def _ordered(left: Any, right: Any) -> bool:
+    """Both numbers (not booleans) or both strings: the only pairs `<` and friends compare."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return False
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return True
+    return isinstance(left, str) and isinstance(right, str)
+
+
+@dataclass(frozen=True)
+class Test:
+    """One field condition: `field op value`.
+
+    Comparisons hold only between strings, numbers and booleans: a field that is
+    missing, null, a list or an object fails every test but `exists` (true when the
+    field is there and not null).
+    """
+
+    field: str
+    op: str  # one of OPERATORS
+    value: Any  # a JSON scalar, a Ref, a list (in), a compiled pattern (matches) or a bool
+    pattern: str | None = None  # the source of a `matches` regex
+
+    def holds(self, fact: EngineFact, bindings: Bindings) -> bool:
+        actual = fact.get(engine_field(self.field))
+        if self.op == "exists":
+            return _present(actual) is self.value
+        if not _scalar(actual):
+            return False
+        expected = self.value.resolve(bindings) if isinstance(self.value, Ref) else self.value
+        if self.op == "in":
+            return any(_json_equal(actual, option) for option in expected)
+        if self.op == "matches":
+            return isinstance(actual, str) and expected.fullmatch(actual) is not None
+        if not _scalar(expected):
+            return False
+        if self.op == "==":
+            return _json_equal(actual, expected)
+        if self.op == "!=":
+            return not _json_equal(actual, expected)
+        if not _ordered(actual, expected):
+            return False
+        return bool(_COMPARE[self.op](actual, expected))
+
+
+_COMPARE = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "matches", "exists")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`alias: {field: condition, ...}`: which fact the alias stands for."""
+
+    alias: str
+    tests: tuple[Test, ...]
+
+    def matches(self, fact: EngineFact, bindings: Bindings) -> bool:
+        return all(test.holds(fact, bindings) for test in self.tests)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A JSON value from a rule's `then`, with `$alias.field` references to fill in.
+
+    Inside `value`, a `Ref` stands for a string that is exactly one reference (it keeps
+    the referenced JSON type) and an `Interpolation` for text with references in it.
+    """
+
+    value: Any
+
+    def render(self, bindings: Bindings) -> Any:
+        return _render(self.value, bindings)
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    parts: tuple[str | Ref, ...]
+
+
+def _render(value: Any, bindings: Bindings) -> Any:
+    if isinstance(value, Ref):
+        return value.resolve(bindings)
+    if isinstance(value, Interpolation):
+        return "".join(
+            part if isinstance(part, str) else _text(part.resolve(bindings))
+            for part in value.parts
+        )
+    if isinstance(value, list):
+        return [_render(item, bindings) for item in value]
+    if isinstance(value, dict):
+        return {key: _render(item, bindings) for key, item in value.items()}
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Propose:
+    action: str
+    params: Template
+
+
+@dataclass(frozen=True)
+class Derive:
+    """`assert`: a new fact of `department: rules` that can fire further rules."""
+
+    type: str
+    data: Template
+
+
+Step = Propose | Derive
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    index: int  # position in the file: breaks priority ties
+    priority: int
+    when: tuple[Pattern, ...]
+    unless: tuple[Pattern, ...]
+    then: tuple[Step, ...]
+    line: int | None = None
+    description: str = ""
+
+    def holds(self, bindings: Bindings, facts: list[EngineFact]) -> bool:
+        """Do the matched facts satisfy `when`, and does no fact satisfy any `unless`?"""
+        if not all(p.matches(bindings[p.alias], bindings) for p in self.when):
+            return False
+        return not any(p.matches(fact, bindings) for p in self.unless for fact in facts)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    name: str
+    version: str  # content hash of the source
+    source: str
+    file: str
+    rules: tuple[Rule, ...]
+    description: str = ""
+    triggers: tuple[str, ...] = field(default=())
+
+    @property
+    def engine_name(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+REGEX_FLAGS = re.ASCII | re.DOTALL

@@ -1,0 +1,131 @@
+"""Which version of each ruleset is active, and reloading them from the rules directory.
+
+Reload is a swap: the new version is validated and registered with the engine
+first, then the name points to it. An evaluation holds the `Ruleset` it started
+with, so a decision in flight finishes on that version. A file that does not
+validate leaves the previous version of its ruleset active; its problems are kept
+for `problems` (and `GET /v1/rulesets`). Every worker process checks the
+directory for changes at most every `check_interval_seconds`, on use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import RuleProblem, RulesetInvalid, UnknownRuleset
+from app.rules import engine
+from app.rules.loader import load_ruleset_file, rule_files
+from app.rules.model import Ruleset
+
+log = logging.getLogger(__name__)
+
+_Signature = tuple[tuple[str, int, int], ...]
+
+
+@dataclass
+class ReloadReport:
+    loaded: list[str] = field(default_factory=list)  # "name@version" newly active
+    removed: list[str] = field(default_factory=list)
+    problems: list[RuleProblem] = field(default_factory=list)
+
+
+class RulesetRegistry:
+    def __init__(self, directory: Path, *, check_interval_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = Path(directory)
+        self.check_interval_seconds = check_interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._active: dict[str, Ruleset] = {}
+        self._by_file: dict[str, Ruleset] = {}
+        self._versions: dict[tuple[str, str], Ruleset] = {}
+        self._signature: _Signature | None = None
+        self._checked_at = float("-inf")
+        self.problems: list[RuleProblem] = []
+
+    def _scan(self) -> _Signature:
+        try:
+            files = rule_files(self.directory)
+        except OSError:
+            return ()
+        signature = []
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            signature.append((path.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(signature)
+
+    def reload(self, *, force: bool = False) -> ReloadReport:
+        """Load what changed in the directory; keep the last good version of what fails."""
+        with self._lock:
+            signature = self._scan()
+            self._checked_at = self._clock()
+            if not force and signature == self._signature:
+                return ReloadReport()
+            report = ReloadReport()
+            by_file: dict[str, Ruleset] = {}
+            active: dict[str, Ruleset] = {}
+            owner: dict[str, str] = {}
+            for name, _, _ in signature:
+                path = self.directory / name
+                try:
+                    ruleset = load_ruleset_file(path)
+                    engine.register(ruleset)
+                except RulesetInvalid as exc:
+                    report.problems.extend(exc.problems)
+                    previous = self._by_file.get(str(path))
+                    if previous is None:
+                        continue
+                    ruleset = previous
+                if ruleset.name in owner:
+                    report.problems.append(RuleProblem(
+                        str(path), f"ruleset {ruleset.name!r} is already defined in "
+                                   f"{owner[ruleset.name]}; this file is ignored"))
+                    continue
+                owner[ruleset.name] = str(path)
+                by_file[str(path)] = ruleset
+                active[ruleset.name] = ruleset
+                self._versions[(ruleset.name, ruleset.version)] = ruleset
+                old = self._active.get(ruleset.name)
+                if old is None or old.version != ruleset.version:
+                    report.loaded.append(ruleset.engine_name)
+            report.removed = sorted(set(self._active) - set(active))
+            self._active, self._by_file = active, by_file
+            self._signature = signature
+            self.problems = report.problems
+        for problem in report.problems:
+            log.error("rule file rejected, previous version stays active: %s", problem)
+        if report.loaded or report.removed:
+            log.info("rulesets loaded: %s; removed: %s", report.loaded or "none",
+                     report.removed or "none")
+        return report
+
+    def _maybe_reload(self) -> None:
+        if self.check_interval_seconds > 0 and (
+                self._clock() - self._checked_at >= self.check_interval_seconds):
+            self.reload()
+
+    def get(self, name: str, version: str | None = None) -> Ruleset:
+        """The active version of `name`, or a specific version loaded by this process."""
+        self._maybe_reload()
+        if version is not None:
+            pinned = self._versions.get((name, version))
+            if pinned is None:
+                raise UnknownRuleset(f"ruleset {name!r} version {version!r} is not loaded")
+            return pinned
+        ruleset = self._active.get(name)
+        if ruleset is None:
+            known = ", ".join(sorted(self._active)) or "none"
+            raise UnknownRuleset(f"no ruleset named {name!r} (loaded: {known})")
+        return ruleset
+
+    def active(self) -> list[Ruleset]:
+        self._maybe_reload()
+        return sorted(self._active.values(), key=lambda r: r.name)
