@@ -26,6 +26,7 @@ lint: install
 
 test: lint
 	$(BIN)/decision-service rules validate rules/
+	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
 
 clean:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from app.config import OPTIONS, Settings
-from app.errors import ConfigurationError, RulesetInvalid
+from app.errors import ConfigurationError, PolicyInvalid, RulesetInvalid
 from app.store import EmbeddedRedis
 
 
@@ -109,6 +109,71 @@ def rules_validate(directory: Path | None) -> None:
     if failed:
         click.echo(f"{failed} of {len(files)} rule files rejected", err=True)
         sys.exit(1)
+
+
+@main.group()
+def policy() -> None:
+    """Rego policies: test them before they go live."""
+
+
+@policy.command("test")
+@click.argument("directory", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="print passing tests too")
+def policy_test(directory: Path | None, verbose: bool) -> None:
+    """Run every test_ rule of the *_test.rego files in DIRECTORY (default:
+    DECISION_POLICY_DIR) with the embedded OPA engine, like `opa test`. Exits 1 on a
+    failure, an error, a policy that does not compile, or no tests at all."""
+    from app.policy.testing import PASS, run_policy_tests
+
+    target = directory or _settings().policy_dir
+    try:
+        report = run_policy_tests(target)
+    except PolicyInvalid as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    for result in report.results:
+        if verbose or result.outcome != PASS:
+            line = f"{result.file}: {result.name}: {result.outcome} ({result.duration_ms:.2f}ms)"
+            click.echo(line + (f"\n    {result.message}" if result.message else ""))
+    total = len(report.results)
+    click.echo("-" * 80)
+    for outcome in ("PASS", "FAIL", "ERROR"):
+        count = sum(1 for r in report.results if r.outcome == outcome)
+        if count or outcome == "PASS":
+            click.echo(f"{outcome}: {count}/{total}")
+    if not report.passed:
+        if not total:
+            click.echo(f"no tests found in {target} (files named *_test.rego)", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """API keys: make new ones (the service stores only their hashes)."""
+
+
+@keys.command("new")
+@click.option("--id", "caller_id", required=True, help="who the key is for, e.g. finance-erp")
+@click.option("--department", "departments", multiple=True,
+              help="a department it reports facts for (repeatable; * for all)")
+@click.option("--ruleset", "rulesets", multiple=True,
+              help="a ruleset it may take decisions on (repeatable; * for all)")
+@click.option("--grant", "grants", multiple=True, help="analyst, operator (repeatable)")
+def keys_new(caller_id: str, departments: tuple[str, ...], rulesets: tuple[str, ...],
+             grants: tuple[str, ...]) -> None:
+    """Print a new random key (shown once) and its entry for DECISION_API_KEYS_FILE."""
+    import yaml
+
+    from app.access import hash_key, new_key
+
+    key = new_key()
+    entry = {"id": caller_id, "sha256": hash_key(key), "departments": list(departments),
+             "rulesets": list(rulesets), "grants": list(grants)}
+    click.echo(f"# key for {caller_id} (give it to the caller; it is not stored anywhere):")
+    click.echo(f"# {key}")
+    click.echo(yaml.safe_dump({"keys": [entry]}, sort_keys=False).rstrip())
 
 
 def _run_gunicorn(settings: Settings) -> None:

@@ -80,6 +80,12 @@ OPTIONS: tuple[Option, ...] = (
            "OPA sidecar base URL; empty: evaluate policies with embedded OPA"),
     Option("policy_dir", "./rego", Path, "Rego policies (and data *.json) for the policy gate"),
     Option("policy_path", "decision/governance", str, "policy document the gate evaluates"),
+    Option("access_policy_path", "decision/access", str,
+           "policy document that decides who may call what (with API keys)"),
+    Option("policy_reload_seconds", "2", _non_negative_float,
+           "embedded OPA re-reads changed policy files this often, on use; 0: only at start"),
+    Option("opa_timeout_seconds", "0.25", _positive_float,
+           "how long to wait for the OPA sidecar; past it the actions are held"),
     Option("rules_dir", "./rules", Path, "rule files (*.yaml, *.yml, *.json)"),
     Option("rules_reload_seconds", "2", _non_negative_float,
            "each worker re-reads changed rule files this often, on use; 0: only at start"),
@@ -109,6 +115,9 @@ class Settings:
     opa_url: str | None
     policy_dir: Path
     policy_path: str
+    access_policy_path: str
+    policy_reload_seconds: float
+    opa_timeout_seconds: float
     rules_dir: Path
     rules_reload_seconds: float
     executors_file: Path | None

@@ -4,15 +4,19 @@
     ├── ConfigurationError          bad DECISION_* setting (the process refuses to start)
     ├── InvalidInput                422: a request or file failed validation; lists each field
     │   ├── MalformedRequest        400: the body is not JSON at all
-    │   └── RulesetInvalid          422: a rule file failed validation; lists file, line, rule
+    │   ├── RulesetInvalid          422: a rule file failed validation; lists file, line, rule
+    │   └── PolicyInvalid           422: a policy or data file failed to load; lists file, line
     ├── UnsupportedMediaType        415: the body is not declared as JSON
+    ├── Unauthorized                401: no valid API key
+    ├── Forbidden                   403: the access policy said no, and why
     ├── PayloadTooLarge             413: over DECISION_MAX_BODY_BYTES
     ├── NotFound                    404
     │   └── UnknownRuleset          no ruleset of that name (or version) is loaded
     ├── Conflict                    409: the request contradicts what is stored
     ├── EvaluationFailed            500: the rules did not come to rest (a rule loop)
     └── ServiceUnavailable          503: a dependency is down; the request may be retried
-        └── StoreUnavailable        Redis did not answer in time
+        ├── StoreUnavailable        Redis did not answer in time
+        └── PolicyUnavailable       the policy engine did not decide (error, timeout, down)
 
 Third-party errors are translated at the edge (`raise StoreUnavailable(...) from exc`),
 so the views only ever see this tree. Views turn any of these into an RFC 9457
@@ -106,6 +110,30 @@ class RulesetInvalid(InvalidInput):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class PolicyProblem:
+    """Why a policy or data file did not load: file, line, and OPA's message."""
+
+    file: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.file + (f":{self.line}" if self.line else "") + f": {self.message}"
+
+
+class PolicyInvalid(InvalidInput):
+    slug = "invalid-policy"
+    title = "The policies did not load"
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        params = [InvalidParam(p.file + (f":{p.line}" if p.line else ""), p.message)
+                  for p in problems]
+        more = len(problems) - 1
+        super().__init__(str(problems[0]) + (f" (and {more} more)" if more else ""), params)
+        self.problems = problems
+
+
 class MalformedRequest(InvalidInput):
     status = 400
     slug = "malformed-request"
@@ -116,6 +144,25 @@ class UnsupportedMediaType(DecisionServiceError):
     status = 415
     slug = "unsupported-media-type"
     title = "The request body must be application/json"
+
+
+class Unauthorized(DecisionServiceError):
+    status = 401
+    slug = "unauthorized"
+    title = "A valid API key is required"
+
+
+class Forbidden(DecisionServiceError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+    def __init__(self, detail: str, reasons: list[str]) -> None:
+        super().__init__(detail)
+        self.reasons = reasons
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"reasons": list(self.reasons)}
 
 
 class PayloadTooLarge(DecisionServiceError):
@@ -156,3 +203,8 @@ class ServiceUnavailable(DecisionServiceError):
 class StoreUnavailable(ServiceUnavailable):
     slug = "store-unavailable"
     title = "Redis is unavailable"
+
+
+class PolicyUnavailable(ServiceUnavailable):
+    slug = "policy-unavailable"
+    title = "The policy engine did not decide"

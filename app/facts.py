@@ -172,6 +172,19 @@ class FactPool:
         live.sort(key=lambda r: (r["recorded_at"], r["id"]))
         return live
 
+    def get(self, fact_id: str) -> FactRecord:
+        """One live fact by id; `NotFound` if there is none."""
+        with unavailable_on_outage():
+            subject = cast(str | None, self._redis.get(keys.fact_owner(fact_id)))
+            raw = None if subject is None else self._redis.hget(keys.subject_facts(subject),
+                                                                 fact_id)
+        if raw is None:
+            raise NotFound(f"no fact with id {fact_id!r}")
+        record: FactRecord = json.loads(cast(str, raw))
+        if record["expires_at"] is not None and record["expires_at"] <= rfc3339(self._clock()):
+            raise NotFound(f"no fact with id {fact_id!r}")
+        return record
+
     def retract(self, fact_id: str) -> None:
         """Remove a fact from the pool; `NotFound` if no live fact has this id."""
         owner_key = keys.fact_owner(fact_id)

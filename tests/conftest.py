@@ -14,6 +14,8 @@ from app import create_app
 from app.config import Settings
 from app.store import EmbeddedRedis, connect
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -32,7 +34,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings.load(environ={}, overrides={"redis_url": redis_url, "data_dir": tmp_path})
+    return Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": tmp_path,
+        "rules_dir": ROOT / "rules", "policy_dir": ROOT / "rego"})
 
 
 @pytest.fixture

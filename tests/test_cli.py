@@ -37,3 +37,48 @@ def test_config_prints_every_variable() -> None:
     assert result.exit_code == 0
     assert "DECISION_REDIS_URL=" in result.output
     assert "DECISION_RULES_DIR=" in result.output
+
+
+def test_policy_test_runs_the_sample_policy_tests() -> None:
+    rego = SAMPLE_RULES.parent.parent / "rego"
+    result = CliRunner().invoke(main, ["policy", "test", str(rego), "-v"])
+    assert result.exit_code == 0, result.output
+    assert "data.decision.governance_test.test_order_above_the_available_budget_is_denied: PASS" \
+        in result.output
+    assert "FAIL" not in result.output
+
+
+def test_policy_test_reports_failures_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text("package p\nallow := input.ok\n")
+    (tmp_path / "p_test.rego").write_text(
+        "package p_test\nimport data.p\n"
+        "test_passes if { p.allow with input as {\"ok\": true} }\n"
+        "test_fails if { p.allow with input as {\"ok\": false} }\n"
+        "test_errors if { 1 / 0 == 1 }\n")
+    result = CliRunner().invoke(main, ["policy", "test", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "data.p_test.test_fails: FAIL" in result.output
+    assert "data.p_test.test_errors: ERROR" in result.output
+    assert "divide by zero" in result.output
+    assert "PASS: 1/3" in result.output and "FAIL: 1/3" in result.output
+
+
+def test_policy_test_reports_a_policy_that_does_not_compile(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text("package p\nallow if {\n")
+    result = CliRunner().invoke(main, ["policy", "test", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "p.rego:" in result.output and "rego_parse_error" in result.output
+
+
+def test_keys_new_prints_a_key_and_its_hashed_entry() -> None:
+    import yaml
+
+    from app.access import hash_key
+
+    result = CliRunner().invoke(main, ["keys", "new", "--id", "finance-erp",
+                                       "--department", "finance"])
+    assert result.exit_code == 0
+    key = next(line[2:] for line in result.output.splitlines() if line.startswith("# dsk_"))
+    [entry] = yaml.safe_load(result.output)["keys"]
+    assert entry["sha256"] == hash_key(key)
+    assert entry["departments"] == ["finance"]

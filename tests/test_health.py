@@ -22,10 +22,10 @@ def test_healthz_answers_while_the_process_lives(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
 
 
-def test_readyz_reports_redis(client: FlaskClient) -> None:
+def test_readyz_reports_redis_and_the_policy_engine(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json()["checks"]["redis"] == "ok"
+    assert response.get_json()["checks"] == {"redis": "ok", "policy": "ok"}
 
 
 @pytest.fixture

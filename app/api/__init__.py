@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from app.api import facts, health, openapi, problems, rulesets
+from app.api.request_context import authenticate_request
 from app.config import Settings
 from app.service import DecisionService
 
@@ -29,6 +30,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["decision_service"] = service
 
     problems.init_app(app)
+    app.before_request(authenticate_request)
     for blueprint in (health.bp, facts.bp, rulesets.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

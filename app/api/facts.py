@@ -8,7 +8,7 @@ from flask import Blueprint
 from marshmallow import Schema
 
 from app.api.openapi import documented
-from app.api.request_context import json_body, service
+from app.api.request_context import authorize, json_body, service
 from app.schemas import (
     FACT_ID_PATTERN,
     SUBJECT_PATTERN,
@@ -39,6 +39,7 @@ class FactIdPathSchema(Schema):
 def post_facts() -> tuple[dict[str, Any], int]:
     svc = service()
     facts = load_facts(json_body(), max_batch=svc.settings.max_batch)
+    authorize("facts.write", departments=sorted({fact["department"] for fact in facts}))
     return {"facts": svc.facts.put(facts)}, 201
 
 
@@ -47,6 +48,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
             responses={200: ("the subject's live facts, oldest first", SubjectFactsSchema)})
 def subject_facts(subject: str) -> dict[str, Any]:
     load(SubjectPathSchema(), {"subject": subject})
+    authorize("facts.read", subject=subject)
     return {"subject": subject, "facts": service().facts.facts_of(subject)}
 
 
@@ -54,5 +56,7 @@ def subject_facts(subject: str) -> dict[str, Any]:
 @documented(summary="Retract a fact", tag="facts", responses={204: ("retracted", None)})
 def retract_fact(fact_id: str) -> tuple[str, int]:
     load(FactIdPathSchema(), {"id": fact_id})
-    service().facts.retract(fact_id)
+    pool = service().facts
+    authorize("facts.retract", departments=[pool.get(fact_id)["department"]])
+    pool.retract(fact_id)
     return "", 204

@@ -78,6 +78,8 @@ def _operation(spec: APISpec, rule: Any, method: str, notes: dict[str, Any]) -> 
         ],
         "responses": {"default": {"$ref": "#/components/responses/Problem"}},
     }
+    if rule.rule.startswith("/v1/"):
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
     if notes["query"] is not None:
         operation["parameters"].append({"in": "query", "schema": notes["query"]})
     if notes["body"] is not None:
@@ -97,6 +99,10 @@ def build_spec(flask_app: Flask) -> dict[str, Any]:
         info={"description": "Facts in, governed decisions out: rules, then OPA, then dispatch."},
     )
     spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "an API key"})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header",
+                                               "name": "X-API-Key"})
     spec.components.response("Problem", {
         "description": "an RFC 9457 problem",
         "content": {"application/problem+json": {"schema": "Problem"}},

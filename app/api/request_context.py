@@ -1,12 +1,13 @@
-"""Reading requests: the JSON body and the service behind the current app."""
+"""Per request: the service behind the app, the JSON body, and the caller."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, NoReturn
 
-from flask import current_app, request
+from flask import current_app, g, request
 
+from app.access import Caller
 from app.errors import MalformedRequest, UnsupportedMediaType
 from app.service import DecisionService
 
@@ -35,3 +36,26 @@ def json_body() -> Any:
         raise MalformedRequest("the body is nested too deeply") from exc
     except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("X-API-Key")
+
+
+def authenticate_request() -> None:
+    """Before every /v1 request: who is calling (401 without a valid key)."""
+    if request.path.startswith("/v1/"):
+        g.caller = service().access.authenticate(_presented_key())
+
+
+def caller() -> Caller:
+    authenticated: Caller = g.caller
+    return authenticated
+
+
+def authorize(operation: str, **resource: Any) -> None:
+    """The access policy's word on this request: 403 with its reasons, or nothing."""
+    service().access.authorize(caller(), operation, **resource)

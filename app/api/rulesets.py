@@ -8,7 +8,7 @@ from flask import Blueprint
 from marshmallow import Schema, fields
 
 from app.api.openapi import documented
-from app.api.request_context import service
+from app.api.request_context import authorize, service
 
 bp = Blueprint("rulesets", __name__)
 
@@ -40,6 +40,7 @@ class RulesetListSchema(Schema):
 @documented(summary="Active rulesets and rejected rule files (this worker's view)",
             tag="rules", responses={200: ("the active rulesets", RulesetListSchema)})
 def list_rulesets() -> dict[str, Any]:
+    authorize("rulesets.read")
     registry = service().rulesets
     return {
         "rulesets": [{"name": r.name, "version": r.version, "file": r.file,

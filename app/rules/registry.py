@@ -21,10 +21,9 @@ from app.errors import RuleProblem, RulesetInvalid, UnknownRuleset
 from app.rules import engine
 from app.rules.loader import load_ruleset_file, rule_files
 from app.rules.model import Ruleset
+from app.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
-
-_Signature = tuple[tuple[str, int, int], ...]
 
 
 @dataclass
@@ -38,43 +37,33 @@ class RulesetRegistry:
     def __init__(self, directory: Path, *, check_interval_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = Path(directory)
-        self.check_interval_seconds = check_interval_seconds
-        self._clock = clock
+        self._watch = ChangeWatch(check_interval_seconds, clock)
         self._lock = threading.Lock()
         self._active: dict[str, Ruleset] = {}
         self._by_file: dict[str, Ruleset] = {}
         self._versions: dict[tuple[str, str], Ruleset] = {}
-        self._signature: _Signature | None = None
-        self._checked_at = float("-inf")
+        self._signature: Signature | None = None
         self.problems: list[RuleProblem] = []
 
-    def _scan(self) -> _Signature:
+    def _files(self) -> list[Path]:
         try:
-            files = rule_files(self.directory)
+            return rule_files(self.directory)
         except OSError:
-            return ()
-        signature = []
-        for path in files:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            signature.append((path.name, stat.st_mtime_ns, stat.st_size))
-        return tuple(signature)
+            return []
 
     def reload(self, *, force: bool = False) -> ReloadReport:
         """Load what changed in the directory; keep the last good version of what fails."""
         with self._lock:
-            signature = self._scan()
-            self._checked_at = self._clock()
-            if not force and signature == self._signature:
+            files = self._files()
+            current = signature(files)
+            self._watch.checked()
+            if not force and current == self._signature:
                 return ReloadReport()
             report = ReloadReport()
             by_file: dict[str, Ruleset] = {}
             active: dict[str, Ruleset] = {}
             owner: dict[str, str] = {}
-            for name, _, _ in signature:
-                path = self.directory / name
+            for path in files:
                 try:
                     ruleset = load_ruleset_file(path)
                     engine.register(ruleset)
@@ -98,7 +87,7 @@ class RulesetRegistry:
                     report.loaded.append(ruleset.engine_name)
             report.removed = sorted(set(self._active) - set(active))
             self._active, self._by_file = active, by_file
-            self._signature = signature
+            self._signature = current
             self.problems = report.problems
         for problem in report.problems:
             log.error("rule file rejected, previous version stays active: %s", problem)
@@ -108,8 +97,7 @@ class RulesetRegistry:
         return report
 
     def _maybe_reload(self) -> None:
-        if self.check_interval_seconds > 0 and (
-                self._clock() - self._checked_at >= self.check_interval_seconds):
+        if self._watch.due():
             self.reload()
 
     def get(self, name: str, version: str | None = None) -> Ruleset:

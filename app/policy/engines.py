@@ -1,0 +1,291 @@
+"""The two ways of asking OPA: embedded in this process, or an OPA sidecar over HTTP.
+
+Both answer `decide(path, common, items)`: the document at `path` evaluated once
+per item with `input = common + {item_key: item}` (`item_key` is "action" for the
+governance policy), in one round trip. Both use the same Rego query for a batch, so
+they cannot disagree about what is asked:
+
+    results := {k: r | some k, a in input.items;
+                       r := data.<path> with input as object.union(input.common, {"action": a})}
+
+A result that is missing means the document is undefined for that action. Any
+failure to decide raises `PolicyUnavailable` with the reason; the gate turns that
+into held actions, never into an allow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+from opa_bindings import OpaEngine, OpaError
+from requests.adapters import HTTPAdapter
+
+from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
+from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
+from app.watch import ChangeWatch, Signature, signature
+
+log = logging.getLogger(__name__)
+
+UNDEFINED: Any = type("Undefined", (), {"__repr__": lambda self: "UNDEFINED"})()
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_policy_path(path: str) -> str:
+    if not _PATH.match(path):
+        raise ConfigurationError(f"policy path {path!r} must look like package/rule (a/b/c)")
+    return path
+
+
+def batch_query(path: str, item_key: str) -> str:
+    document = "data." + ".".join(check_policy_path(path).split("/"))
+    return ("results := {k: r | some k, a in input.items; "
+            f"r := {document} with input as object.union(input.common, {{\"{item_key}\": a}})}}; "
+            "revisions := {n: r | some n; r := data.system.bundles[n].manifest.revision}")
+
+
+def _results(bindings: dict[str, Any], count: int) -> list[Any]:
+    by_index = bindings.get("results", {})
+    return [by_index.get(str(k), UNDEFINED) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Answer:
+    results: list[Any]  # one per action: the document's value, or UNDEFINED
+    revision: str
+
+
+class PolicyEngine(Protocol):
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer: ...
+
+    def readiness(self) -> str: ...
+
+    @property
+    def revision(self) -> str: ...
+
+
+# --- embedded --------------------------------------------------------------------------
+
+
+def compile_policy_set(policies: PolicySet, *, with_tests: bool = False) -> OpaEngine:
+    """A ready OPA engine for `policies`, or PolicyInvalid with file and line."""
+    engine = OpaEngine()
+    modules = {**policies.modules, **(policies.tests if with_tests else {})}
+    try:
+        for name, source in sorted(modules.items()):
+            try:
+                engine.add_policy(name, source)
+            except OpaError as exc:
+                raise PolicyInvalid(problems_from_opa(exc.message, name)) from exc
+        for mount, document in policies.data:
+            try:
+                engine.add_data(document, path=mount)
+            except OpaError as exc:
+                raise PolicyInvalid([PolicyProblem(f"data at {mount or 'the root'}",
+                                                   exc.message)]) from exc
+        try:  # OPA compiles lazily: make it compile (and report) now, not on the first decision
+            engine.eval_query("x := true")
+        except OpaError as exc:
+            raise PolicyInvalid(problems_from_opa(exc.message, "policies")) from exc
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+class EmbeddedPolicyEngine:
+    """OPA's Go engine in-process, loaded from a directory (or given sources) and reloaded
+    when the files change. A set that fails to compile leaves the last good one active."""
+
+    def __init__(self, directory: Path | None, *, reload_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 policies: PolicySet | None = None) -> None:
+        self.directory = directory
+        self._watch = ChangeWatch(reload_seconds if directory is not None else 0, clock)
+        self._lock = threading.Lock()
+        self._engine: OpaEngine | None = None
+        self._revision = "none"
+        self._signature: Signature | None = None
+        self.problems: list[PolicyProblem] = []
+        if policies is not None:
+            self._engine, self._revision = compile_policy_set(policies), policies.revision
+        else:
+            self.reload(force=True)
+
+    @property
+    def revision(self) -> str:
+        return self._revision
+
+    def reload(self, *, force: bool = False) -> list[PolicyProblem]:
+        """Load the directory if it changed; returns the problems (empty: loaded or unchanged)."""
+        assert self.directory is not None
+        with self._lock:
+            current = signature(policy_files(self.directory)) if self.directory.is_dir() else ()
+            self._watch.checked()
+            if not force and current == self._signature:
+                return []
+            self._signature = current
+            try:
+                policies = load_policy_set(self.directory)
+                engine = compile_policy_set(policies)
+            except PolicyInvalid as exc:
+                self.problems = exc.problems
+                for problem in exc.problems:
+                    log.error("policy rejected, previous policies stay active: %s", problem)
+                return exc.problems
+            # Evaluations in flight keep their reference to the old engine.
+            self._engine, self._revision, self.problems = engine, policies.revision, []
+            log.info("policies loaded from %s, revision %s", self.directory, self._revision)
+            return []
+
+    def _current(self) -> tuple[OpaEngine, str]:
+        if self._watch.due():
+            self.reload()
+        engine = self._engine
+        if engine is None:
+            reason = "; ".join(str(p) for p in self.problems) or "no policies loaded"
+            raise PolicyUnavailable(f"no policies are loaded: {reason}")
+        return engine, self._revision
+
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer:
+        engine, revision = self._current()
+        try:
+            rows = engine.eval_query(batch_query(path, item_key),
+                                     {"common": common, "items": items})
+        except OpaError as exc:
+            raise PolicyUnavailable(f"policy evaluation failed: {exc.message}") from exc
+        return Answer(_results(rows[0] if rows else {}, len(items)), revision)
+
+    def readiness(self) -> str:
+        try:
+            self._current()
+        except PolicyUnavailable as exc:
+            return exc.detail
+        return "ok"
+
+
+# --- sidecar ---------------------------------------------------------------------------
+
+
+class _QueryApiMissing(Exception):
+    pass
+
+
+class SidecarPolicyEngine:
+    """An OPA server over its REST API, through one pooled session with a short timeout.
+
+    One action: `POST /v1/data/<path>?provenance=true`. Several: one `POST /v1/query`
+    with the batch query; an OPA that refuses ad-hoc queries (404/405/403) is asked
+    per action instead. The revision is the bundle revisions OPA reports, or a hash of
+    the modules `GET /v1/policies` lists when it serves plain files.
+    """
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 0.25,
+                 revision_ttl_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self.revision_ttl_seconds = revision_ttl_seconds
+        self._clock = clock
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=16, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._query_api = True
+        self._revision = "unknown"
+        self._revision_at = float("-inf")
+        self.round_trips = 0  # for tests and benchmarks: HTTP calls made
+
+    @property
+    def revision(self) -> str:
+        return self._revision
+
+    def _call(self, method: str, path: str, body: Any = None,
+              params: dict[str, str] | None = None) -> Any:
+        url = f"{self.base_url}{path}"
+        self.round_trips += 1
+        try:
+            response = self.session.request(method, url, json=body, params=params,
+                                            timeout=self.timeout_seconds)
+        except requests.Timeout as exc:
+            raise PolicyUnavailable(f"OPA at {self.base_url} did not answer within "
+                                    f"{self.timeout_seconds * 1000:.0f} ms") from exc
+        except requests.RequestException as exc:
+            raise PolicyUnavailable(f"OPA at {self.base_url} is unreachable: "
+                                    f"{type(exc).__name__}") from exc
+        if path == "/v1/query" and response.status_code in (403, 404, 405, 501):
+            raise _QueryApiMissing(response.status_code)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code != 200:
+            message = payload.get("message") if isinstance(payload, dict) else None
+            raise PolicyUnavailable(f"OPA answered HTTP {response.status_code}"
+                                    + (f": {message}" if message else ""))
+        if not isinstance(payload, dict):
+            raise PolicyUnavailable("OPA answered with something that is not a JSON object")
+        return payload
+
+    def _one(self, path: str, policy_input: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        payload = self._call("POST", f"/v1/data/{check_policy_path(path)}",
+                             {"input": policy_input}, params={"provenance": "true"})
+        bundles = (payload.get("provenance") or {}).get("bundles") or {}
+        revisions = {name: b.get("revision", "") for name, b in bundles.items()
+                     if isinstance(b, dict)}
+        return payload.get("result", UNDEFINED), revisions
+
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer:
+        if not items:
+            return Answer([], self._revision)
+        if len(items) == 1 or not self._query_api:
+            answers = [self._one(path, {**common, item_key: item}) for item in items]
+            revisions = answers[-1][1]
+            return Answer([result for result, _ in answers], self._current_revision(revisions))
+        try:
+            payload = self._call("POST", "/v1/query", {
+                "query": batch_query(path, item_key),
+                "input": {"common": common, "items": items}})
+        except _QueryApiMissing as exc:
+            log.warning("OPA at %s refuses ad-hoc queries (HTTP %s): asking per item",
+                        self.base_url, exc)
+            self._query_api = False
+            return self.decide(path, common, items, item_key=item_key)
+        rows = payload.get("result") or [{}]
+        return Answer(_results(rows[0], len(items)),
+                      self._current_revision(rows[0].get("revisions") or {}))
+
+    def _current_revision(self, bundle_revisions: dict[str, Any]) -> str:
+        if bundle_revisions:
+            self._revision = ",".join(f"{name}={rev}"
+                                      for name, rev in sorted(bundle_revisions.items()))
+            return self._revision
+        if self._clock() - self._revision_at >= self.revision_ttl_seconds:
+            self._revision_at = self._clock()
+            try:
+                modules = self._call("GET", "/v1/policies").get("result") or []
+                digest = hashlib.sha256()
+                for raw in sorted(m.get("raw", "") for m in modules if isinstance(m, dict)):
+                    digest.update(raw.encode())
+                self._revision = "opa-" + digest.hexdigest()[:16]
+            except PolicyUnavailable as exc:
+                log.warning("could not read OPA's policies for the revision: %s", exc.detail)
+        return self._revision
+
+    def readiness(self) -> str:
+        try:
+            response = self.session.get(f"{self.base_url}/health", timeout=self.timeout_seconds)
+        except requests.RequestException as exc:
+            return f"OPA at {self.base_url} is unreachable: {type(exc).__name__}"
+        return "ok" if response.status_code == 200 else f"OPA health is HTTP {response.status_code}"

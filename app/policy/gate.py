@@ -1,0 +1,84 @@
+"""The policy gate: one verdict per proposed action, and fail closed.
+
+An action is allowed only when the policy document's `allow` is true and its
+`deny` set is empty. An undefined document, a malformed result, an evaluation
+error, a timeout or an unreachable OPA holds the action, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import PolicyUnavailable
+from app.policy.engines import UNDEFINED, PolicyEngine, check_policy_path
+
+ALLOW, DENY, HOLD = "allow", "deny", "hold"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # ALLOW, DENY or HOLD
+    reasons: tuple[str, ...]
+    revision: str
+
+    @property
+    def allow(self) -> bool:
+        return self.outcome == ALLOW
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"allow": self.allow, "outcome": self.outcome, "reasons": list(self.reasons),
+                "policy_revision": self.revision}
+
+
+def verdict_from(result: Any, document: str, revision: str) -> Verdict:
+    """What one policy result means for one action."""
+    if result is UNDEFINED:
+        return Verdict(HOLD, (f"the policy document {document} is undefined for this action",),
+                       revision)
+    if not isinstance(result, dict):
+        return Verdict(HOLD, (f"the policy document {document} is not an object with allow"
+                              " and deny",), revision)
+    allow, deny = result.get("allow", UNDEFINED), result.get("deny", [])
+    if allow is UNDEFINED:
+        return Verdict(HOLD, (f"{document}.allow is undefined",), revision)
+    if not isinstance(allow, bool):
+        return Verdict(HOLD, (f"{document}.allow is not a boolean",), revision)
+    if not isinstance(deny, list) or not all(isinstance(reason, str) for reason in deny):
+        return Verdict(HOLD, (f"{document}.deny is not a set of strings",), revision)
+    if allow and not deny:
+        return Verdict(ALLOW, (), revision)
+    return Verdict(DENY, tuple(deny) or (f"not allowed by {document}",), revision)
+
+
+class PolicyGate:
+    def __init__(self, engine: PolicyEngine, *, governance_path: str, access_path: str) -> None:
+        self.engine = engine
+        self.governance_path = check_policy_path(governance_path)
+        self.access_path = check_policy_path(access_path)
+
+    @property
+    def revision(self) -> str:
+        return self.engine.revision
+
+    def check(self, common: dict[str, Any], actions: list[dict[str, Any]]) -> list[Verdict]:
+        """A verdict for each action (input: `common` plus the action), never an exception."""
+        if not actions:
+            return []
+        document = "data." + self.governance_path.replace("/", ".")
+        try:
+            answer = self.engine.decide(self.governance_path, common, actions)
+        except PolicyUnavailable as exc:
+            return [Verdict(HOLD, (exc.detail,), self.engine.revision) for _ in actions]
+        return [verdict_from(result, document, answer.revision) for result in answer.results]
+
+    def authorize(self, caller: dict[str, Any], request: dict[str, Any]) -> Verdict:
+        """The access policy's verdict on `input = {caller, request}`; PolicyUnavailable when
+        it cannot decide (the caller then gets a 503, never a pass)."""
+        document = "data." + self.access_path.replace("/", ".")
+        answer = self.engine.decide(self.access_path, {"caller": caller}, [request],
+                                    item_key="request")
+        return verdict_from(answer.results[0], document, answer.revision)
+
+    def readiness(self) -> str:
+        return self.engine.readiness()

@@ -1,0 +1,58 @@
+# METADATA
+# description: Tests of the API access policy.
+package decision.access_test
+
+import data.decision.access
+
+_finance := {"id": "finance-system", "departments": ["finance"], "rulesets": [], "grants": []}
+
+_portal := {
+	"id": "procurement-portal", "departments": ["procurement"],
+	"rulesets": ["procurement"], "grants": [],
+}
+
+_analyst := {"id": "analyst", "departments": [], "rulesets": ["*"], "grants": ["analyst"]}
+
+test_a_department_may_post_its_own_facts if {
+	access.allow with input as {
+		"caller": _finance,
+		"request": {"operation": "facts.write", "departments": ["finance"]},
+	}
+}
+
+test_a_department_may_not_post_another_departments_facts if {
+	result := access with input as {
+		"caller": _finance,
+		"request": {"operation": "facts.write", "departments": ["finance", "legal"]},
+	}
+	not result.allow
+	result.deny == {"finance-system may not report facts for the legal department."}
+}
+
+test_decisions_only_on_granted_rulesets if {
+	access.allow with input as {
+		"caller": _portal,
+		"request": {"operation": "decisions.create", "ruleset": "procurement"},
+	}
+	result := access with input as {
+		"caller": _portal,
+		"request": {"operation": "decisions.create", "ruleset": "payroll"},
+	}
+	result.deny == {"procurement-portal is not granted decisions on the payroll ruleset."}
+}
+
+test_replay_needs_the_analyst_grant if {
+	access.allow with input as {"caller": _analyst, "request": {"operation": "replays.create"}}
+	not access.allow with input as {"caller": _portal, "request": {"operation": "replays.create"}}
+}
+
+test_anyone_with_a_key_may_read if {
+	access.allow with input as {"caller": _finance, "request": {"operation": "facts.read"}}
+	access.allow with input as {"caller": _finance, "request": {"operation": "decisions.read"}}
+}
+
+test_unknown_operations_are_refused if {
+	result := access with input as {"caller": _analyst, "request": {"operation": "drop_tables"}}
+	not result.allow
+	result.deny == {"Unknown operation \"drop_tables\"."}
+}

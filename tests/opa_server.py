@@ -1,0 +1,100 @@
+"""An OPA sidecar stand-in for tests: a real HTTP server on loopback that answers OPA's
+REST API (Data, Query, Policy and Health APIs) by evaluating the same policy files with
+the embedded OPA engine. Knobs make it slow, failing, or an OPA without ad-hoc queries."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from opa_bindings import OpaError
+
+from app.policy.engines import compile_policy_set
+from app.policy.files import load_policy_set
+
+
+class OpaStandIn:
+    def __init__(self, policy_dir: Path, *, bundles: dict[str, str] | None = None) -> None:
+        self.policies = load_policy_set(policy_dir)
+        self.engine = compile_policy_set(self.policies)
+        if bundles:
+            self.engine.add_data({name: {"manifest": {"revision": rev}}
+                                  for name, rev in bundles.items()}, path="system.bundles")
+        self.bundles = bundles or {}
+        self.delay_seconds = 0.0
+        self.fail_status: int | None = None
+        self.query_api = True
+        self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _serve(self, method: str) -> None:
+                path = self.path.split("?")[0]
+                with stand_in._lock:
+                    stand_in.requests[f"{method} {path}"] += 1
+                if stand_in.delay_seconds:
+                    time.sleep(stand_in.delay_seconds)
+                if stand_in.fail_status is not None:
+                    self._answer(stand_in.fail_status, {"code": "internal_error",
+                                                        "message": "stand-in told to fail"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                try:
+                    status, answer = stand_in.handle(method, self.path, body)
+                except OpaError as exc:
+                    status, answer = 500, {"code": "internal_error", "message": exc.message}
+                self._answer(status, answer)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def handle(self, method: str, raw_path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        path, _, query = raw_path.partition("?")
+        if method == "GET" and path == "/health":
+            return 200, {}
+        if method == "GET" and path == "/v1/policies":
+            return 200, {"result": [{"id": name, "raw": source}
+                                    for name, source in self.policies.modules.items()]}
+        if method == "POST" and path.startswith("/v1/data/"):
+            document = "data." + path.removeprefix("/v1/data/").replace("/", ".")
+            rows = self.engine.eval_query(f"x := {document}", body.get("input"))
+            answer: dict[str, Any] = {"result": rows[0]["x"]} if rows else {}
+            if "provenance=true" in query:
+                answer["provenance"] = {"version": "stand-in", "bundles": {
+                    name: {"revision": rev} for name, rev in self.bundles.items()}}
+            return 200, answer
+        if method == "POST" and path == "/v1/query":
+            if not self.query_api:
+                return 404, {"code": "resource_not_found", "message": "not found"}
+            return 200, {"result": self.engine.eval_query(body["query"], body.get("input"))}
+        return 404, {"code": "resource_not_found", "message": f"{method} {path}"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,266 @@
+"""The policy gate: verdicts from real OPA, embedded or as a sidecar over loopback HTTP,
+and every way of failing closed."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opa_server import OpaStandIn
+
+from app.policy.engines import EmbeddedPolicyEngine, SidecarPolicyEngine
+from app.policy.files import PolicySet, load_policy_set
+from app.policy.gate import ALLOW, DENY, HOLD, PolicyGate, Verdict
+
+REGO = Path(__file__).resolve().parent.parent / "rego"
+
+
+def gate_for(engine: Any) -> PolicyGate:
+    return PolicyGate(engine, governance_path="decision/governance", access_path="decision/access")
+
+
+def embedded_gate() -> PolicyGate:
+    return gate_for(EmbeddedPolicyEngine(REGO, reload_seconds=0))
+
+
+def gate_from_sources(sources: dict[str, str]) -> PolicyGate:
+    return gate_for(EmbeddedPolicyEngine(None, policies=PolicySet.from_sources(sources)))
+
+
+def order(**params: Any) -> dict[str, Any]:
+    base = {"request_id": "PR-1", "amount": 120000, "vendor": "Globex", "requester": "alice",
+            "approver": "bob", "urgency": "normal"}
+    return {"id": "act-1", "type": "issue_purchase_order", "params": {**base, **params},
+            "rule": "issue_purchase_order"}
+
+
+def common(*, available: int = 300000, legal: str | None = "cleared") -> dict[str, Any]:
+    facts = [{"id": "f-bud", "type": "budget_check", "department": "finance",
+              "data": {"request_id": "PR-1", "available": available, "cost_center": "CC-7"}}]
+    if legal:
+        facts.append({"id": "f-leg", "type": "legal_review", "department": "legal",
+                      "data": {"request_id": "PR-1", "status": legal}})
+    return {"subject": "PR-1", "facts": facts,
+            "decision": {"id": "d-1", "ruleset": "procurement", "ruleset_version": "v",
+                         "dry_run": False},
+            "caller": {"id": "procurement-portal", "departments": ["procurement"]}}
+
+
+SAMPLE_CASES = [
+    ("cleared order", common(), order(), ALLOW, None),
+    ("over budget", common(available=1000), order(), DENY, "exceeds the EUR 1000 available"),
+    ("sanctioned vendor", common(), order(vendor="ACME Shell Corp"), DENY, "sanctions list"),
+    ("no legal review", common(legal=None), order(), DENY, "need a cleared legal review"),
+    ("requester approves", common(), order(approver="alice"), DENY, "segregation of duties"),
+    ("unknown action", common(), {"id": "a", "type": "wire_money", "params": {}}, DENY,
+     "not on the list of approved actions"),
+    ("notification", common(), {"id": "a", "type": "notify_finance", "params": {}}, ALLOW, None),
+]
+
+
+@pytest.mark.parametrize(("shared", "action", "outcome", "reason"),
+                         [case[1:] for case in SAMPLE_CASES], ids=[c[0] for c in SAMPLE_CASES])
+def test_sample_policies_decide_the_procurement_cases(shared: dict[str, Any],
+                                                      action: dict[str, Any], outcome: str,
+                                                      reason: str | None) -> None:
+    [verdict] = embedded_gate().check(shared, [action])
+    assert verdict.outcome == outcome
+    assert verdict.allow is (outcome == ALLOW)
+    if reason:
+        assert any(reason in text for text in verdict.reasons), verdict.reasons
+    else:
+        assert verdict.reasons == ()
+
+
+def test_every_verdict_carries_the_policy_revision() -> None:
+    [verdict] = embedded_gate().check(common(), [order()])
+    assert verdict.revision == load_policy_set(REGO).revision
+
+
+def test_one_verdict_per_action_in_order() -> None:
+    verdicts = embedded_gate().check(common(), [order(), order(approver="alice"), order()])
+    assert [v.outcome for v in verdicts] == [ALLOW, DENY, ALLOW]
+
+
+GOVERNANCE = "decision/governance/policy.rego"
+
+
+@pytest.mark.parametrize(("source", "outcome", "reason"), [
+    ('package decision.governance\nallow := true\ndeny contains "no" if true\n', DENY, "no"),
+    ("package decision.governance\nallow := false\n", DENY, "not allowed by"),
+    ("package decision.other\nallow := true\n", HOLD, "is undefined for this action"),
+    ("package decision\ngovernance := 5\n", HOLD, "not an object with allow and deny"),
+    ('package decision.governance\nallow := "yes"\n', HOLD, "allow is not a boolean"),
+    ("package decision.governance\nallow := true\ndeny := [1]\n", HOLD, "not a set of strings"),
+    ('package decision.governance\ndeny contains "x" if false\n', HOLD, "allow is undefined"),
+    ("package decision.governance\nallow := true if input.action.a\nallow := false if "
+     "input.action.b\n", HOLD, "policy evaluation failed"),
+])
+def test_anything_but_an_explicit_allow_is_not_an_allow(source: str, outcome: str,
+                                                        reason: str) -> None:
+    action = {"id": "a", "type": "t", "params": {}, "a": True, "b": True}
+    [verdict] = gate_from_sources({GOVERNANCE: source}).check(common(), [action])
+    assert verdict.outcome == outcome
+    assert any(reason in text for text in verdict.reasons), verdict.reasons
+
+
+# --- reload ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    (tmp_path / "decision" / "governance").mkdir(parents=True)
+    (tmp_path / GOVERNANCE).write_text(
+        'package decision.governance\nallow := true\ndeny contains "big" if '
+        "input.action.params.amount > 10\n")
+    return tmp_path
+
+
+def test_a_changed_policy_is_used_with_its_new_revision(policy_dir: Path) -> None:
+    engine = EmbeddedPolicyEngine(policy_dir, reload_seconds=0)
+    gate = gate_for(engine)
+    first = gate.check(common(), [order(amount=50)])[0]
+    (policy_dir / GOVERNANCE).write_text("package decision.governance\nallow := true\n")
+    assert engine.reload() == []
+    second = gate.check(common(), [order(amount=50)])[0]
+    assert (first.outcome, second.outcome) == (DENY, ALLOW)
+    assert first.revision != second.revision
+
+
+@pytest.mark.parametrize(("broken", "line", "message"), [
+    ("package decision.governance\nallow if {\n  input.x ==\n}\n", 4, "rego_parse_error"),
+    ("package decision.governance\nallow if { y == 1 }\n", 2, "var y is unsafe"),
+    ("package decision.governance\nallow if { nope(1) }\n", 2, "undefined function nope"),
+])
+def test_a_policy_that_does_not_compile_is_rejected_and_the_last_good_one_stays(
+        policy_dir: Path, broken: str, line: int, message: str) -> None:
+    engine = EmbeddedPolicyEngine(policy_dir, reload_seconds=0)
+    gate = gate_for(engine)
+    revision = engine.revision
+    (policy_dir / GOVERNANCE).write_text(broken)
+    [problem] = engine.reload()
+    assert problem.file == GOVERNANCE
+    assert problem.line == line
+    assert message in problem.message
+    [verdict] = gate.check(common(), [order(amount=50)])
+    assert (verdict.outcome, verdict.revision) == (DENY, revision)
+
+
+def test_broken_data_is_rejected_with_file_and_line(policy_dir: Path) -> None:
+    engine = EmbeddedPolicyEngine(policy_dir, reload_seconds=0)
+    (policy_dir / "decision" / "data.json").write_text('{"limits":\n  {"a": }\n}')
+    [problem] = engine.reload()
+    assert (problem.file, problem.line) == ("decision/data.json", 2)
+
+
+def test_without_loadable_policies_every_action_is_held(policy_dir: Path) -> None:
+    (policy_dir / GOVERNANCE).write_text("package decision.governance\nallow if {\n")
+    gate = gate_for(EmbeddedPolicyEngine(policy_dir, reload_seconds=0))
+    [verdict] = gate.check(common(), [order()])
+    assert verdict.outcome == HOLD
+    assert "no policies are loaded" in verdict.reasons[0]
+    assert "policy.rego" in gate.readiness()
+
+
+# --- sidecar ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def opa() -> Iterator[OpaStandIn]:
+    server = OpaStandIn(REGO)
+    yield server
+    server.close()
+
+
+def sidecar_gate(url: str, timeout: float = 0.25) -> PolicyGate:
+    return gate_for(SidecarPolicyEngine(url, timeout_seconds=timeout))
+
+
+def _summary(verdicts: list[Verdict]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(v.outcome, v.reasons) for v in verdicts]
+
+
+def test_embedded_and_sidecar_give_identical_verdicts(opa: OpaStandIn) -> None:
+    embedded, sidecar = embedded_gate(), sidecar_gate(opa.url)
+    for _, shared, action, _, _ in SAMPLE_CASES:
+        assert _summary(sidecar.check(shared, [action])) == _summary(
+            embedded.check(shared, [action]))
+    actions = [case[2] for case in SAMPLE_CASES]
+    assert _summary(sidecar.check(common(), actions)) == _summary(
+        embedded.check(common(), actions))
+
+
+def test_one_round_trip_per_decision_whatever_the_number_of_actions(opa: OpaStandIn) -> None:
+    gate = sidecar_gate(opa.url)
+    gate.check(common(), [order()])  # first call also reads the revision
+    opa.requests.clear()
+    verdicts = gate.check(common(), [order(), order(approver="alice"), order(amount=5)])
+    assert [v.outcome for v in verdicts] == [ALLOW, DENY, ALLOW]
+    assert sum(opa.requests.values()) == 1
+    assert opa.requests["POST /v1/query"] == 1
+
+
+def test_a_single_action_uses_the_data_api(opa: OpaStandIn) -> None:
+    gate = sidecar_gate(opa.url)
+    gate.check(common(), [order()])
+    assert opa.requests["POST /v1/data/decision/governance"] == 1
+
+
+def test_an_opa_without_ad_hoc_queries_is_asked_per_action(opa: OpaStandIn) -> None:
+    opa.query_api = False
+    verdicts = sidecar_gate(opa.url).check(common(), [order(), order(approver="alice")])
+    assert [v.outcome for v in verdicts] == [ALLOW, DENY]
+
+
+def test_the_sidecar_revision_is_the_bundle_revision_it_reports() -> None:
+    server = OpaStandIn(REGO, bundles={"governance": "2026-11-24.3"})
+    try:
+        gate = sidecar_gate(server.url)
+        assert gate.check(common(), [order()])[0].revision == "governance=2026-11-24.3"
+        assert gate.check(common(), [order(), order()])[0].revision == "governance=2026-11-24.3"
+    finally:
+        server.close()
+
+
+def test_without_bundles_the_revision_hashes_the_loaded_modules(opa: OpaStandIn) -> None:
+    revision = sidecar_gate(opa.url).check(common(), [order()])[0].revision
+    assert revision.startswith("opa-")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_sidecar_holds_every_action() -> None:
+    gate = sidecar_gate(f"http://127.0.0.1:{_closed_port()}")
+    verdicts = gate.check(common(), [order(), order()])
+    assert [v.outcome for v in verdicts] == [HOLD, HOLD]
+    assert "is unreachable" in verdicts[0].reasons[0]
+    assert "unreachable" in gate.readiness()
+
+
+def test_a_slow_sidecar_holds_the_actions_after_the_timeout(opa: OpaStandIn) -> None:
+    opa.delay_seconds = 0.5
+    [verdict] = sidecar_gate(opa.url, timeout=0.1).check(common(), [order()])
+    assert verdict.outcome == HOLD
+    assert "did not answer within 100 ms" in verdict.reasons[0]
+
+
+def test_a_sidecar_answering_500_holds_the_actions(opa: OpaStandIn) -> None:
+    opa.fail_status = 500
+    verdicts = sidecar_gate(opa.url).check(common(), [order(), order()])
+    assert [v.outcome for v in verdicts] == [HOLD, HOLD]
+    assert verdicts[0].reasons == ("OPA answered HTTP 500: stand-in told to fail",)
+
+
+def test_an_undefined_document_on_the_sidecar_holds_the_action(opa: OpaStandIn) -> None:
+    gate = PolicyGate(SidecarPolicyEngine(opa.url), governance_path="decision/missing",
+                      access_path="decision/access")
+    [verdict] = gate.check(common(), [order()])
+    assert verdict.outcome == HOLD
+    assert "undefined" in verdict.reasons[0]
