@@ -176,6 +176,115 @@ def keys_new(caller_id: str, departments: tuple[str, ...], rulesets: tuple[str, 
     click.echo(yaml.safe_dump({"keys": [entry]}, sort_keys=False).rstrip())
 
 
+def _open_service() -> Any:
+    from app.service import DecisionService
+
+    try:
+        return DecisionService.open(_settings().replace(background_worker=False))
+    except ConfigurationError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="one pass over the due work, then exit")
+def worker(once: bool) -> None:
+    """Make triggered decisions and deliver the outbox until stopped (SIGTERM/SIGINT).
+
+    Run as many as you like: each claims its work in Redis with a lease, and work of a
+    worker that dies is taken over when its lease runs out."""
+    import signal
+
+    service = _open_service()
+    if once:
+        click.echo(f"{service.worker.run_once()} item(s) handled")
+        service.close()
+        return
+    signal.signal(signal.SIGTERM, lambda *_: service.worker.stop(timeout=0))
+    click.echo("worker running (triggered decisions, outbox delivery); Ctrl-C stops it")
+    try:
+        service.worker.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+
+
+@main.group()
+def decisions() -> None:
+    """The decision log."""
+
+
+@decisions.command("export")
+@click.option("--subject", help="only this subject's decisions (newest first)")
+@click.option("-o", "--output", type=click.File("w"), default="-", help="file (default: stdout)")
+def decisions_export(subject: str | None, output: Any) -> None:
+    """Write recorded decisions as JSON lines."""
+    import json
+
+    from app.errors import NotFound
+
+    service = _open_service()
+    count = 0
+    try:
+        if subject:
+            records = service.decisions.recent(subject, limit=1_000_000)
+        else:
+            records = []
+            for decision_id in service.decisions.all_ids():
+                try:
+                    records.append(service.decisions.get(decision_id))
+                except NotFound:
+                    continue  # expired while exporting
+        for record in records:
+            output.write(json.dumps(record, sort_keys=True) + "\n")
+            count += 1
+    finally:
+        service.close()
+    click.echo(f"{count} decision(s) exported", err=True)
+
+
+@main.group()
+def actions() -> None:
+    """Deliveries of allowed actions: inspect and re-drive the failed ones."""
+
+
+@actions.command("failed")
+@click.option("--limit", default=100, show_default=True)
+def actions_failed(limit: int) -> None:
+    """List actions parked after their last delivery attempt."""
+    service = _open_service()
+    try:
+        for entry in service.outbox.failed(limit):
+            action = entry["action"]
+            click.echo(f"{entry['decision_id']} {action['id']} {action['type']} "
+                       f"subject={entry['subject']} attempts={entry['attempts']} "
+                       f"error={entry.get('last_error')!r}")
+    finally:
+        service.close()
+
+
+@actions.command("redrive")
+@click.argument("decision_id", required=False)
+@click.argument("action_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="every parked action")
+def actions_redrive(decision_id: str | None, action_id: str | None, everything: bool) -> None:
+    """Put a parked action (or --all) back into delivery, with its attempts reset."""
+    service = _open_service()
+    try:
+        if everything:
+            targets = [(e["subject"], e["decision_id"], e["action"]["id"])
+                       for e in service.outbox.failed(limit=100_000)]
+        elif decision_id and action_id:
+            targets = [(service.decisions.get(decision_id)["subject"], decision_id, action_id)]
+        else:
+            raise click.UsageError("give DECISION_ID ACTION_ID, or --all")
+        for subject, decision, action in targets:
+            service.outbox.redrive(subject, decision, action)
+        click.echo(f"{len(targets)} action(s) queued again")
+    finally:
+        service.close()
+
+
 def _run_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
 

@@ -47,6 +47,14 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _environment(raw: str) -> str:
     if raw not in ("development", "production"):
         raise ValueError("must be 'development' or 'production'")
@@ -93,6 +101,19 @@ OPTIONS: tuple[Option, ...] = (
            "YAML map of action type to executor URL; empty: actions are recorded, not sent"),
     Option("api_keys_file", "", _optional_path,
            "API keys and their grants; empty: open access on loopback, with a warning"),
+    Option("decision_retention_seconds", "2592000", _positive_int,
+           "how long decision records are kept (default 30 days)"),
+    Option("idempotency_ttl_seconds", "86400", _positive_int,
+           "how long an Idempotency-Key of POST /v1/decisions is remembered"),
+    Option("background_worker", "true", _boolean,
+           "run triggered decisions and outbox delivery in a thread of each serving process"),
+    Option("worker_poll_seconds", "0.1", _positive_float,
+           "how often an idle worker looks for due work"),
+    Option("dispatch_backoff_seconds", "0.5", _positive_float,
+           "first retry delay of a failed delivery; doubles per attempt, with jitter"),
+    Option("dispatch_backoff_max_seconds", "60", _positive_float, "longest retry delay"),
+    Option("dispatch_lease_seconds", "30", _positive_float,
+           "how long a worker holds a claimed delivery before another may take it over"),
     Option("max_body_bytes", "2097152", _positive_int,
            "largest request body accepted (bytes); larger is 413"),
     Option("max_batch", "1000", _positive_int, "most facts accepted in one POST /v1/facts"),
@@ -122,6 +143,13 @@ class Settings:
     rules_reload_seconds: float
     executors_file: Path | None
     api_keys_file: Path | None
+    decision_retention_seconds: int
+    idempotency_ttl_seconds: int
+    background_worker: bool
+    worker_poll_seconds: float
+    dispatch_backoff_seconds: float
+    dispatch_backoff_max_seconds: float
+    dispatch_lease_seconds: float
     max_body_bytes: int
     max_batch: int
 

@@ -24,3 +24,60 @@ def subject_fact_expiry(subject: str) -> str:
 def fact_owner(fact_id: str) -> str:
     """String: the subject a fact id belongs to (expires with the fact)."""
     return f"{PREFIX}:fact:{fact_id}"
+
+
+def decision_subject(decision_id: str) -> str:
+    """String: the subject a decision id belongs to (expires with the record)."""
+    return f"{PREFIX}:decision:{decision_id}"
+
+
+def decision_record(subject: str, decision_id: str) -> str:
+    """String: the decision record (JSON), written once and never changed."""
+    return f"{PREFIX}:{{{subject}}}:decision:{decision_id}"
+
+
+def decision_action_status(subject: str, decision_id: str) -> str:
+    """Hash: action id -> delivery status (JSON), which changes as the outbox delivers."""
+    return f"{PREFIX}:{{{subject}}}:decision:{decision_id}:actions"
+
+
+def subject_decisions(subject: str) -> str:
+    """Sorted set: decision id -> created (epoch ms), the subject's decisions."""
+    return f"{PREFIX}:{{{subject}}}:decisions"
+
+
+def idempotency(subject: str, caller: str, key: str) -> str:
+    """String: the decision an Idempotency-Key produced, with the request's fingerprint."""
+    return f"{PREFIX}:{{{subject}}}:idempotency:{caller}:{key}"
+
+
+def subject_sent_actions(subject: str) -> str:
+    """Hash: action id -> the decision that queued it; an action is sent once per subject."""
+    return f"{PREFIX}:{{{subject}}}:sent-actions"
+
+
+def outbox(subject: str) -> str:
+    """Hash: "<decision id>:<action id>" -> outbox entry (JSON) of an allowed action."""
+    return f"{PREFIX}:{{{subject}}}:outbox"
+
+
+# The dispatch schedule and the trigger queue each live in one slot of their own, so that
+# their scripts can claim work atomically on Redis Cluster too.
+def dispatch_due() -> str:
+    """Sorted set: outbox member -> when it may next be attempted (epoch ms)."""
+    return f"{PREFIX}:{{dispatch}}:due"
+
+
+def dispatch_failed() -> str:
+    """Sorted set: outbox member -> when it was parked as failed (epoch ms)."""
+    return f"{PREFIX}:{{dispatch}}:failed"
+
+
+def triggers_due() -> str:
+    """Sorted set: "<subject>|<ruleset>" -> when the triggered decision is due (epoch ms)."""
+    return f"{PREFIX}:{{triggers}}:due"
+
+
+def triggers_pending() -> str:
+    """Hash: "<subject>|<ruleset>" -> the triggering facts not yet decided on (JSON)."""
+    return f"{PREFIX}:{{triggers}}:pending"

@@ -27,6 +27,8 @@ from marshmallow import (
 from app.config import DEFAULTS
 from app.errors import InvalidInput, InvalidParam
 
+DEFAULT_MAX_BATCH = DEFAULTS["max_batch"]
+
 SUBJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 FACT_ID_PATTERN = SUBJECT_PATTERN
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -163,7 +165,7 @@ class FactBatchInSchema(Schema):
 
     facts = fields.List(fields.Nested(FactInSchema), required=True)
 
-    def __init__(self, *, max_batch: int = int(DEFAULTS["max_batch"]), **kwargs: Any) -> None:
+    def __init__(self, *, max_batch: int = int(DEFAULT_MAX_BATCH), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_batch = max_batch
 
@@ -191,6 +193,89 @@ class FactBatchInSchema(Schema):
     @post_load
     def _unwrap(self, data: Mapping[str, Any], **_: Any) -> list[dict[str, Any]]:
         return list(data["facts"])
+
+
+class InlineFactSchema(Schema):
+    """A fact given with a decision request: seen by the rules, not stored in the pool."""
+
+    type = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    department = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    data = FactData(required=True)
+    id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
+        "description": "an inline fact with a pooled fact's id stands in for it"})
+
+
+class DecisionInSchema(Schema):
+    """A request for a decision on one subject."""
+
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
+    ruleset = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    facts = fields.List(fields.Nested(InlineFactSchema), load_default=list)
+    dry_run = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
+        "description": "evaluate and gate, but record no delivery and send nothing"})
+
+    def __init__(self, *, max_facts: int = int(DEFAULT_MAX_BATCH), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_facts = max_facts
+
+    @validates("facts")
+    def _size(self, facts: list[Any], **_: Any) -> None:
+        if len(facts) > self.max_facts:
+            raise ValidationError(f"holds {len(facts)} facts; at most {self.max_facts}")
+
+
+class DecisionQuerySchema(Schema):
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+class FailedActionsQuerySchema(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class VerdictSchema(Schema):
+    allow = fields.Boolean(required=True)
+    outcome = fields.String(required=True, metadata={"enum": ["allow", "deny", "hold"]})
+    reasons = fields.List(fields.String(), required=True)
+    policy_revision = fields.String(required=True)
+
+
+class DecisionActionSchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(required=True)
+    params = fields.Dict(required=True)
+    rule = fields.String(required=True)
+    verdict = fields.Nested(VerdictSchema, required=True)
+    status = fields.String(required=True, metadata={"enum": [
+        "queued", "dispatched", "failed", "denied", "held", "dry_run", "recorded"]})
+    delivery = fields.Dict(metadata={"description": "attempts, last_error, dispatched_at"})
+
+
+class FiringSchema(Schema):
+    rule = fields.String(required=True)
+    facts = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                        metadata={"description": "alias -> id of the fact it matched"})
+
+
+class DecisionRecordSchema(Schema):
+    decision_id = fields.String(required=True)
+    subject = fields.String(required=True)
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+    ruleset = fields.Dict(required=True, metadata={"description": "name and version"})
+    policy = fields.Dict(required=True, metadata={"description": "revision"})
+    dry_run = fields.Boolean(required=True)
+    caller = fields.Dict(required=True)
+    trigger = fields.Dict(allow_none=True)
+    facts = fields.List(fields.Dict(), required=True, metadata={
+        "description": "the snapshot the rules saw"})
+    fired = fields.List(fields.Nested(FiringSchema), required=True)
+    derived_facts = fields.List(fields.Dict(), required=True)
+    actions = fields.List(fields.Nested(DecisionActionSchema), required=True)
+
+
+class DecisionListSchema(Schema):
+    subject = fields.String(required=True)
+    decisions = fields.List(fields.Nested(DecisionRecordSchema), required=True)
 
 
 class FactSchema(Schema):

@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis
 
-from app.access import AccessControl, ApiKeys
+from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
+from app.clock import rfc3339, system_clock
 from app.config import Settings
-from app.errors import ConfigurationError, DecisionServiceError
-from app.facts import FactPool
+from app.decision_log import DecisionLog, IdempotencyClaim
+from app.decisions import make_decision, request_fingerprint, snapshot
+from app.dispatch import Dispatcher, Executors, Outbox
+from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
+from app.facts import FactPool, FactRecord
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
 from app.policy.gate import PolicyGate
 from app.rules import RulesetRegistry
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
+from app.triggers import TriggerQueue, idempotency_key, parse_member
+from app.worker import Worker
 
 log = logging.getLogger(__name__)
+
+TRIGGER_BATCH = 16
+TRIGGER_LEASE_SECONDS = 30.0
 
 
 def _loopback(host: str) -> bool:
@@ -63,6 +75,18 @@ class DecisionService:
         self.policy = PolicyGate(policy_engine(settings), governance_path=settings.policy_path,
                                  access_path=settings.access_policy_path)
         self.access = AccessControl(_access_keys(settings), self.policy)
+        self.executors = Executors.load(settings.executors_file)
+        self.outbox = Outbox(redis_client)
+        self.decisions = DecisionLog(redis_client, self.outbox,
+                                     retention_seconds=settings.decision_retention_seconds,
+                                     idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
+        self.dispatcher = Dispatcher(self.outbox, self.executors,
+                                     backoff_seconds=settings.dispatch_backoff_seconds,
+                                     backoff_max_seconds=settings.dispatch_backoff_max_seconds,
+                                     lease_seconds=settings.dispatch_lease_seconds)
+        self.triggers = TriggerQueue(redis_client)
+        self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once],
+                             poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
 
     @classmethod
@@ -83,6 +107,69 @@ class DecisionService:
                 embedded.stop()
             raise
 
+    # --- facts -------------------------------------------------------------------------
+
+    def post_facts(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
+        """Store facts, then ask for the decisions their types trigger."""
+        stored = self.facts.put(facts)
+        for ruleset in self.rulesets.active():
+            if not ruleset.triggers:
+                continue
+            by_subject: dict[str, list[dict[str, str]]] = {}
+            for record in stored:
+                if record["type"] in ruleset.triggers:
+                    by_subject.setdefault(record["subject"], []).append(
+                        {"id": record["id"], "type": record["type"],
+                         "department": record["department"]})
+            for subject, triggering in by_subject.items():
+                self.triggers.request(subject, ruleset.name, triggering)
+        return stored
+
+    # --- decisions ---------------------------------------------------------------------
+
+    def decide(self, *, subject: str, ruleset_name: str,
+               inline_facts: Sequence[Mapping[str, Any]] = (), dry_run: bool = False,
+               caller: Caller = ANONYMOUS, idempotency_key: str | None = None,
+               trigger: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+        """Decide on a subject: (the decision record, whether it is an earlier decision
+        returned again for the same Idempotency-Key)."""
+        claim = None
+        if idempotency_key is not None:
+            claim = IdempotencyClaim(caller.id, idempotency_key, request_fingerprint(
+                subject, ruleset_name, inline_facts, dry_run))
+            earlier = self.decisions.replayed(subject, claim)
+            if earlier is not None:
+                return earlier, True
+        ruleset = self.rulesets.get(ruleset_name)
+        facts = snapshot(self.facts.facts_of(subject), inline_facts)
+        decision = make_decision(
+            decision_id=str(uuid.uuid4()), subject=subject, ruleset=ruleset, facts=facts,
+            gate=self.policy, caller=caller, dry_run=dry_run,
+            created_at=rfc3339(system_clock()), executors=self.executors, trigger=trigger)
+        return self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
+                                     idempotency=claim)
+
+    def run_triggers_once(self) -> int:
+        """Make the triggered decisions that are due; how many were claimed."""
+        members = self.triggers.claim(limit=TRIGGER_BATCH, lease_seconds=TRIGGER_LEASE_SECONDS)
+        for member in members:
+            subject, ruleset = parse_member(member)
+            triggering = self.triggers.pending(member)
+            caller = Caller("trigger", tuple(sorted({f["department"] for f in triggering})))
+            try:
+                self.decide(subject=subject, ruleset_name=ruleset, caller=caller,
+                            idempotency_key=idempotency_key(member, triggering),
+                            trigger={"facts": triggering})
+            except UnknownRuleset as exc:
+                log.error("triggered decision on %s dropped: %s", subject, exc.detail)
+            except DecisionServiceError as exc:
+                log.warning("triggered decision on %s deferred: %s", subject, exc.detail)
+                continue  # the lease expires and a worker tries again
+            self.triggers.done(member, len(triggering))
+        return len(members)
+
+    # --- operations --------------------------------------------------------------------
+
     def readiness(self) -> dict[str, str]:
         """Each dependency and whether it answers: "ok" or the reason it does not."""
         checks: dict[str, str] = {}
@@ -96,6 +183,7 @@ class DecisionService:
         return checks
 
     def close(self) -> None:
+        self.worker.stop()
         self.redis.close()
         if self._embedded_redis is not None:
             self._embedded_redis.stop()

@@ -36,7 +36,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     return Settings.load(environ={}, overrides={
         "redis_url": redis_url, "data_dir": tmp_path,
-        "rules_dir": ROOT / "rules", "policy_dir": ROOT / "rego"})
+        "rules_dir": ROOT / "rules", "policy_dir": ROOT / "rego", "background_worker": False})
 
 
 @pytest.fixture

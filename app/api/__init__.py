@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from app.api import facts, health, openapi, problems, rulesets
+from app.api import decisions, facts, health, openapi, problems, rulesets
 from app.api.request_context import authenticate_request
 from app.config import Settings
 from app.service import DecisionService
@@ -31,6 +31,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     problems.init_app(app)
     app.before_request(authenticate_request)
-    for blueprint in (health.bp, facts.bp, rulesets.bp, openapi.bp):
+    for blueprint in (health.bp, facts.bp, decisions.bp, rulesets.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    if settings.background_worker:
+        service.worker.start()
     return app

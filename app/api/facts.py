@@ -40,7 +40,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
     svc = service()
     facts = load_facts(json_body(), max_batch=svc.settings.max_batch)
     authorize("facts.write", departments=sorted({fact["department"] for fact in facts}))
-    return {"facts": svc.facts.put(facts)}, 201
+    return {"facts": svc.post_facts(facts)}, 201
 
 
 @bp.get("/v1/subjects/<subject>/facts")

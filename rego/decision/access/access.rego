@@ -38,6 +38,16 @@ deny contains msg if {
 }
 
 # METADATA
+# description: Facts given with a decision request count as reports too.
+deny contains msg if {
+	input.request.operation == "decisions.create"
+	some department in input.request.departments
+	not _reports_for(department)
+	msg := sprintf("%s may not give facts of the %s department with a decision.",
+		[input.caller.id, department])
+}
+
+# METADATA
 # description: Decisions only on the rulesets granted to the caller.
 deny contains msg if {
 	input.request.operation == "decisions.create"

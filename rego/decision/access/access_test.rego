@@ -41,6 +41,14 @@ test_decisions_only_on_granted_rulesets if {
 	result.deny == {"procurement-portal is not granted decisions on the payroll ruleset."}
 }
 
+test_inline_facts_of_another_department_are_refused if {
+	result := access with input as {
+		"caller": _portal,
+		"request": {"operation": "decisions.create", "ruleset": "procurement", "departments": ["finance"]},
+	}
+	result.deny == {"procurement-portal may not give facts of the finance department with a decision."}
+}
+
 test_replay_needs_the_analyst_grant if {
 	access.allow with input as {"caller": _analyst, "request": {"operation": "replays.create"}}
 	not access.allow with input as {"caller": _portal, "request": {"operation": "replays.create"}}

@@ -1,0 +1,106 @@
+"""Decisions over HTTP: take one, read them back, and operate failed deliveries."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, fields
+
+from app.api.openapi import documented
+from app.api.request_context import authorize, caller, json_body, service
+from app.errors import InvalidInput, InvalidParam
+from app.schemas import (
+    DecisionInSchema,
+    DecisionListSchema,
+    DecisionQuerySchema,
+    DecisionRecordSchema,
+    FailedActionsQuerySchema,
+    load,
+)
+
+bp = Blueprint("decisions", __name__)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class FailedActionListSchema(Schema):
+    failed = fields.List(fields.Dict(), required=True, metadata={
+        "description": "outbox entries parked after their last attempt"})
+
+
+class RedriveSchema(Schema):
+    status = fields.String(required=True)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidInput.from_params([InvalidParam(
+            "Idempotency-Key", "1 to 200 visible ASCII characters")])
+    return key
+
+
+@bp.post("/v1/decisions")
+@documented(summary="Decide on a subject: rules, then the policy gate, then the outbox",
+            tag="decisions", body=DecisionInSchema,
+            responses={201: ("the decision record", DecisionRecordSchema),
+                       200: ("the earlier decision for this Idempotency-Key",
+                             DecisionRecordSchema)})
+def create_decision() -> ResponseReturnValue:
+    svc = service()
+    body = load(DecisionInSchema(max_facts=svc.settings.max_batch), json_body())
+    key = _idempotency_key()
+    authorize("decisions.create", ruleset=body["ruleset"], subject=body["subject"],
+              departments=sorted({fact["department"] for fact in body["facts"]}))
+    record, replayed = svc.decide(subject=body["subject"], ruleset_name=body["ruleset"],
+                                  inline_facts=body["facts"], dry_run=body["dry_run"],
+                                  caller=caller(), idempotency_key=key)
+    response = jsonify(record)
+    response.status_code = 200 if replayed else 201
+    response.headers["Location"] = f"/v1/decisions/{record['decision_id']}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/v1/decisions/<decision_id>")
+@documented(summary="A decision record, with the delivery status of its actions",
+            tag="decisions", responses={200: ("the decision record", DecisionRecordSchema)})
+def get_decision(decision_id: str) -> dict[str, Any]:
+    authorize("decisions.read")
+    return service().decisions.get(decision_id)
+
+
+@bp.get("/v1/decisions")
+@documented(summary="Recent decisions of a subject, newest first", tag="decisions",
+            query=DecisionQuerySchema,
+            responses={200: ("the subject's decisions", DecisionListSchema)})
+def list_decisions() -> dict[str, Any]:
+    query = load(DecisionQuerySchema(), request.args.to_dict())
+    authorize("decisions.read", subject=query["subject"])
+    return {"subject": query["subject"],
+            "decisions": service().decisions.recent(query["subject"], query["limit"])}
+
+
+@bp.get("/v1/actions/failed")
+@documented(summary="Actions parked after their last delivery attempt", tag="operations",
+            query=FailedActionsQuerySchema,
+            responses={200: ("the parked actions", FailedActionListSchema)})
+def failed_actions() -> dict[str, Any]:
+    query = load(FailedActionsQuerySchema(), request.args.to_dict())
+    authorize("actions.operate")
+    return {"failed": service().outbox.failed(query["limit"])}
+
+
+@bp.post("/v1/decisions/<decision_id>/actions/<action_id>/redrive")
+@documented(summary="Put a parked action back into delivery", tag="operations",
+            responses={202: ("queued again", RedriveSchema)})
+def redrive_action(decision_id: str, action_id: str) -> tuple[dict[str, Any], int]:
+    authorize("actions.operate")
+    svc = service()
+    subject = svc.decisions.get(decision_id)["subject"]
+    svc.outbox.redrive(subject, decision_id, action_id)
+    return {"status": "queued"}, 202

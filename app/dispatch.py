@@ -1,0 +1,310 @@
+"""Delivering allowed actions to their executors: the outbox and the dispatcher.
+
+An allowed action enters its subject's outbox in the same transaction that records
+the decision (see `DecisionLog.commit`), and the schedule says when it is due. A
+dispatcher (a thread of `serve`, or any number of `decision-service worker`
+processes) claims due entries with a lease, POSTs each as a CloudEvent with
+`Idempotency-Key: <decision id>:<action id>`, and then records the outcome:
+delivered, retried later with exponential backoff and jitter, or parked as failed
+after the last attempt (or at once for a 4xx that retrying cannot fix), where an
+operator can list and re-drive it.
+
+Nothing is lost and nothing is sent twice under different keys: an entry leaves the
+outbox only when its delivery is recorded; a worker that dies holding a lease lets
+it expire, and the next worker sends the same entry with the same key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+import requests
+import yaml
+from marshmallow import Schema, ValidationError, fields, validate
+from requests.adapters import HTTPAdapter
+
+from app import keys
+from app.clock import Clock, rfc3339, system_clock
+from app.errors import ConfigurationError, NotFound
+from app.schemas import invalid_params
+from app.store import unavailable_on_outage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_ATTEMPTS = 8
+# 4xx answers that a later attempt may turn around; any other 4xx parks the action at once.
+_RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
+
+QUEUED, DISPATCHED, FAILED = "queued", "dispatched", "failed"
+
+
+@dataclass(frozen=True)
+class Executor:
+    url: str
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+class _ExecutorSchema(Schema):
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    timeout_seconds = fields.Float(load_default=DEFAULT_TIMEOUT_SECONDS,
+                                   validate=validate.Range(min=0.01, max=120))
+    max_attempts = fields.Integer(load_default=DEFAULT_MAX_ATTEMPTS, strict=True,
+                                  validate=validate.Range(min=1, max=100))
+
+
+class Executors:
+    """Action type -> where it is delivered (`DECISION_EXECUTORS_FILE`)."""
+
+    def __init__(self, by_type: Mapping[str, Executor]) -> None:
+        self._by_type = dict(by_type)
+
+    @classmethod
+    def load(cls, path: Path | None) -> Executors:
+        if path is None:
+            return cls({})
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: a mapping of action "
+                                     "type to {url, timeout_seconds, max_attempts}")
+        try:
+            loaded = {str(action): _ExecutorSchema().load(spec)
+                      for action, spec in document.items()}
+        except ValidationError as exc:
+            problems = "; ".join(f"{p.name}: {p.reason}" for p in invalid_params(exc.messages))
+            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: {problems}") from exc
+        return cls({action: Executor(**spec) for action, spec in loaded.items()})
+
+    def get(self, action_type: str) -> Executor | None:
+        return self._by_type.get(action_type)
+
+    def __contains__(self, action_type: str) -> bool:
+        return action_type in self._by_type
+
+
+def member_of(subject: str, decision_id: str, action_id: str) -> str:
+    return f"{subject}|{decision_id}|{action_id}"
+
+
+def parse_member(member: str) -> tuple[str, str, str]:
+    subject, decision_id, action_id = member.split("|")
+    return subject, decision_id, action_id
+
+
+# KEYS: due zset; ARGV: now_ms, limit, lease_ms. Takes the due members and pushes each
+# one lease into the future, so no other dispatcher takes it while this one works.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
+end
+return due
+"""
+
+
+class Outbox:
+    """The Redis side of dispatch: entries, their schedule, their status in the decision."""
+
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+        self._redis = redis_client
+        self._clock = clock
+        self._claim = redis_client.register_script(_CLAIM)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def enqueue(self, pipe: Any, *, subject: str, decision_id: str,
+                ruleset: Mapping[str, str], policy_revision: str,
+                actions: list[dict[str, Any]]) -> None:
+        """Add the allowed actions of a decision, inside the caller's transaction `pipe`."""
+        now_ms = self._now_ms()
+        for action in actions:
+            entry = {"subject": subject, "decision_id": decision_id, "ruleset": dict(ruleset),
+                     "policy_revision": policy_revision, "action": action, "attempts": 0,
+                     "enqueued_at": rfc3339(now_ms / 1000)}
+            pipe.hset(keys.outbox(subject), f"{decision_id}:{action['id']}", json.dumps(entry))
+            pipe.zadd(keys.dispatch_due(), {member_of(subject, decision_id, action["id"]): now_ms})
+
+    def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
+        with unavailable_on_outage():
+            return cast(list[str], self._claim(keys=[keys.dispatch_due()], args=[
+                self._now_ms(), limit, int(lease_seconds * 1000)]))
+
+    def entry(self, member: str) -> dict[str, Any] | None:
+        subject, decision_id, action_id = parse_member(member)
+        with unavailable_on_outage():
+            raw = self._redis.hget(keys.outbox(subject), f"{decision_id}:{action_id}")
+        return None if raw is None else json.loads(cast(str, raw))
+
+    def forget(self, member: str) -> None:
+        """A scheduled member whose entry is gone (delivered by a worker that then died)."""
+        with unavailable_on_outage():
+            self._redis.zrem(keys.dispatch_due(), member)
+
+    def _status(self, pipe: Any, entry: dict[str, Any], status: dict[str, Any]) -> None:
+        pipe.hset(keys.decision_action_status(entry["subject"], entry["decision_id"]),
+                  entry["action"]["id"], json.dumps(status))
+
+    def delivered(self, member: str, entry: dict[str, Any], attempts: int) -> None:
+        subject, decision_id, action_id = parse_member(member)
+        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.outbox(subject), f"{decision_id}:{action_id}")
+            self._status(pipe, entry, {"status": DISPATCHED, "attempts": attempts,
+                                       "dispatched_at": rfc3339(self._clock())})
+            pipe.zrem(keys.dispatch_due(), member)
+            pipe.execute()
+
+    def retry(self, member: str, entry: dict[str, Any], attempts: int, error: str,
+              delay_seconds: float) -> None:
+        subject, decision_id, action_id = parse_member(member)
+        entry = {**entry, "attempts": attempts, "last_error": error}
+        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
+            self._status(pipe, entry, {"status": QUEUED, "attempts": attempts,
+                                       "last_error": error})
+            pipe.zadd(keys.dispatch_due(), {member: self._now_ms() + int(delay_seconds * 1000)})
+            pipe.execute()
+
+    def park(self, member: str, entry: dict[str, Any], attempts: int, error: str) -> None:
+        subject, decision_id, action_id = parse_member(member)
+        entry = {**entry, "attempts": attempts, "last_error": error,
+                 "failed_at": rfc3339(self._clock())}
+        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
+            self._status(pipe, entry, {"status": FAILED, "attempts": attempts,
+                                       "last_error": error})
+            pipe.zrem(keys.dispatch_due(), member)
+            pipe.zadd(keys.dispatch_failed(), {member: self._now_ms()})
+            pipe.execute()
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Parked actions, oldest first, for an operator to inspect and re-drive."""
+        with unavailable_on_outage():
+            members = cast(list[str], self._redis.zrange(keys.dispatch_failed(), 0, limit - 1))
+        entries = []
+        for member in members:
+            entry = self.entry(member)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def redrive(self, subject: str, decision_id: str, action_id: str) -> None:
+        """Put a parked action back in the schedule with its attempts reset."""
+        member = member_of(subject, decision_id, action_id)
+        entry = self.entry(member)
+        with unavailable_on_outage():
+            parked = self._redis.zscore(keys.dispatch_failed(), member) is not None
+        if entry is None or not parked:
+            raise NotFound(f"no failed action {action_id!r} in decision {decision_id!r}")
+        entry = {**entry, "attempts": 0, "redriven_at": rfc3339(self._clock())}
+        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
+            self._status(pipe, entry, {"status": QUEUED, "attempts": 0,
+                                       "last_error": entry.get("last_error")})
+            pipe.zrem(keys.dispatch_failed(), member)
+            pipe.zadd(keys.dispatch_due(), {member: self._now_ms()})
+            pipe.execute()
+
+
+def cloud_event(entry: dict[str, Any], now: float) -> dict[str, Any]:
+    """The body an executor receives: a CloudEvents 1.0 event in structured mode."""
+    action = entry["action"]
+    return {
+        "specversion": "1.0",
+        "id": f"{entry['decision_id']}:{action['id']}",
+        "source": f"/decision-service/rulesets/{entry['ruleset']['name']}",
+        "type": f"decision.action.{action['type']}",
+        "subject": entry["subject"],
+        "time": rfc3339(now),
+        "datacontenttype": "application/json",
+        "data": {"decision_id": entry["decision_id"], "subject": entry["subject"],
+                 "action": action, "ruleset": entry["ruleset"],
+                 "policy_revision": entry["policy_revision"]},
+    }
+
+
+class Dispatcher:
+    def __init__(self, outbox: Outbox, executors: Executors, *,
+                 clock: Clock = system_clock, backoff_seconds: float = 0.5,
+                 backoff_max_seconds: float = 60.0, lease_seconds: float = 30.0,
+                 batch_size: int = 16, jitter: Callable[[], float] = random.random) -> None:
+        self.outbox = outbox
+        self.executors = executors
+        self._clock = clock
+        self.backoff_seconds = backoff_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.lease_seconds = lease_seconds
+        self.batch_size = batch_size
+        self._jitter = jitter
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential, capped, with jitter: between half and all of base * 2^(attempts-1)."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** (attempts - 1))
+        return ceiling * (0.5 + 0.5 * self._jitter())
+
+    def run_once(self) -> int:
+        """Attempt every due entry this dispatcher can claim; how many it attempted."""
+        members = self.outbox.claim(limit=self.batch_size, lease_seconds=self.lease_seconds)
+        for member in members:
+            self._attempt(member)
+        return len(members)
+
+    def _attempt(self, member: str) -> None:
+        entry = self.outbox.entry(member)
+        if entry is None:
+            self.outbox.forget(member)
+            return
+        action = entry["action"]
+        attempts = entry["attempts"] + 1
+        executor = self.executors.get(action["type"])
+        if executor is None:
+            self.outbox.park(member, entry, attempts,
+                             f"no executor is configured for {action['type']}")
+            return
+        error, permanent = self._post(executor, entry)
+        if error is None:
+            self.outbox.delivered(member, entry, attempts)
+            log.info("dispatched %s of decision %s to %s", action["type"],
+                     entry["decision_id"], executor.url)
+        elif permanent or attempts >= executor.max_attempts:
+            self.outbox.park(member, entry, attempts, error)
+            log.error("parked %s of decision %s after %d attempts: %s", action["type"],
+                      entry["decision_id"], attempts, error)
+        else:
+            delay = self.backoff(attempts)
+            self.outbox.retry(member, entry, attempts, error, delay)
+            log.warning("delivery of %s of decision %s failed (%s); retry %d in %.1fs",
+                        action["type"], entry["decision_id"], error, attempts, delay)
+
+    def _post(self, executor: Executor, entry: dict[str, Any]) -> tuple[str | None, bool]:
+        """(None, _) when delivered, else (why not, whether retrying is pointless)."""
+        event = cloud_event(entry, self._clock())
+        try:
+            response = self.session.post(
+                executor.url, data=json.dumps(event), timeout=executor.timeout_seconds,
+                headers={"Content-Type": "application/cloudevents+json",
+                         "Idempotency-Key": event["id"]})
+        except requests.Timeout:
+            return f"no answer within {executor.timeout_seconds:g}s", False
+        except requests.RequestException as exc:
+            return f"could not reach the executor ({type(exc).__name__})", False
+        if 200 <= response.status_code < 300:
+            return None, False
+        permanent = 400 <= response.status_code < 500 and (
+            response.status_code not in _RETRYABLE_CLIENT_ERRORS)
+        return f"the executor answered HTTP {response.status_code}", permanent

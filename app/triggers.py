@@ -1,0 +1,103 @@
+"""Decisions triggered by facts: a ruleset names the fact types that should decide it.
+
+Posting such a fact asks for a decision on (subject, ruleset); the worker makes it
+soon after and records the triggering facts with it. Requests coalesce: while one is
+pending, more facts for the same subject and ruleset join it, so a batch of reports
+becomes one decision. A request is removed only after its decision is recorded, and
+facts that arrive meanwhile schedule the next one. A decision retried after a worker
+died carries the same Idempotency-Key, so it is recorded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, cast
+
+import redis
+
+from app import keys
+from app.clock import Clock, system_clock
+from app.store import unavailable_on_outage
+
+# KEYS: due zset, pending hash; ARGV: member, now_ms, facts (JSON list of {id, type}).
+_REQUEST = """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+local facts = pending and cjson.decode(pending) or {}
+for _, fact in ipairs(cjson.decode(ARGV[3])) do facts[#facts + 1] = fact end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(facts))
+redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+return #facts
+"""
+
+# KEYS: due zset, pending hash; ARGV: member, how many facts were decided on, now_ms.
+_DONE = """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+local facts = pending and cjson.decode(pending) or {}
+local taken = tonumber(ARGV[2])
+if #facts <= taken then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+local rest = {}
+for i = taken + 1, #facts do rest[#rest + 1] = facts[i] end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(rest))
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return #rest
+"""
+
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
+end
+return due
+"""
+
+
+def member_of(subject: str, ruleset: str) -> str:
+    return f"{subject}|{ruleset}"
+
+
+def parse_member(member: str) -> tuple[str, str]:
+    subject, ruleset = member.split("|")
+    return subject, ruleset
+
+
+def idempotency_key(member: str, facts: list[dict[str, Any]]) -> str:
+    """The same triggering facts decide once, even when a worker retries after a crash."""
+    digest = hashlib.sha256(json.dumps([member, facts], sort_keys=True).encode())
+    return "trigger-" + digest.hexdigest()[:32]
+
+
+class TriggerQueue:
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+        self._redis = redis_client
+        self._clock = clock
+        self._request = redis_client.register_script(_REQUEST)
+        self._done = redis_client.register_script(_DONE)
+        self._claim = redis_client.register_script(_CLAIM)
+        self._keys = [keys.triggers_due(), keys.triggers_pending()]
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def request(self, subject: str, ruleset: str, facts: list[dict[str, Any]]) -> None:
+        with unavailable_on_outage():
+            self._request(keys=self._keys, args=[member_of(subject, ruleset), self._now_ms(),
+                                                 json.dumps(facts)])
+
+    def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
+        with unavailable_on_outage():
+            return cast(list[str], self._claim(keys=[keys.triggers_due()], args=[
+                self._now_ms(), limit, int(lease_seconds * 1000)]))
+
+    def pending(self, member: str) -> list[dict[str, Any]]:
+        with unavailable_on_outage():
+            raw = self._redis.hget(keys.triggers_pending(), member)
+        return [] if raw is None else cast(list[dict[str, Any]], json.loads(cast(str, raw)))
+
+    def done(self, member: str, decided_on: int) -> None:
+        with unavailable_on_outage():
+            self._done(keys=self._keys, args=[member, decided_on, self._now_ms()])

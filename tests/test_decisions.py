@@ -1,0 +1,379 @@
+"""Decisions end to end: the endpoint, the record, the outbox, delivery to real executors."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from executor_server import Executor
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.config import Settings
+from app.service import DecisionService
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def case(subject: str = "PR-1", *, amount: int = 120000, vendor: str = "Globex",
+         approver: str = "bob", legal: str | None = "cleared",
+         urgency: str | None = "high") -> list[dict[str, Any]]:
+    """What four departments report about one purchase request."""
+    facts = [
+        {"type": "purchase_request", "department": "procurement",
+         "data": {"request_id": subject, "amount": amount, "vendor": vendor,
+                  "requester": "alice", "needed_by": "2026-12-01"}},
+        {"type": "budget_check", "department": "finance",
+         "data": {"request_id": subject, "available": 300000, "approver": approver,
+                  "cost_center": "CC-7"}},
+        {"type": "risk_assessment", "department": "risk",
+         "data": {"request_id": subject, "score": 0.2}},
+    ]
+    if legal:
+        facts.append({"type": "legal_review", "department": "legal",
+                      "data": {"request_id": subject, "status": legal, "reviewer": "carol"}})
+    if urgency:
+        facts.append({"type": "urgency_assessment", "department": "operations",
+                      "data": {"request_id": subject, "level": urgency}})
+    return [{"subject": subject, **fact} for fact in facts]
+
+
+@pytest.fixture
+def executor() -> Iterator[Executor]:
+    server = Executor()
+    yield server
+    server.stop()
+
+
+def executors_file(tmp_path: Path, url: str, **options: Any) -> Path:
+    path = tmp_path / "executors.yaml"
+    path.write_text(yaml.safe_dump({
+        action: {"url": f"{url}/{action}", "timeout_seconds": 2, **options}
+        for action in ("issue_purchase_order", "expedite_delivery", "request_legal_review",
+                       "request_urgency_assessment", "notify_finance")}))
+    return path
+
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(redis_url: str, redis_client: redis.Redis,
+             tmp_path: Path) -> Iterator[AppFactory]:
+    apps: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        settings = Settings.load(environ={}, overrides={
+            "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+            "policy_dir": ROOT / "rego", "background_worker": False,
+            "dispatch_backoff_seconds": 0.01, "dispatch_backoff_max_seconds": 0.05,
+            **overrides})
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["decision_service"].close()
+
+
+def service_of(app: Flask) -> DecisionService:
+    svc: DecisionService = app.extensions["decision_service"]
+    return svc
+
+
+def drain(app: Flask, *, triggers: bool = False, seconds: float = 10.0) -> None:
+    """Deliver (and with `triggers`, make triggered decisions) until nothing is due or time
+    is up. Tests of explicit decisions leave the decisions their facts trigger alone."""
+    svc = service_of(app)
+    step = svc.worker.run_once if triggers else svc.dispatcher.run_once
+    queues = ["ds:{dispatch}:due", *(["ds:{triggers}:due"] if triggers else [])]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if step() == 0:
+            if sum(svc.redis.zcard(queue) for queue in queues) == 0:
+                return
+            time.sleep(0.02)
+
+
+def decide(client: FlaskClient, subject: str = "PR-1", **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/decisions", json={"subject": subject, "ruleset": "procurement",
+                                                  **body})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def statuses(record: dict[str, Any]) -> dict[str, str]:
+    return {a["type"]: a["status"] for a in record["actions"]}
+
+
+def test_the_procurement_case_end_to_end(make_app: AppFactory, executor: Executor,
+                                         tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    assert client.post("/v1/facts", json={"facts": case()}).status_code == 201
+    record = decide(client)
+    assert statuses(record) == {"issue_purchase_order": "queued", "expedite_delivery": "queued"}
+    assert record["ruleset"]["name"] == "procurement" and record["ruleset"]["version"]
+    assert record["policy"]["revision"]
+    assert len(record["facts"]) == 5 and record["fired"] and record["derived_facts"]
+    drain(app)
+
+    assert sorted(d.path for d in executor.deliveries) == ["/expedite_delivery",
+                                                          "/issue_purchase_order"]
+    order = next(d for d in executor.deliveries if d.path == "/issue_purchase_order")
+    action = next(a for a in record["actions"] if a["type"] == "issue_purchase_order")
+    assert order.headers["Idempotency-Key"] == f"{record['decision_id']}:{action['id']}"
+    assert order.headers["Content-Type"] == "application/cloudevents+json"
+    event = order.body
+    assert (event["specversion"], event["subject"], event["type"]) == (
+        "1.0", "PR-1", "decision.action.issue_purchase_order")
+    assert event["id"] == order.headers["Idempotency-Key"] and event["source"] and event["time"]
+    assert event["data"]["decision_id"] == record["decision_id"]
+    assert event["data"]["action"]["params"]["amount"] == 120000
+
+    stored = client.get(f"/v1/decisions/{record['decision_id']}").get_json()
+    assert statuses(stored) == {"issue_purchase_order": "dispatched",
+                                "expedite_delivery": "dispatched"}
+    assert all(a["delivery"]["attempts"] == 1 for a in stored["actions"])
+
+
+def test_denied_and_held_actions_are_never_sent(make_app: AppFactory, executor: Executor,
+                                                tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case("PR-2", vendor="Acme Shell Corp")})
+    denied = decide(client, "PR-2")
+    assert statuses(denied)["issue_purchase_order"] == "denied"
+    order = next(a for a in denied["actions"] if a["type"] == "issue_purchase_order")
+    assert "sanctions list" in order["verdict"]["reasons"][0]
+
+    down = make_app(executors_file=executors_file(tmp_path, executor.url),
+                    opa_url="http://127.0.0.1:9")  # nothing listens on the discard port
+    client = down.test_client()
+    client.post("/v1/facts", json={"facts": case("PR-3")})
+    held = decide(client, "PR-3")
+    assert set(statuses(held).values()) == {"held"}
+    assert "unreachable" in held["actions"][0]["verdict"]["reasons"][0]
+    drain(app)
+    drain(down)
+    assert executor.deliveries == []
+
+
+def test_a_dry_run_gates_but_never_sends(make_app: AppFactory, executor: Executor,
+                                         tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    record = decide(client, dry_run=True)
+    assert record["dry_run"] is True
+    assert set(statuses(record).values()) == {"dry_run"}
+    assert all(a["verdict"]["allow"] for a in record["actions"])
+    drain(app)
+    assert executor.deliveries == []
+
+
+def test_an_action_without_an_executor_is_recorded_not_sent(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    assert set(statuses(decide(client)).values()) == {"recorded"}
+
+
+def test_inline_facts_are_seen_but_not_stored(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case(urgency=None)})
+    inline = {"type": "urgency_assessment", "department": "operations",
+              "data": {"request_id": "PR-1", "level": "critical"}}
+    record = decide(client, facts=[inline])
+    assert "expedite_delivery" in statuses(record)
+    assert record["facts"][-1]["inline"] is True
+    pooled = client.get("/v1/subjects/PR-1/facts").get_json()["facts"]
+    assert "urgency_assessment" not in {f["type"] for f in pooled}
+
+
+def test_a_retried_request_returns_the_first_decision(make_app: AppFactory, executor: Executor,
+                                                      tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    body = {"subject": "PR-1", "ruleset": "procurement"}
+    first = client.post("/v1/decisions", json=body, headers={"Idempotency-Key": "order-77"})
+    again = client.post("/v1/decisions", json=body, headers={"Idempotency-Key": "order-77"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["decision_id"] == first.get_json()["decision_id"]
+    drain(app)
+    assert len(executor.deliveries) == 2  # one decision's two actions, once each
+    listed = client.get("/v1/decisions?subject=PR-1").get_json()["decisions"]
+    assert len(listed) == 1
+
+
+def test_an_idempotency_key_reused_for_another_request_is_409(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"},
+                headers={"Idempotency-Key": "k"})
+    response = client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement",
+                                                  "dry_run": True},
+                           headers={"Idempotency-Key": "k"})
+    assert response.status_code == 409
+    assert "different request" in response.get_json()["detail"]
+
+
+def test_executor_down_then_up_delivers_after_recovery(make_app: AppFactory, executor: Executor,
+                                                       tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url, max_attempts=50))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    executor.stop()
+    record = decide(client)
+    svc = service_of(app)
+    for _ in range(5):
+        svc.worker.run_once()
+        time.sleep(0.03)
+    waiting = client.get(f"/v1/decisions/{record['decision_id']}").get_json()
+    order = next(a for a in waiting["actions"] if a["type"] == "issue_purchase_order")
+    assert order["status"] == "queued"
+    assert order["delivery"]["attempts"] >= 1
+    assert "could not reach the executor" in order["delivery"]["last_error"]
+
+    executor.start()  # back on the same port
+    drain(app)
+    assert sorted(d.path for d in executor.deliveries) == ["/expedite_delivery",
+                                                          "/issue_purchase_order"]
+    done = client.get(f"/v1/decisions/{record['decision_id']}").get_json()
+    assert set(statuses(done).values()) == {"dispatched"}
+
+
+def test_an_executor_failing_for_good_parks_the_action_for_redrive(
+        make_app: AppFactory, executor: Executor, tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url, max_attempts=3))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    executor.statuses = [500, 500, 500]
+    record = decide(client)
+    drain(app)
+    parked = client.get(f"/v1/decisions/{record['decision_id']}").get_json()
+    [order] = parked["actions"]
+    assert order["status"] == "failed"
+    assert order["delivery"] == {"attempts": 3, "last_error": "the executor answered HTTP 500"}
+    [failed] = client.get("/v1/actions/failed").get_json()["failed"]
+    assert failed["action"]["id"] == order["id"]
+    assert len(set(executor.keys())) == 1  # every attempt under the same key
+
+    response = client.post(f"/v1/decisions/{record['decision_id']}/actions/{order['id']}/redrive")
+    assert response.status_code == 202
+    drain(app)
+    assert statuses(client.get(f"/v1/decisions/{record['decision_id']}").get_json()) == {
+        "issue_purchase_order": "dispatched"}
+    assert client.get("/v1/actions/failed").get_json()["failed"] == []
+    assert len(executor.deliveries) == 4 and len(set(executor.keys())) == 1
+
+
+def test_a_client_error_is_parked_at_once(make_app: AppFactory, executor: Executor,
+                                          tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url, max_attempts=8))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    executor.statuses = [422]
+    record = decide(client)
+    drain(app)
+    [order] = client.get(f"/v1/decisions/{record['decision_id']}").get_json()["actions"]
+    assert (order["status"], order["delivery"]["attempts"]) == ("failed", 1)
+
+
+def test_facts_trigger_one_decision_per_batch(make_app: AppFactory, executor: Executor,
+                                              tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    posted = client.post("/v1/facts", json={"facts": case(urgency=None)}).get_json()["facts"]
+    drain(app, triggers=True)
+    [first] = client.get("/v1/decisions?subject=PR-1").get_json()["decisions"]
+    assert sorted(f["id"] for f in first["trigger"]["facts"]) == sorted(f["id"] for f in posted)
+    assert statuses(first) == {"request_urgency_assessment": "dispatched"}
+
+    client.post("/v1/facts", json={"facts": [{"subject": "PR-1", "type": "urgency_assessment",
+                                              "department": "operations",
+                                              "data": {"request_id": "PR-1", "level": "high"}}]})
+    drain(app, triggers=True)
+    latest, _ = client.get("/v1/decisions?subject=PR-1").get_json()["decisions"]
+    assert [f["type"] for f in latest["trigger"]["facts"]] == ["urgency_assessment"]
+    assert statuses(latest) == {"issue_purchase_order": "dispatched",
+                                "expedite_delivery": "dispatched"}
+
+
+def test_a_fact_of_no_trigger_type_decides_nothing(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()
+    client.post("/v1/facts", json={"subject": "PR-1", "type": "weather",
+                                   "department": "ops", "data": {}})
+    drain(app, triggers=True)
+    assert client.get("/v1/decisions?subject=PR-1").get_json()["decisions"] == []
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"subject": "PR-1", "ruleset": "nope"}, 404, None),
+    ({"subject": "PR-1"}, 422, "ruleset"),
+    ({"subject": "PR-1", "ruleset": "procurement", "dry_run": "yes"}, 422, "dry_run"),
+    ({"subject": "PR-1", "ruleset": "procurement", "facts": [{"type": "t"}]}, 422,
+     "facts.0.department"),
+    ({"subject": "PR-1", "ruleset": "procurement", "extra": 1}, 422, "extra"),
+])
+def test_a_bad_decision_request_is_a_problem(make_app: AppFactory, body: dict[str, Any],
+                                             status: int, field: str | None) -> None:
+    response = make_app().test_client().post("/v1/decisions", json=body)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    if field:
+        assert field in [p["name"] for p in response.get_json()["invalid-params"]]
+
+
+def test_a_bad_idempotency_key_is_a_problem(make_app: AppFactory) -> None:
+    response = make_app().test_client().post(
+        "/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"},
+        headers={"Idempotency-Key": "x" * 201})
+    assert response.status_code == 422
+    assert response.get_json()["invalid-params"][0]["name"] == "Idempotency-Key"
+
+
+def test_unknown_decisions_and_listing_without_subject(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    assert client.get("/v1/decisions/nope").status_code == 404
+    assert client.get("/v1/decisions").status_code == 422
+
+
+def test_the_export_writes_json_lines(make_app: AppFactory, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    ids = {decide(client)["decision_id"], decide(client)["decision_id"]}
+    monkeypatch.setenv("DECISION_REDIS_URL", redis_url)
+    out = tmp_path / "decisions.jsonl"
+    result = CliRunner().invoke(main, ["decisions", "export", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {json.loads(line)["decision_id"] for line in out.read_text().splitlines()} == ids
+
+
+def test_an_action_already_queued_for_the_subject_is_not_sent_again(
+        make_app: AppFactory, executor: Executor, tmp_path: Path) -> None:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url))
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    first = decide(client)
+    drain(app, triggers=True)  # the facts also triggered a decision: same actions
+    second = decide(client)
+    assert set(statuses(second).values()) == {"recorded"}
+    assert first["decision_id"] in second["actions"][0]["delivery"]["not_sent"]
+    drain(app)
+    assert sorted(d.path for d in executor.deliveries) == ["/expedite_delivery",
+                                                          "/issue_purchase_order"]

@@ -1,0 +1,120 @@
+"""Crashes and outages around dispatch: a worker killed mid-delivery, Redis dying mid-decision."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from executor_server import Executor
+from test_decisions import case, executors_file, statuses
+
+from app import create_app
+from app.config import Settings
+from app.policy.engines import Answer, EmbeddedPolicyEngine
+from app.store import EmbeddedRedis, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("decision-service")
+    return subprocess.Popen([str(exe), "worker"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _wait_for(condition: Any, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_delivery_is_taken_over_with_the_same_key(
+        redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    executor = Executor()
+    executor.delay_seconds = 3.0  # the first delivery hangs while its worker is killed
+    executors = executors_file(tmp_path, executor.url, max_attempts=5)
+    settings = Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+        "policy_dir": ROOT / "rego", "background_worker": False, "executors_file": executors})
+    app = create_app(settings)
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    record = client.post("/v1/decisions", json={"subject": "PR-1",
+                                                "ruleset": "procurement"}).get_json()
+    assert statuses(record) == {"issue_purchase_order": "queued"}
+    env = {**os.environ, "DECISION_REDIS_URL": redis_url, "DECISION_DATA_DIR": str(tmp_path),
+           "DECISION_RULES_DIR": str(ROOT / "rules"), "DECISION_POLICY_DIR": str(ROOT / "rego"),
+           "DECISION_EXECUTORS_FILE": str(executors), "DECISION_DISPATCH_LEASE_SECONDS": "1",
+           "DECISION_WORKER_POLL_SECONDS": "0.05"}
+    first = _worker(env)
+    try:
+        _wait_for(lambda: len(executor.deliveries) == 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        executor.delay_seconds = 0
+        second = _worker(env)
+        try:
+            _wait_for(lambda: statuses(client.get(
+                f"/v1/decisions/{record['decision_id']}").get_json()) == {
+                "issue_purchase_order": "dispatched"})
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=15) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        executor.stop()
+        app.extensions["decision_service"].close()
+    action_id = record["actions"][0]["id"]
+    assert executor.keys() == [f"{record['decision_id']}:{action_id}"] * 2
+
+
+class _RedisDiesDuringPolicyCheck(EmbeddedPolicyEngine):
+    """The real embedded engine; Redis is stopped while it decides, before the commit."""
+
+    def __init__(self, server: EmbeddedRedis) -> None:
+        super().__init__(ROOT / "rego", reload_seconds=0)
+        self.server = server
+
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer:
+        self.server.stop()
+        return super().decide(path, common, items, item_key=item_key)
+
+
+def test_redis_down_during_a_decision_is_503_and_writes_nothing(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    executor = Executor()
+    settings = Settings.load(environ={}, overrides={
+        "redis_url": url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+        "policy_dir": ROOT / "rego", "background_worker": False, "redis_timeout_seconds": 0.5,
+        "executors_file": executors_file(tmp_path, executor.url)})
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        client.post("/v1/facts", json={"facts": case()})
+        service = app.extensions["decision_service"]
+        service.policy.engine = _RedisDiesDuringPolicyCheck(server)
+        response = client.post("/v1/decisions", json={"subject": "PR-1",
+                                                      "ruleset": "procurement"})
+        assert response.status_code == 503
+        assert response.mimetype == "application/problem+json"
+        server.start()
+        left = connect(url, timeout_seconds=1.0)
+        written = [key for key in left.scan_iter("ds:*") if any(
+            part in key for part in (":decision", ":outbox", "{dispatch}", ":idempotency",
+                                     ":sent-actions"))]
+        assert written == [], "a decision was half-written"
+        assert left.dbsize() > 0  # the facts posted before are still there
+    finally:
+        app.extensions["decision_service"].close()
+        server.stop()
+        executor.stop()
