@@ -104,6 +104,23 @@ def test_lower_priority_runs_first_and_ties_keep_file_order() -> None:
     assert [f.rule for f in evaluate(rs, [fact("f", "t")]).fired] == ["b", "a", "c", "d"]
 
 
+def test_priorities_keep_their_order_whatever_their_size() -> None:
+    # durable_rules keeps `pri` in an unsigned short: big or negative values must not wrap.
+    rs = ruleset("""
+        ruleset: wide
+        rules:
+          - {name: late, priority: 1000, when: {a: {type: t}}, then: [{propose: {action: l}}]}
+          - {name: middle, priority: 20, when: {a: {type: t}, b: {type: u}},
+             then: [{propose: {action: m}}]}
+          - {name: early, priority: -1000, when: {a: {type: u}}, then: [{propose: {action: e}}]}
+          - {name: second, priority: 10, when: {a: {type: t}}, then: [{propose: {action: s}}]}
+    """)
+    facts = [fact("1", "t"), fact("2", "u")]
+    assert [f.rule for f in evaluate(rs, facts).fired] == ["early", "second", "middle", "late"]
+    sample = [f.rule for f in evaluate(procurement(), purchase_case(legal=None)).fired]
+    assert sample.index("risk_acceptable") < sample.index("legal_review_required")
+
+
 STRICT = """
     ruleset: strict
     rules:

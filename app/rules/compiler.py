@@ -17,8 +17,9 @@ What the compiler adds, and why:
 - A field another alias joins on must be present in the fact an alias matches:
   the core aborts a whole assert (error 311) when a join reads a missing field.
   A comparison with a missing field is false anyway (`Test.holds`).
-- Priorities become `pri` with the rule's position as tie-breaker: equal
-  priorities fire in file order.
+- Priorities become `pri` as the rank of (priority, position in the file): equal
+  priorities fire in file order, and the rank fits the core's `unsigned short`
+  (a larger or negative `pri` silently wraps around and reorders the rules).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from app.rules.model import Pattern, Ref, Ruleset, Test, engine_field
 TAG = "_e"  # the evaluation a fact belongs to
 SINK_RULE = "_sink"
 _NEVER = "_z"
-_PRIORITY_SPAN = 10_000  # more than the rules a file may hold
 
 _DECIDED_IN_PYTHON = ("!=",)
 _COMPARISON = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
@@ -98,12 +98,14 @@ def compile_ruleset(ruleset: Ruleset) -> dict[str, Any]:
             {"b": {"$and": [{"$ex": {_NEVER: 1}}, {TAG: {"a": TAG}}]}},
         ]},
     }
+    by_priority = sorted(ruleset.rules, key=lambda r: (r.priority, r.index))
+    rank = {rule.index: position for position, rule in enumerate(by_priority)}
     for rule in ruleset.rules:
         first = rule.when[0].alias
         joined = _joined_fields(rule.when)
         definition[rule_key(rule.index)] = {
             "all": [_condition(p, None if i == 0 else first, joined.get(p.alias, set()))
                     for i, p in enumerate(rule.when)],
-            "pri": rule.priority * _PRIORITY_SPAN + rule.index,
+            "pri": rank[rule.index],
         }
     return definition
