@@ -28,13 +28,13 @@ import redis
 import requests
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate
-from requests.adapters import HTTPAdapter
 
 from app import keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import ConfigurationError, NotFound
+from app.http_client import pooled_session
 from app.schemas import invalid_params
-from app.store import unavailable_on_outage
+from app.store import Schedule, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 
@@ -102,24 +102,13 @@ def parse_member(member: str) -> tuple[str, str, str]:
     return subject, decision_id, action_id
 
 
-# KEYS: due zset; ARGV: now_ms, limit, lease_ms. Takes the due members and pushes each
-# one lease into the future, so no other dispatcher takes it while this one works.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
-end
-return due
-"""
-
-
 class Outbox:
     """The Redis side of dispatch: entries, their schedule, their status in the decision."""
 
     def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
         self._redis = redis_client
         self._clock = clock
-        self._claim = redis_client.register_script(_CLAIM)
+        self._schedule = Schedule(redis_client, keys.dispatch_due())
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -137,9 +126,8 @@ class Outbox:
             pipe.zadd(keys.dispatch_due(), {member_of(subject, decision_id, action["id"]): now_ms})
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
-        with unavailable_on_outage():
-            return cast(list[str], self._claim(keys=[keys.dispatch_due()], args=[
-                self._now_ms(), limit, int(lease_seconds * 1000)]))
+        return self._schedule.claim(now_ms=self._now_ms(), limit=limit,
+                                    lease_seconds=lease_seconds)
 
     def entry(self, member: str) -> dict[str, Any] | None:
         subject, decision_id, action_id = parse_member(member)
@@ -247,10 +235,7 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.batch_size = batch_size
         self._jitter = jitter
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = pooled_session(pool_size=8)
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with jitter: between half and all of base * 2^(attempts-1)."""

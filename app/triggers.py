@@ -18,7 +18,7 @@ import redis
 
 from app import keys
 from app.clock import Clock, system_clock
-from app.store import unavailable_on_outage
+from app.store import Schedule, unavailable_on_outage
 
 # KEYS: due zset, pending hash; ARGV: member, now_ms, facts (JSON list of {id, type}).
 _REQUEST = """
@@ -47,15 +47,6 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return #rest
 """
 
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
-end
-return due
-"""
-
-
 def member_of(subject: str, ruleset: str) -> str:
     return f"{subject}|{ruleset}"
 
@@ -77,7 +68,7 @@ class TriggerQueue:
         self._clock = clock
         self._request = redis_client.register_script(_REQUEST)
         self._done = redis_client.register_script(_DONE)
-        self._claim = redis_client.register_script(_CLAIM)
+        self._schedule = Schedule(redis_client, keys.triggers_due())
         self._keys = [keys.triggers_due(), keys.triggers_pending()]
 
     def _now_ms(self) -> int:
@@ -89,9 +80,8 @@ class TriggerQueue:
                                                  json.dumps(facts)])
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
-        with unavailable_on_outage():
-            return cast(list[str], self._claim(keys=[keys.triggers_due()], args=[
-                self._now_ms(), limit, int(lease_seconds * 1000)]))
+        return self._schedule.claim(now_ms=self._now_ms(), limit=limit,
+                                    lease_seconds=lease_seconds)
 
     def pending(self, member: str) -> list[dict[str, Any]]:
         with unavailable_on_outage():

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 import requests
 from opa_bindings import OpaEngine, OpaError
-from requests.adapters import HTTPAdapter
 
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
+from app.http_client import pooled_session
 from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
 from app.watch import ChangeWatch, Signature, signature
 
@@ -197,10 +197,7 @@ class SidecarPolicyEngine:
         self.timeout_seconds = timeout_seconds
         self.revision_ttl_seconds = revision_ttl_seconds
         self._clock = clock
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=16, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = pooled_session(pool_size=16)
         self._query_api = True
         self._revision = "unknown"
         self._revision_at = float("-inf")
