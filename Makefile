@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint browser clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -21,10 +21,21 @@ run: install
 	$(BIN)/decision-service serve
 
 lint: install
-	$(BIN)/ruff check app tests scripts
+	$(BIN)/ruff check app tests scripts/bench scripts/update-golden
 	$(BIN)/mypy
 
-test: lint
+# Debian's Chromium and ChromeDriver drive the page tests (tests/test_pages.py). Installed
+# when missing and this runs as root; otherwise those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver for the page tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     chromium chromium-driver >/dev/null) \
+	  || echo "could not install chromium: the page tests will skip"; \
+	else echo "chromium or chromedriver missing and not root: the page tests will skip"; fi
+
+test: lint browser
 	$(BIN)/decision-service rules validate rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest

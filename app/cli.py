@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from app.config import OPTIONS, Settings
-from app.errors import ConfigurationError, PolicyInvalid, RulesetInvalid
+from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, RulesetInvalid
 from app.store import EmbeddedRedis
 
 
@@ -283,6 +283,100 @@ def actions_redrive(decision_id: str | None, action_id: str | None, everything: 
         click.echo(f"{len(targets)} action(s) queued again")
     finally:
         service.close()
+
+
+@main.command()
+@click.option("--decision", "decision_ids", multiple=True, help="a decision id (repeatable)")
+@click.option("--subject", help="every recorded decision of this subject")
+@click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
+              help="recorded at or after (e.g. 2026-11-01 or 2026-11-01T00:00:00+00:00, UTC)")
+@click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
+              help="recorded at or before")
+@click.option("--fact-sets", type=click.File("r"),
+              help="JSON lines of {subject, ruleset, facts} to decide on")
+@click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path),
+              help="candidate rule file, or a directory of them")
+@click.option("--policies", "policy_dir", type=click.Path(exists=True, file_okay=False,
+                                                          path_type=Path),
+              help="candidate policy directory (the whole set)")
+@click.option("--json", "json_out", type=click.File("w"), help="write the report as JSON")
+@click.option("--html", "html_out", type=click.File("w"),
+              help="write a self-contained HTML report")
+@click.option("--fail-on-change", is_flag=True, help="exit 1 if any decision changed")
+def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until: Any,
+           fact_sets: Any, rules_path: Path | None, policy_dir: Path | None, json_out: Any,
+           html_out: Any, fail_on_change: bool) -> None:
+    """Re-run recorded decisions or fact sets, against candidate rules and/or policies.
+
+    Without candidates, each decision is pinned to the ruleset version and policy
+    revision it was recorded with, and nothing may change. Never dispatches. Exits 2
+    when a decision could not be replayed, 1 with --fail-on-change when one changed."""
+    import json
+    from datetime import UTC
+
+    from app.clock import rfc3339, system_clock
+    from app.policy.files import load_policy_set
+    from app.replay import bulk, summarize
+    from app.rules.loader import rule_files
+    from app.schemas import FactSetSchema, load
+
+    def ms(moment: Any) -> int | None:
+        if moment is None:
+            return None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+
+    service = _open_service()
+    try:
+        sets = [load(FactSetSchema(), json.loads(line)) for line in fact_sets
+                if line.strip()] if fact_sets else []
+        rule_sources = {}
+        if rules_path is not None:
+            for path in [rules_path] if rules_path.is_file() else rule_files(rules_path):
+                rule_sources[str(path)] = path.read_text(encoding="utf-8")
+        policy_sources = dict(load_policy_set(policy_dir).sources) if policy_dir else None
+        candidates = service.candidates(rule_sources=rule_sources,
+                                        policy_sources=policy_sources, policy_overlay=False)
+        with bulk():
+            cases = service.replay_cases(decision_ids=decision_ids, subject=subject,
+                                         since_ms=ms(since), until_ms=ms(until), fact_sets=sets)
+            if not cases:
+                raise click.UsageError("nothing to replay: give --decision, --subject, "
+                                       "--since/--until or --fact-sets")
+            replayer = service.replayer(candidates)
+            with click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
+                results = list(replayer.run(bar))
+        summary = summarize(results, candidates)
+        report: dict[str, Any] = {"generated_at": rfc3339(system_clock()),
+                                  "summary": summary, "results": results}
+    except (RulesetInvalid, PolicyInvalid) as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    except DecisionServiceError as exc:
+        raise click.ClickException(exc.detail) from exc
+    finally:
+        service.close()
+    click.echo(f"{summary['decisions']} replayed: {summary['changed']} changed, "
+               f"{summary['unchanged']} unchanged, {summary['errors']} errors; actions "
+               f"+{summary['actions']['added']} -{summary['actions']['removed']} "
+               f"~{summary['actions']['changed']}, {summary['verdicts_flipped']} verdicts "
+               "flipped")
+    for row in summary["most_changed_rules"][:5]:
+        click.echo(f"  rule {row['rule']}: {row['decisions']} decision(s)")
+    for result in results:
+        if "error" in result:
+            click.echo(f"error: {result['decision_id']}: {result['error']}", err=True)
+    if json_out is not None:
+        json.dump(report, json_out, indent=1, sort_keys=True)
+    if html_out is not None:
+        from app.web import replay_report_html
+
+        html_out.write(replay_report_html(report))
+    if summary["errors"]:
+        sys.exit(2)
+    if fail_on_change and summary["changed"]:
+        sys.exit(1)
 
 
 def _run_gunicorn(settings: Settings) -> None:

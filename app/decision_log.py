@@ -13,7 +13,7 @@ request, so a retried request gets the first decision back instead of a second o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -69,10 +69,12 @@ class DecisionLog:
         return self.get(remembered["decision_id"])
 
     def commit(self, record: dict[str, Any], *, enqueue: list[dict[str, Any]],
-               idempotency: IdempotencyClaim | None = None) -> tuple[dict[str, Any], bool]:
-        """Write the record, its index entry, its outbox entries and its Idempotency-Key in
-        one transaction. Returns (the stored record, False), or (the decision a concurrent
-        request with the same key stored first, True)."""
+               idempotency: IdempotencyClaim | None = None,
+               archive: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
+        archive entries of its versions (see `app.archive`) in one transaction. Returns (the
+        stored record, False), or (the decision a concurrent request with the same key stored
+        first, True)."""
         subject, decision_id = record["subject"], record["decision_id"]
         now_ms = int(self._clock() * 1000)
         ttl = self.retention_seconds
@@ -98,6 +100,8 @@ class DecisionLog:
             final = _without_resends(record, {k: v for k, v in earlier.items() if v})
             stored.append(final)
             pipe.multi()
+            for key, value in (archive or {}).items():
+                pipe.set(key, value, nx=True)
             pipe.set(keys.decision_subject(decision_id), subject, ex=ttl)
             pipe.set(keys.decision_record(subject, decision_id), json.dumps(final), ex=ttl)
             if fresh:
@@ -165,6 +169,34 @@ class DecisionLog:
             if raw is not None:  # expired since it was indexed
                 records.append(self._merge(json.loads(raw), statuses))
         return records
+
+    def records(self, decision_ids: Iterable[str], *, chunk: int = 500) -> Iterator[dict[str, Any]]:
+        """The records of many decisions (as recorded, without delivery status), fetched in
+        pipelined chunks; ids that expired or never existed are skipped."""
+        ids = list(decision_ids)
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            with unavailable_on_outage():
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for decision_id in part:
+                        pipe.get(keys.decision_subject(decision_id))
+                    subjects = pipe.execute()
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for decision_id, subject in zip(part, subjects, strict=True):
+                        if subject is not None:
+                            pipe.get(keys.decision_record(subject, decision_id))
+                    raws = pipe.execute()
+            for raw in raws:
+                if raw is not None:
+                    yield json.loads(raw)
+
+    def ids_of(self, subject: str, *, since_ms: int | None = None,
+               until_ms: int | None = None) -> list[str]:
+        """A subject's decision ids in a time range, oldest first."""
+        with unavailable_on_outage():
+            return cast(list[str], self._redis.zrangebyscore(
+                keys.subject_decisions(subject), "-inf" if since_ms is None else since_ms,
+                "+inf" if until_ms is None else until_ms))
 
     def all_ids(self) -> Iterator[str]:
         """Every recorded decision id (for export), in no particular order."""

@@ -74,9 +74,10 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
     round trip), and build the decision record."""
     evaluation = evaluate(ruleset, facts)
     decision_meta = {"id": decision_id, "ruleset": ruleset.name,
-                     "ruleset_version": ruleset.version, "dry_run": dry_run}
-    seen = [{key: fact[key] for key in ("id", "type", "department", "data")}
-            for fact in [*facts, *evaluation.derived_facts]]
+                     "ruleset_version": ruleset.version, "dry_run": dry_run,
+                     "created_at": created_at}  # policies that need "now" read this: replayable
+    # The gate judges on the departments' own facts, not on what the rules derived from them.
+    seen = [{key: fact[key] for key in ("id", "type", "department", "data")} for fact in facts]
     common = {"subject": subject, "facts": seen, "decision": decision_meta,
               "caller": {"id": caller.id, "departments": list(caller.departments)}}
     proposed = [action.as_dict() for action in evaluation.actions]
@@ -94,7 +95,7 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
         "ruleset": {"name": ruleset.name, "version": ruleset.version},
         "policy": {"revision": revision},
         "dry_run": dry_run,
-        "caller": {"id": caller.id},
+        "caller": {"id": caller.id, "departments": list(caller.departments)},
         "trigger": dict(trigger) if trigger else None,
         "facts": facts,
         "fired": [firing.as_dict() for firing in evaluation.fired],

@@ -81,3 +81,13 @@ def triggers_due() -> str:
 def triggers_pending() -> str:
     """Hash: "<subject>|<ruleset>" -> the triggering facts not yet decided on (JSON)."""
     return f"{PREFIX}:{{triggers}}:pending"
+
+
+def archived_ruleset(name: str, version: str) -> str:
+    """String: the source of a ruleset version a decision used (for replay)."""
+    return f"{PREFIX}:archive:ruleset:{name}:{version}"
+
+
+def archived_policies(revision: str) -> str:
+    """String: the policy files (JSON of name -> text) of a revision a decision used."""
+    return f"{PREFIX}:archive:policies:{revision}"

@@ -74,10 +74,39 @@ def json_value_problems(value: Any, path: str, depth: int = 0) -> Iterator[Inval
         yield InvalidParam(path, f"not a JSON value ({type(value).__name__})")
 
 
+_PLAIN = (str, bool, type(None))
+_GOOD_KEYS: set[str] = set()  # data field names seen valid (they repeat across facts)
+_GOOD_KEYS_MAX = 10_000
+
+
+def _plainly_valid(data: dict[Any, Any]) -> bool:
+    """The common case, cheaply: few fields, good names, flat scalar values."""
+    if len(data) > MAX_DATA_FIELDS:
+        return False
+    for key, value in data.items():
+        kind = type(value)
+        if kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                return False
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind not in _PLAIN:
+            return False
+        if key not in _GOOD_KEYS:
+            if type(key) is not str or key in RESERVED_DATA_KEYS or not _DATA_KEY.match(key):
+                return False
+            if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
+                _GOOD_KEYS.add(key)
+    return True
+
+
 def data_problems(data: Any, path: str = "data") -> list[InvalidParam]:
     """Why a fact's `data` object is not acceptable, field by field (paths below `path`)."""
     if not isinstance(data, dict):
         return [InvalidParam(path, "must be an object")]
+    if _plainly_valid(data):
+        return []
     problems: list[InvalidParam] = []
     if len(data) > MAX_DATA_FIELDS:
         problems.append(
@@ -276,6 +305,57 @@ class DecisionRecordSchema(Schema):
 class DecisionListSchema(Schema):
     subject = fields.String(required=True)
     decisions = fields.List(fields.Nested(DecisionRecordSchema), required=True)
+
+
+class FactSetSchema(Schema):
+    """Facts to decide on without a recorded decision: what-if for a hand-made case."""
+
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
+    ruleset = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    facts = fields.List(fields.Nested(InlineFactSchema), required=True)
+
+
+class CandidateRulesetSchema(Schema):
+    name = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True, metadata={
+        "description": "the ruleset the source replaces (its `ruleset:` must say the same)"})
+    source = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000),
+                           metadata={"description": "rule file text (YAML or JSON)"})
+
+
+MAX_REPLAY_CASES = 500
+
+
+class ReplayInSchema(Schema):
+    """Which decisions to replay, and against what. Without candidates, each decision is
+    replayed on the ruleset version and policy revision it was recorded with."""
+
+    decision_ids = fields.List(fields.String(), validate=validate.Length(max=MAX_REPLAY_CASES))
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE)
+    since = fields.AwareDateTime(format="iso")
+    until = fields.AwareDateTime(format="iso")
+    fact_sets = fields.List(fields.Nested(FactSetSchema),
+                            validate=validate.Length(max=MAX_REPLAY_CASES))
+    ruleset = fields.Nested(CandidateRulesetSchema)
+    policies = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
+                           values=fields.String(validate=validate.Length(max=1_000_000)),
+                           metadata={"description": "policy files (path -> Rego or data text) "
+                                                    "replacing those in use; empty removes"})
+    limit = fields.Integer(load_default=MAX_REPLAY_CASES,
+                           validate=validate.Range(min=1, max=MAX_REPLAY_CASES))
+
+    @validates_schema
+    def _selects_something(self, data: Mapping[str, Any], **_: Any) -> None:
+        if not any(data.get(k) for k in ("decision_ids", "subject", "since", "until",
+                                          "fact_sets")):
+            raise ValidationError("name decision_ids, a subject, a time range (since, until) "
+                                  "or fact_sets to replay")
+
+
+class ReplayReportSchema(Schema):
+    results = fields.List(fields.Dict(), required=True, metadata={
+        "description": "per decision: decision_id, changed, diff (rules, actions, verdicts)"})
+    summary = fields.Dict(required=True, metadata={
+        "description": "counts and the most changed rules and policies"})
 
 
 class FactSchema(Schema):

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
+from app.archive import Archive
 from app.clock import rfc3339, system_clock
 from app.config import Settings
 from app.decision_log import DecisionLog, IdempotencyClaim
@@ -23,8 +24,10 @@ from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
 from app.facts import FactPool, FactRecord
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
+from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
-from app.rules import RulesetRegistry
+from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
+from app.rules import RulesetRegistry, engine, parse_ruleset
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
@@ -52,8 +55,6 @@ def _access_keys(settings: Settings) -> ApiKeys | None:
     if not _loopback(settings.host):
         raise ConfigurationError(f"without DECISION_API_KEYS_FILE the service only serves on "
                                  f"loopback, not on {settings.host}")
-    log.warning("NO API KEYS (DECISION_API_KEYS_FILE unset): anyone who can reach %s:%s may "
-                "post facts and take decisions. For local use only.", settings.host, settings.port)
     return None
 
 
@@ -85,6 +86,7 @@ class DecisionService:
                                      backoff_max_seconds=settings.dispatch_backoff_max_seconds,
                                      lease_seconds=settings.dispatch_lease_seconds)
         self.triggers = TriggerQueue(redis_client)
+        self.archive = Archive(redis_client)
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once],
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
@@ -146,8 +148,14 @@ class DecisionService:
             decision_id=str(uuid.uuid4()), subject=subject, ruleset=ruleset, facts=facts,
             gate=self.policy, caller=caller, dry_run=dry_run,
             created_at=rfc3339(system_clock()), executors=self.executors, trigger=trigger)
-        return self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
-                                     idempotency=claim)
+        policies = self.policy.engine.policy_set
+        if policies is not None and policies.revision != decision.record["policy"]["revision"]:
+            policies = None  # reloaded meanwhile: the next decision on it archives it
+        archive = self.archive.entries_for(ruleset, policies)
+        result = self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
+                                       idempotency=claim, archive=archive)
+        self.archive.written(archive)
+        return result
 
     def run_triggers_once(self) -> int:
         """Make the triggered decisions that are due; how many were claimed."""
@@ -167,6 +175,64 @@ class DecisionService:
                 continue  # the lease expires and a worker tries again
             self.triggers.done(member, len(triggering))
         return len(members)
+
+    # --- replay ------------------------------------------------------------------------
+
+    def candidates(self, *, rule_sources: Mapping[str, str] | None = None,
+                   policy_sources: Mapping[str, str] | None = None,
+                   policy_overlay: bool = True) -> Candidates:
+        """Candidate rulesets (file name -> text) and policies (path -> text), validated and
+        compiled: RulesetInvalid or PolicyInvalid say where they are wrong. With
+        `policy_overlay`, the given policy files replace (or, when empty, remove) the files of
+        the same path in the policies in use, so an analyst sends only what changed."""
+        rulesets = {}
+        for file, source in (rule_sources or {}).items():
+            ruleset = parse_ruleset(source, file)
+            engine.register(ruleset)
+            rulesets[ruleset.name] = ruleset
+        policies = None
+        if policy_sources:
+            current = self.policy.engine.policy_set
+            files = dict(current.sources) if policy_overlay and current is not None else {}
+            files.update(policy_sources)
+            policies = PolicySet.from_sources({k: v for k, v in files.items() if v})
+        return Candidates(rulesets, policies)
+
+    def replay_cases(self, *, decision_ids: Sequence[str] = (), subject: str | None = None,
+                     since_ms: int | None = None, until_ms: int | None = None,
+                     fact_sets: Sequence[Mapping[str, Any]] = (),
+                     limit: int | None = None) -> list[ReplayCase]:
+        """The cases a selection names: recorded decisions (by id, by subject, by time),
+        oldest first, then fact sets."""
+        ids = list(decision_ids)
+        if subject is not None:
+            ids += self.decisions.ids_of(subject, since_ms=since_ms, until_ms=until_ms)
+        elif since_ms is not None or until_ms is not None:
+            ids += list(self.decisions.all_ids())
+        low = rfc3339(since_ms / 1000) if since_ms is not None else ""
+        high = rfc3339(until_ms / 1000) if until_ms is not None else "~"
+        records = list(self.decisions.records(dict.fromkeys(ids)))
+        found = {record["decision_id"] for record in records}
+        cases = [ReplayCase.of_record(record) for record in records
+                 if subject is not None or low <= record["created_at"] <= high]
+        cases.sort(key=lambda case: case.created_at)
+        cases = [ReplayCase.missing(i) for i in decision_ids if i not in found] + cases
+        now = rfc3339(system_clock())
+        cases += [ReplayCase.of_fact_set(fact_set, number, now)
+                  for number, fact_set in enumerate(fact_sets, start=1)]
+        return cases[:limit] if limit is not None else cases
+
+    def replayer(self, candidates: Candidates | None = None) -> Replayer:
+        return Replayer(archive=self.archive, registry=self.rulesets, gate=self.policy,
+                        candidates=candidates)
+
+    def replay(self, cases: Sequence[ReplayCase],
+               candidates: Candidates | None = None) -> dict[str, Any]:
+        """{results, summary} of replaying `cases` (against `candidates`, if any)."""
+        candidates = candidates or Candidates()
+        with bulk():
+            results = list(self.replayer(candidates).run(cases))
+        return {"results": results, "summary": summarize(results, candidates)}
 
     # --- operations --------------------------------------------------------------------
 

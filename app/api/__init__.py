@@ -7,15 +7,18 @@ core and serialises the answer. Every error is an RFC 9457 problem document.
 from __future__ import annotations
 
 import atexit
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
-from app.api import decisions, facts, health, openapi, problems, rulesets
+from app.api import decisions, facts, health, openapi, pages, problems, replays, rulesets
 from app.api.request_context import authenticate_request
 from app.config import Settings
 from app.service import DecisionService
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
@@ -28,10 +31,15 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["decision_service"] = service
+    if service.access.open:
+        log.warning("NO API KEYS (DECISION_API_KEYS_FILE unset): anyone who can reach %s:%s "
+                    "may post facts and take decisions. For local use only.",
+                    settings.host, settings.port)
 
     problems.init_app(app)
     app.before_request(authenticate_request)
-    for blueprint in (health.bp, facts.bp, decisions.bp, rulesets.bp, openapi.bp):
+    for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, openapi.bp,
+                      pages.bp):
         app.register_blueprint(blueprint)
     if settings.background_worker:
         service.worker.start()

@@ -33,12 +33,15 @@ class PolicySet:
     tests: Mapping[str, str]
     data: tuple[tuple[str, Any], ...]  # dotted mount path ("" for the root) -> document
     revision: str
+    sources: Mapping[str, str]  # the files decisions depend on, as text (for the archive)
 
     @classmethod
     def from_sources(cls, sources: Mapping[str, str]) -> PolicySet:
         """Policies given as text (candidate policies for a replay): {"x.rego": source}."""
-        modules, tests, data, problems = {}, {}, [], []
+        modules, tests, data, problems, kept = {}, {}, [], [], {}
         for name, source in sorted(sources.items()):
+            if not name.endswith(TEST_SUFFIX):
+                kept[name] = source
             if name.endswith(TEST_SUFFIX):
                 tests[name] = source
             elif name.endswith(".rego"):
@@ -52,7 +55,7 @@ class PolicySet:
                 problems.append(PolicyProblem(name, "only .rego and data.json/.yaml files"))
         if problems:
             raise PolicyInvalid(problems)
-        return cls(modules, tests, tuple(data), _revision(modules, data))
+        return cls(modules, tests, tuple(data), _revision(modules, data), kept)
 
 
 def _mount_path(relative_dir: Path) -> str:

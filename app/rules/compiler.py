@@ -90,6 +90,18 @@ def _condition(pattern: Pattern, first_alias: str | None, joined: set[str]) -> d
     return {pattern.alias: body}
 
 
+def core_fields(ruleset: Ruleset) -> frozenset[str]:
+    """The fields the compiled conditions read: all the core needs to see of a fact."""
+    fields = {TAG, "sid", "id"}
+    for rule in ruleset.rules:
+        for pattern in rule.when:
+            for test in pattern.tests:
+                fields.add(engine_field(test.field))
+                if isinstance(test.value, Ref):
+                    fields.add(engine_field(test.value.field))
+    return frozenset(fields)
+
+
 def compile_ruleset(ruleset: Ruleset) -> dict[str, Any]:
     """The durable_rules definition of `ruleset` (rule keys are `rule_key(index)`)."""
     definition: dict[str, Any] = {

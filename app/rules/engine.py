@@ -12,9 +12,10 @@ The shape of it, and the durable_rules 2.0.28 edge each part answers (DESIGN.md)
   here, in priority order, and every action started is completed, or the session
   would stay blocked for every later evaluation.
 - Every fact passes `fact_problems` first (the core crashes on some inputs), and
-  the core sees only a fact's scalar fields (`core_view`): a join that meets a
-  null, a list or an object aborts the whole assert (error 312). Matches are read
-  back by id from the full facts kept here. Every fact asserted is retracted at the
+  the core sees only the scalar fields its conditions read (`core_view`): a join
+  that meets a null, a list or an object aborts the whole assert (error 312), and
+  less to encode and decode is faster. Matches are read back by id from the full
+  facts kept here. Every fact asserted is retracted at the
   end, error or not. `delete_state` is
   never called (it crashes on a session holding partial joins).
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +33,9 @@ from typing import Any
 import durable_rules_engine as core
 
 from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
-from app.rules.compiler import TAG, compile_ruleset, rule_key
+from app.rules.compiler import TAG, compile_ruleset, core_fields, rule_key
 from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
-from app.schemas import FACT_ID_PATTERN, NAME_PATTERN, data_problems
+from app.schemas import data_problems
 
 DERIVED_DEPARTMENT = "rules"
 DEFAULT_MAX_FIRINGS = 1000
@@ -45,9 +45,8 @@ _SID = "0"
 _NOT_HANDLED, _OBSERVED = 1, 2
 _LOCK = threading.RLock()
 _HANDLES: dict[str, int] = {}  # engine name -> handle, for the life of the process
+_FIELDS: dict[str, frozenset[str]] = {}  # engine name -> the fields its conditions read
 _TAGS = itertools.count(1)
-_FACT_ID = re.compile(FACT_ID_PATTERN)
-_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -95,38 +94,42 @@ def _content_id(prefix: str, kind: str, body: Any) -> str:
 
 
 def fact_problems(facts: Sequence[Any]) -> list[InvalidParam]:
-    """Why these facts may not enter the engine: the guard in front of the C core."""
+    """Why these facts may not enter the engine: the guard in front of the C core.
+
+    It checks what the core depends on (objects, string ids, types and departments,
+    unique ids, data the core can hold: see `data_problems`); the API validated the
+    business formats when the facts came in."""
     if len(facts) > MAX_EVALUATION_FACTS:
         return [InvalidParam("facts", f"{len(facts)} facts; at most {MAX_EVALUATION_FACTS}"
                                       " per evaluation")]
     problems: list[InvalidParam] = []
     seen: set[str] = set()
     for index, fact in enumerate(facts):
-        where = f"facts.{index}"
         if not isinstance(fact, Mapping):
-            problems.append(InvalidParam(where, "a fact must be an object"))
+            problems.append(InvalidParam(f"facts.{index}", "a fact must be an object"))
             continue
         fact_id = fact.get("id")
-        if not isinstance(fact_id, str) or not _FACT_ID.match(fact_id):
-            problems.append(InvalidParam(f"{where}.id", "missing or not a valid fact id"))
+        if type(fact_id) is not str or not fact_id:
+            problems.append(InvalidParam(f"facts.{index}.id", "missing or not a string"))
         elif fact_id in seen:
-            problems.append(InvalidParam(f"{where}.id", f"id {fact_id!r} appears twice"))
+            problems.append(InvalidParam(f"facts.{index}.id", f"id {fact_id!r} appears twice"))
         else:
             seen.add(fact_id)
         for key in ("type", "department"):
-            if not isinstance(fact.get(key), str) or not _NAME.match(fact[key]):
-                problems.append(InvalidParam(f"{where}.{key}", "missing or not a valid name"))
-        problems.extend(data_problems(fact.get("data"), f"{where}.data"))
+            value = fact.get(key)
+            if type(value) is not str or not value:
+                problems.append(InvalidParam(f"facts.{index}.{key}", "missing or not a string"))
+        problems.extend(data_problems(fact.get("data"), f"facts.{index}.data"))
     return problems
 
 
-def core_view(fact: EngineFact) -> EngineFact:
-    """What the C core may see of a fact: its string, number and boolean fields.
+def core_view(fields: Mapping[str, Any]) -> EngineFact:
+    """What the C core may see of these fields: the strings, numbers and booleans.
 
     A whole float is sent as an integer: the core's joins find 2 and 2.0 unequal.
     """
     view = {}
-    for key, value in fact.items():
+    for key, value in fields.items():
         kind = type(value)
         if kind is float and value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
             view[key] = int(value)
@@ -148,6 +151,7 @@ def register(ruleset: Ruleset) -> None:
         try:
             _HANDLES[ruleset.engine_name] = core.create_ruleset(
                 ruleset.engine_name, json.dumps(definition))
+            _FIELDS[ruleset.engine_name] = core_fields(ruleset)
         except core.error as exc:
             raise RulesetInvalid(_locate_refusal(ruleset, definition, exc)) from exc
 
@@ -193,8 +197,10 @@ class _Run:
         self.handle = handle
         self.max_firings = max_firings
         self.rules: dict[str, Rule] = {rule_key(r.index): r for r in ruleset.rules}
+        self.core_fields = _FIELDS[ruleset.engine_name]
         self.tag = str(next(_TAGS))
         self.facts: list[EngineFact] = []
+        self._by_type: dict[str, list[EngineFact]] = {}
         self._by_engine_id: dict[str, EngineFact] = {}
         self.result = Evaluation(ruleset.name, ruleset.version)
         self._derived_ids: set[str] = set()
@@ -202,12 +208,17 @@ class _Run:
 
     def _engine_fact(self, fact_id: str, fact_type: str, department: str,
                      data: Mapping[str, Any]) -> EngineFact:
-        engine_fact: EngineFact = dict(data)
-        engine_fact.update({"sid": _SID, "id": f"{self.tag}.{len(self.facts)}", TAG: self.tag,
-                            "_id": fact_id, "type": fact_type, "department": department})
+        """Keep the full fact for the checks here; return what the core may see of it."""
+        engine_id = f"{self.tag}.{len(self.facts)}"
+        meta = {"sid": _SID, "id": engine_id, TAG: self.tag, "_id": fact_id,
+                "type": fact_type, "department": department}
+        engine_fact: EngineFact = {**data, **meta}
         self.facts.append(engine_fact)
-        self._by_engine_id[engine_fact["id"]] = engine_fact
-        return core_view(engine_fact)
+        self._by_type.setdefault(fact_type, []).append(engine_fact)
+        self._by_engine_id[engine_id] = engine_fact
+        view = core_view({key: data[key] for key in self.core_fields.intersection(data)})
+        view.update(meta)
+        return view
 
     def run(self, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
         batch = [self._engine_fact(f["id"], f["type"], f["department"], f["data"])
@@ -245,7 +256,7 @@ class _Run:
             raise
 
     def _fire(self, rule: Rule, bindings: Bindings) -> None:
-        if not rule.holds(bindings, self.facts):
+        if not rule.holds(bindings, self.facts, self._by_type):
             return  # the core's loose match, or an `unless` that a later fact made true
         self.result.fired.append(
             Firing(rule.name, {p.alias: bindings[p.alias]["_id"] for p in rule.when}))
@@ -268,7 +279,7 @@ class _Run:
         fact_id = _content_id("drv", step.type, data)
         if fact_id in self._derived_ids:
             return  # already known: deriving a fact twice does not make it twice as true
-        problems = data_problems(data, "data")
+        problems = [] if step.data.flat else data_problems(data, "data")
         if problems:
             raise EvaluationFailed(f"rule {rule.name} derived an invalid fact: "
                                    f"{problems[0].name}: {problems[0].reason}")

@@ -10,7 +10,9 @@ is checked here before it counts, and `unless` is decided here alone.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 # A fact as the engine holds it: data fields beside type, department and the fact id.
@@ -32,9 +34,13 @@ class Ref:
 
     alias: str
     field: str
+    key: str = dataclass_field(default="", compare=False, repr=False)  # engine name of field
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", engine_field(self.field))
 
     def resolve(self, bindings: Bindings) -> Any:
-        return bindings[self.alias].get(engine_field(self.field))
+        return bindings[self.alias].get(self.key)
 
     def __str__(self) -> str:
         return f"${self.alias}.{self.field}"
@@ -79,9 +85,27 @@ class Test:
     op: str  # one of OPERATORS
     value: Any  # a JSON scalar, a Ref, a list (in), a compiled pattern (matches) or a bool
     pattern: str | None = None  # the source of a `matches` regex
+    key: str = ""  # where the engine holds the field (set from `field`)
+    # The commonest tests, equality with a string or with another fact's field, take a
+    # short path (a decision checks dozens of tests); the results are the same.
+    _text: str | None = dataclass_field(default=None, compare=False, repr=False)
+    _joined: Ref | None = dataclass_field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", engine_field(self.field))
+        if self.op == "==" and type(self.value) is str:
+            object.__setattr__(self, "_text", self.value)
+        elif self.op == "==" and isinstance(self.value, Ref):
+            object.__setattr__(self, "_joined", self.value)
 
     def holds(self, fact: EngineFact, bindings: Bindings) -> bool:
-        actual = fact.get(engine_field(self.field))
+        actual = fact.get(self.key)
+        if self._text is not None:
+            return type(actual) is str and actual == self._text
+        if self._joined is not None and type(actual) is str:
+            other = bindings[self._joined.alias].get(self._joined.key)
+            if type(other) is str:
+                return actual == other
         if self.op == "exists":
             return _present(actual) is self.value
         if not _scalar(actual):
@@ -117,6 +141,12 @@ class Pattern:
 
     alias: str
     tests: tuple[Test, ...]
+    fact_type: str | None = None  # the type every match has, when a test pins it
+
+    def __post_init__(self) -> None:
+        for test in self.tests:
+            if test.field == "type" and test.op == "==" and isinstance(test.value, str):
+                object.__setattr__(self, "fact_type", test.value)
 
     def matches(self, fact: EngineFact, bindings: Bindings) -> bool:
         return all(test.holds(fact, bindings) for test in self.tests)
@@ -131,6 +161,13 @@ class Template:
     """
 
     value: Any
+
+    @property
+    def flat(self) -> bool:
+        """An object of scalars and references only: whatever it renders to, its values
+        are the matched facts' own (already valid) values or literals checked at load."""
+        return isinstance(self.value, dict) and not any(
+            isinstance(v, list | dict) for v in self.value.values())
 
     def render(self, bindings: Bindings) -> Any:
         return _render(self.value, bindings)
@@ -192,11 +229,20 @@ class Rule:
     line: int | None = None
     description: str = ""
 
-    def holds(self, bindings: Bindings, facts: list[EngineFact]) -> bool:
-        """Do the matched facts satisfy `when`, and does no fact satisfy any `unless`?"""
-        if not all(p.matches(bindings[p.alias], bindings) for p in self.when):
-            return False
-        return not any(p.matches(fact, bindings) for p in self.unless for fact in facts)
+    def holds(self, bindings: Bindings, facts: list[EngineFact],
+              by_type: Mapping[str, list[EngineFact]] | None = None) -> bool:
+        """Do the matched facts satisfy `when`, and does no fact satisfy any `unless`?
+        (`by_type`, the same facts grouped by type, spares scanning them all.)"""
+        for pattern in self.when:
+            if not pattern.matches(bindings[pattern.alias], bindings):
+                return False
+        for pattern in self.unless:
+            candidates = facts if by_type is None or pattern.fact_type is None else by_type.get(
+                pattern.fact_type, ())
+            for fact in candidates:
+                if pattern.matches(fact, bindings):
+                    return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -207,7 +253,7 @@ class Ruleset:
     file: str
     rules: tuple[Rule, ...]
     description: str = ""
-    triggers: tuple[str, ...] = field(default=())
+    triggers: tuple[str, ...] = ()
 
     @property
     def engine_name(self) -> str:

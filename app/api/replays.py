@@ -1,0 +1,42 @@
+"""Replay and what-if over HTTP, for small jobs (`decision-service replay` for large ones)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from app.api.openapi import documented
+from app.api.request_context import authorize, json_body, service
+from app.errors import InvalidInput, InvalidParam
+from app.schemas import ReplayInSchema, ReplayReportSchema, load
+
+bp = Blueprint("replays", __name__)
+
+
+def _ms(moment: Any) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+@bp.post("/v1/replays")
+@documented(summary="Re-run recorded decisions or fact sets, optionally against candidate "
+                    "rules and policies; never dispatches", tag="replay", body=ReplayInSchema,
+            responses={200: ("what changed, per decision and in sum", ReplayReportSchema)})
+def create_replay() -> dict[str, Any]:
+    body = load(ReplayInSchema(), json_body())
+    authorize("replays.create")
+    svc = service()
+    rule_sources = {}
+    if "ruleset" in body:
+        candidate = body["ruleset"]
+        rule_sources[f"{candidate['name']}.yaml"] = candidate["source"]
+    candidates = svc.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"))
+    if "ruleset" in body and body["ruleset"]["name"] not in candidates.rulesets:
+        raise InvalidInput.from_params([InvalidParam(
+            "ruleset.source", f"declares ruleset {next(iter(candidates.rulesets))!r}, not "
+                              f"{body['ruleset']['name']!r}")])
+    cases = svc.replay_cases(decision_ids=body.get("decision_ids", []),
+                             subject=body.get("subject"), since_ms=_ms(body.get("since")),
+                             until_ms=_ms(body.get("until")),
+                             fact_sets=body.get("fact_sets", []), limit=body["limit"])
+    return svc.replay(cases, candidates)

@@ -1,0 +1,52 @@
+"""The exact ruleset source and policy files every recorded decision used, kept so that
+replay can pin a decision to its versions long after the files have changed.
+
+Entries are written with the decision (in its transaction, the first time a process
+uses a version) and never change: a version is a content hash of what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+import redis
+
+from app import keys
+from app.errors import NotFound
+from app.policy.files import PolicySet
+from app.rules import Ruleset, parse_ruleset
+from app.store import unavailable_on_outage
+
+
+class Archive:
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self._redis = redis_client
+        self._written: set[str] = set()
+
+    def entries_for(self, ruleset: Ruleset, policies: PolicySet | None) -> dict[str, str]:
+        """Archive entries a decision on these versions should write (new to this process)."""
+        entries = {keys.archived_ruleset(ruleset.name, ruleset.version): ruleset.source}
+        if policies is not None:
+            entries[keys.archived_policies(policies.revision)] = json.dumps(
+                dict(policies.sources), sort_keys=True)
+        return {key: value for key, value in entries.items() if key not in self._written}
+
+    def written(self, entries: dict[str, str]) -> None:
+        self._written.update(entries)
+
+    def ruleset(self, name: str, version: str) -> Ruleset:
+        with unavailable_on_outage():
+            source = self._redis.get(keys.archived_ruleset(name, version))
+        if source is None:
+            raise NotFound(f"ruleset {name} version {version} is not archived")
+        ruleset = parse_ruleset(cast(str, source), f"{name}@{version}.yaml")
+        return ruleset
+
+    def policies(self, revision: str) -> PolicySet:
+        with unavailable_on_outage():
+            raw = self._redis.get(keys.archived_policies(revision))
+        if raw is None:
+            raise NotFound(f"policy revision {revision} is not archived (policies evaluated by "
+                           "an OPA sidecar are its own: replay them with candidate policies)")
+        return PolicySet.from_sources(json.loads(cast(str, raw)))

@@ -1,0 +1,310 @@
+"""Replay and what-if: pinned replays change nothing; candidates show what they would change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from click.testing import CliRunner
+from executor_server import Executor
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.access import hash_key
+from app.cli import main
+from app.config import Settings
+from app.policy.engines import EmbeddedPolicyEngine
+from app.policy.gate import PolicyGate
+from app.replay import outcomes_of_fact_sets
+from app.rules import RulesetRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def case(subject: str, *, amount: int = 60000, vendor: str = "Globex", approver: str = "bob",
+         score: float = 0.2, legal: str | None = None,
+         urgency: str | None = "normal") -> list[dict[str, Any]]:
+    facts: list[dict[str, Any]] = [
+        {"type": "purchase_request", "department": "procurement",
+         "data": {"request_id": subject, "amount": amount, "vendor": vendor,
+                  "requester": "alice"}},
+        {"type": "budget_check", "department": "finance",
+         "data": {"request_id": subject, "available": 200000, "approver": approver,
+                  "cost_center": "CC-7"}},
+        {"type": "risk_assessment", "department": "risk",
+         "data": {"request_id": subject, "score": score}},
+    ]
+    if legal:
+        facts.append({"type": "legal_review", "department": "legal",
+                      "data": {"request_id": subject, "status": legal, "reviewer": "carol"}})
+    if urgency:
+        facts.append({"type": "urgency_assessment", "department": "operations",
+                      "data": {"request_id": subject, "level": urgency}})
+    return [{"subject": subject, **fact} for fact in facts]
+
+
+def varied_cases(count: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Many different purchase requests: amounts, legal, vendors, risk, urgency, approvers."""
+    for n in range(count):
+        subject = f"PR-{n:03d}"
+        yield subject, case(subject, amount=20000 + 7919 * n % 220000,
+                            vendor="Acme Shell Corp" if n % 11 == 0 else "Globex",
+                            approver="alice" if n % 13 == 0 else "bob",
+                            score=(0.1, 0.3, 0.6, 0.8)[n % 4],
+                            legal=(None, "cleared", "rejected")[n % 3],
+                            urgency=(None, "normal", "high", "critical")[n % 4])
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Path:
+    """A rules and a policy directory of this test's own, which it may change."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    shutil.copytree(ROOT / "rego", tmp_path / "rego")
+    return tmp_path
+
+
+@pytest.fixture
+def app(redis_url: str, redis_client: redis.Redis, live: Path) -> Iterator[Flask]:
+    flask_app = create_app(Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": live, "rules_dir": live / "rules",
+        "policy_dir": live / "rego", "background_worker": False,
+        "rules_reload_seconds": 0, "policy_reload_seconds": 0}))
+    yield flask_app
+    flask_app.extensions["decision_service"].close()
+
+
+def record(client: FlaskClient, subject: str, facts: list[dict[str, Any]]) -> str:
+    assert client.post("/v1/facts", json={"facts": facts}).status_code == 201
+    response = client.post("/v1/decisions", json={"subject": subject, "ruleset": "procurement"})
+    assert response.status_code == 201
+    return str(response.get_json()["decision_id"])
+
+
+def replay(client: FlaskClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/replays", json=body)
+    assert response.status_code == 200, response.get_json()
+    return dict(response.get_json())
+
+
+def test_replaying_decisions_with_their_own_versions_changes_nothing(
+        app: Flask, live: Path) -> None:
+    client = app.test_client()
+    ids = [record(client, subject, facts) for subject, facts in varied_cases(60)]
+    # The live files move on; the recorded decisions stay pinned to what they used.
+    rules = live / "rules" / "procurement.yaml"
+    rules.write_text(rules.read_text().replace('{">": 100000}', '{">": 5000}'))
+    limits = live / "rego" / "decision" / "limits" / "data.json"
+    limits.write_text('{"currency": "EUR", "legal_review_threshold": 1}')
+    service = app.extensions["decision_service"]
+    service.rulesets.reload()
+    service.policy.engine.reload()
+    report = replay(client, decision_ids=ids)
+    assert report["summary"]["decisions"] == 60
+    assert report["summary"]["errors"] == 0
+    assert [r["decision_id"] for r in report["results"] if r["changed"]] == []
+    assert any(r["diff"]["rules"] == {"now_fire": [], "no_longer_fire": []}
+               for r in report["results"])
+
+
+def test_candidate_rules_show_the_actions_and_rules_that_change(app: Flask) -> None:
+    client = app.test_client()
+    small = record(client, "PR-S", case("PR-S", amount=60000))
+    large = record(client, "PR-L", case("PR-L", amount=120000))
+    source = (ROOT / "rules" / "procurement.yaml").read_text().replace(
+        'amount: {"<=": 100000}', 'amount: {"<=": 50000}').replace(
+        'amount: {">": 100000}', 'amount: {">": 50000}')
+    report = replay(client, decision_ids=[small, large],
+                    ruleset={"name": "procurement", "source": source})
+    by_id = {r["decision_id"]: r for r in report["results"]}
+    assert by_id[large]["changed"] is False
+    changed = by_id[small]
+    assert changed["changed"] is True
+    assert changed["diff"]["rules"]["now_fire"] == ["legal_review_required"]
+    assert "issue_purchase_order" in changed["diff"]["rules"]["no_longer_fire"]
+    assert [a["type"] for a in changed["diff"]["actions"]["removed"]] == ["issue_purchase_order"]
+    assert [a["type"] for a in changed["diff"]["actions"]["added"]] == ["request_legal_review"]
+    summary = report["summary"]
+    assert (summary["changed"], summary["unchanged"]) == (1, 1)
+    assert {"rule": "legal_review_required", "decisions": 1} in summary["most_changed_rules"]
+    assert summary["candidates"]["rulesets"]["procurement"] != changed["versions"]["before"][
+        "ruleset"]
+
+
+def test_candidate_policies_flip_verdicts_and_say_why(app: Flask) -> None:
+    client = app.test_client()
+    decision = record(client, "PR-P", case("PR-P", amount=80000))
+    report = replay(client, decision_ids=[decision], policies={
+        "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 60000}'})
+    [result] = report["results"]
+    [flip] = result["diff"]["verdicts"]
+    assert flip["type"] == "issue_purchase_order"
+    assert (flip["before"]["outcome"], flip["after"]["outcome"]) == ("allow", "deny")
+    reason = "Purchase orders above EUR 60000 need a cleared legal review; PR-P has none."
+    assert flip["after"]["reasons"] == [reason]
+    assert report["summary"]["most_changed_policies"] == [{"reason": reason, "decisions": 1}]
+
+
+def test_a_subject_and_a_time_range_select_decisions(app: Flask) -> None:
+    client = app.test_client()
+    first = record(client, "PR-T", case("PR-T"))
+    second = record(client, "PR-T", case("PR-T", urgency="high"))
+    other = record(client, "PR-U", case("PR-U"))
+    by_subject = replay(client, subject="PR-T")
+    assert [r["decision_id"] for r in by_subject["results"]] == [first, second]
+    everything = replay(client, since="2000-01-01T00:00:00+00:00")
+    assert {r["decision_id"] for r in everything["results"]} == {first, second, other}
+    assert replay(client, until="2000-01-01T00:00:00+00:00")["results"] == []
+
+
+def test_fact_sets_are_decided_against_the_candidates(app: Flask) -> None:
+    client = app.test_client()
+    fact_set = {"subject": "FS-1", "ruleset": "procurement",
+                "facts": [{k: v for k, v in f.items() if k != "subject"}
+                          for f in case("FS-1", amount=70000)]}
+    report = replay(client, fact_sets=[fact_set], policies={
+        "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 60000}'})
+    [result] = report["results"]
+    assert result["decision_id"] == "fact-set-1"
+    assert result["diff"]["verdicts"][0]["after"]["outcome"] == "deny"
+
+
+def test_a_missing_decision_is_an_error_in_the_report(app: Flask) -> None:
+    report = replay(app.test_client(), decision_ids=["no-such-decision"])
+    [result] = report["results"]
+    assert "no decision with id" in result["error"]
+    assert report["summary"]["errors"] == 1
+
+
+def test_replay_never_dispatches(redis_url: str, redis_client: redis.Redis, live: Path) -> None:
+    executor = Executor()
+    executors = live / "executors.yaml"
+    executors.write_text(yaml.safe_dump({"issue_purchase_order": {"url": executor.url}}))
+    flask_app = create_app(Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": live, "rules_dir": live / "rules",
+        "policy_dir": live / "rego", "background_worker": False, "executors_file": executors}))
+    try:
+        client = flask_app.test_client()
+        decision = record(client, "PR-D", case("PR-D"))
+        service = flask_app.extensions["decision_service"]
+        redis_client.delete("ds:{dispatch}:due")  # forget the live delivery
+        replay(client, decision_ids=[decision])
+        replay(client, decision_ids=[decision], policies={
+            "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 1}'})
+        assert redis_client.zcard("ds:{dispatch}:due") == 0
+        assert service.dispatcher.run_once() == 0
+        assert executor.deliveries == []
+    finally:
+        flask_app.extensions["decision_service"].close()
+        executor.stop()
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    ({}, "body", "name decision_ids"),
+    ({"subject": "PR-1", "ruleset": {"name": "other", "source": "ruleset: procurement\n"
+                                     "rules: [{name: r, when: {a: {type: t}}, "
+                                     "then: [{assert: {type: u}}]}]"}},
+     "ruleset.source", "declares ruleset 'procurement'"),
+    ({"subject": "PR-1", "ruleset": {"name": "procurement", "source": "ruleset: procurement\n"
+                                     "rules:\n  - {name: r, when: {a: {x: {'~': 1}}}}\n"}},
+     "procurement.yaml:3 rule r", "unknown operator"),
+    ({"subject": "PR-1", "policies": {"decision/governance/governance.rego":
+                                      "package decision.governance\nallow if {\n"}},
+     "decision/governance/governance.rego:", "rego_parse_error"),
+    ({"decision_ids": ["x"] * 501}, "decision_ids", "Longer than maximum"),
+])
+def test_a_bad_replay_request_says_what_is_wrong(app: Flask, body: dict[str, Any], field: str,
+                                                 reason: str) -> None:
+    response = app.test_client().post("/v1/replays", json=body)
+    assert response.status_code == 422
+    params = response.get_json()["invalid-params"]
+    assert any(p["name"].startswith(field) and reason in p["reason"] for p in params), params
+
+
+def test_replay_needs_the_analyst_grant(redis_url: str, redis_client: redis.Redis,
+                                        tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [
+        {"id": "portal", "sha256": hash_key("portal-key"), "departments": ["procurement"],
+         "rulesets": ["procurement"]},
+        {"id": "analyst", "sha256": hash_key("analyst-key"), "grants": ["analyst"]}]}))
+    flask_app = create_app(Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+        "policy_dir": ROOT / "rego", "background_worker": False, "api_keys_file": keys}))
+    client = flask_app.test_client()
+    body = {"subject": "PR-1"}
+    refused = client.post("/v1/replays", json=body, headers={"X-API-Key": "portal-key"})
+    assert refused.status_code == 403
+    assert refused.get_json()["reasons"] == ["portal needs the analyst grant to replay decisions."]
+    assert client.post("/v1/replays", json=body,
+                       headers={"X-API-Key": "analyst-key"}).status_code == 200
+    flask_app.extensions["decision_service"].close()
+
+
+def test_the_cli_writes_json_and_html_reports_and_gates_on_change(
+        app: Flask, redis_url: str, live: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = app.test_client()
+    for subject, facts in varied_cases(12):
+        record(client, subject, facts)
+    for name, value in {"DECISION_REDIS_URL": redis_url, "DECISION_RULES_DIR": live / "rules",
+                        "DECISION_POLICY_DIR": live / "rego"}.items():
+        monkeypatch.setenv(name, str(value))
+    pinned = CliRunner().invoke(main, ["replay", "--since", "2000-01-01", "--fail-on-change"])
+    assert pinned.exit_code == 0, pinned.output
+    assert "12 replayed: 0 changed, 12 unchanged, 0 errors" in pinned.output
+
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text((ROOT / "rules" / "procurement.yaml").read_text().replace(
+        "score: {\"<\": 0.5}", "score: {\"<\": 0.7}"))
+    report, page = tmp_path / "report.json", tmp_path / "report.html"
+    what_if = CliRunner().invoke(main, ["replay", "--since", "2000-01-01", "--rules",
+                                        str(candidate), "--json", str(report), "--html",
+                                        str(page), "--fail-on-change"])
+    assert what_if.exit_code == 1, what_if.output
+    written = json.loads(report.read_text())
+    assert written["summary"]["changed"] > 0
+    assert {"rule": "risk_acceptable", "decisions": written["summary"]["changed"]} in written[
+        "summary"]["most_changed_rules"]
+    html = page.read_text()
+    assert '"most_changed_rules"' in html and "/*REPORT*/null" not in html
+
+    broken = CliRunner().invoke(main, ["replay", "--decision", "nope"])
+    assert broken.exit_code == 2
+    assert "no decision with id 'nope'" in broken.output
+
+
+def test_fact_sets_from_a_file_through_the_cli(tmp_path: Path, redis_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECISION_REDIS_URL", redis_url)
+    monkeypatch.setenv("DECISION_RULES_DIR", str(ROOT / "rules"))
+    monkeypatch.setenv("DECISION_POLICY_DIR", str(ROOT / "rego"))
+    result = CliRunner().invoke(main, ["replay", "--fact-sets",
+                                       str(GOLDEN / "procurement.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "12 replayed: 0 changed" in result.output
+
+
+def test_golden_fact_sets_still_decide_as_recorded() -> None:
+    """A change to rules/ or rego/ that alters a golden decision fails here until
+    tests/golden/*.expected.json is regenerated on purpose: scripts/update-golden."""
+    registry = RulesetRegistry(ROOT / "rules", check_interval_seconds=0)
+    registry.reload()
+    gate = PolicyGate(EmbeddedPolicyEngine(ROOT / "rego", reload_seconds=0),
+                      governance_path="decision/governance", access_path="decision/access")
+    for fact_sets in sorted(GOLDEN.glob("*.jsonl")):
+        expected = json.loads(fact_sets.with_suffix(".expected.json").read_text())
+        actual = outcomes_of_fact_sets(fact_sets.read_text().splitlines(), registry=registry,
+                                       gate=gate, created_at="2026-11-24T00:00:00.000000Z")
+        for subject in expected:
+            assert actual[subject] == expected[subject], (
+                f"{fact_sets.name}: {subject} decides differently now; if that is intended, "
+                "run scripts/update-golden and review the diff")
+        assert set(actual) == set(expected)
