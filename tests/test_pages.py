@@ -122,5 +122,5 @@ def test_the_html_report_of_the_cli_stands_alone(browser: Browser, site: str, re
     browser.click("#only-changed")
     shown = browser.run("return [...document.querySelectorAll('#results tr.result')]"
                         ".filter(r => !r.hidden).map(r => r.textContent)")
-    assert len(shown) == 1 and "−expedite_delivery" in shown[0]
+    assert len(shown) == 1 and "\u2212expedite_delivery" in shown[0]  # minus sign
     browser.screenshot(tmp_path / "report.png")
