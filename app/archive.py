@@ -26,11 +26,15 @@ class Archive:
 
     def entries_for(self, ruleset: Ruleset, policies: PolicySet | None) -> dict[str, str]:
         """Archive entries a decision on these versions should write (new to this process)."""
-        entries = {keys.archived_ruleset(ruleset.name, ruleset.version): ruleset.source}
+        entries = {}
+        ruleset_key = keys.archived_ruleset(ruleset.name, ruleset.version)
+        if ruleset_key not in self._written:
+            entries[ruleset_key] = ruleset.source
         if policies is not None:
-            entries[keys.archived_policies(policies.revision)] = json.dumps(
-                dict(policies.sources), sort_keys=True)
-        return {key: value for key, value in entries.items() if key not in self._written}
+            policies_key = keys.archived_policies(policies.revision)
+            if policies_key not in self._written:
+                entries[policies_key] = json.dumps(dict(policies.sources), sort_keys=True)
+        return entries
 
     def written(self, entries: dict[str, str]) -> None:
         self._written.update(entries)

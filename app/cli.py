@@ -328,7 +328,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
     service = _open_service()
     try:
-        sets = [load(FactSetSchema(), json.loads(line)) for line in fact_sets
+        sets = [load(FactSetSchema, json.loads(line)) for line in fact_sets
                 if line.strip()] if fact_sets else []
         rule_sources = {}
         if rules_path is not None:

@@ -27,24 +27,74 @@ from app.store import unavailable_on_outage
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """A decision as the log holds it."""
+
+    record: dict[str, Any]
+    replayed: bool  # an earlier decision, returned again for the same Idempotency-Key
+    text: str | None = None  # the record as JSON, when it is exactly what was stored
+
+    @property
+    def json(self) -> str:
+        return self.text if self.text is not None else json.dumps(self.record)
+
+
+@dataclass(frozen=True)
 class IdempotencyClaim:
     caller: str
     key: str
     fingerprint: str
 
 
-def _without_resends(record: dict[str, Any], earlier: dict[str, str]) -> dict[str, Any]:
-    """The record with each action an earlier decision already queued marked as not sent."""
-    if not earlier:
-        return record
-    actions = []
-    for action in record["actions"]:
-        if action["id"] in earlier and action["status"] == "queued":
-            action = {**action, "status": "recorded", "delivery": {
-                "not_sent": f"already queued for {record['subject']} by decision "
-                            f"{earlier[action['id']]}"}}
-        actions.append(action)
-    return {**record, "actions": actions}
+# The whole commit, in one script: atomic, and one round trip whatever it writes.
+# KEYS: 1 id->subject pointer, 2 record, 3 subject index, 4 action statuses, 5 sent actions,
+#       6 outbox, 7 dispatch schedule, 8 Idempotency-Key (ARGV[6] '' when none), then the
+#       archive keys.
+# ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
+#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry
+#       JSON, schedule member; then one value per archive key.
+# Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
+# for each action an earlier decision on the subject already queued (it is not queued again).
+_COMMIT = """
+if ARGV[6] ~= '' then
+  local existing = redis.call('GET', KEYS[8])
+  if existing then return {'replayed', existing} end
+end
+local ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5])
+local result = {'ok'}
+local queued = 0
+local n = tonumber(ARGV[8])
+for i = 0, n - 1 do
+  local id, field = ARGV[9 + 4 * i], ARGV[10 + 4 * i]
+  local entry, member = ARGV[11 + 4 * i], ARGV[12 + 4 * i]
+  local earlier = redis.call('HGET', KEYS[5], id)
+  if earlier then
+    redis.call('HSET', KEYS[4], id, cjson.encode({status = 'recorded',
+      not_sent = 'already queued for ' .. ARGV[1] .. ' by decision ' .. earlier}))
+    result[#result + 1] = id
+    result[#result + 1] = earlier
+  else
+    redis.call('HSET', KEYS[4], id, '{"status": "queued", "attempts": 0}')
+    redis.call('HSET', KEYS[5], id, ARGV[2])
+    redis.call('HSET', KEYS[6], field, entry)
+    redis.call('ZADD', KEYS[7], now, member)
+    queued = queued + 1
+  end
+end
+if n > 0 then
+  redis.call('EXPIRE', KEYS[4], ttl)
+  if queued > 0 then redis.call('EXPIRE', KEYS[5], ttl) end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
+redis.call('EXPIRE', KEYS[3], ttl)
+if ARGV[6] ~= '' then redis.call('SET', KEYS[8], ARGV[6], 'EX', tonumber(ARGV[7])) end
+local first_value = 9 + 4 * n
+for k = 9, #KEYS do redis.call('SET', KEYS[k], ARGV[first_value + k - 9], 'NX') end
+return result
+"""
 
 
 class DecisionLog:
@@ -55,8 +105,9 @@ class DecisionLog:
         self.retention_seconds = retention_seconds
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self._clock = clock
+        self._commit = redis_client.register_script(_COMMIT)
 
-    def replayed(self, subject: str, claim: IdempotencyClaim) -> dict[str, Any] | None:
+    def replayed(self, subject: str, claim: IdempotencyClaim) -> Recorded | None:
         """The decision this Idempotency-Key already produced; Conflict if it was used for a
         different request."""
         with unavailable_on_outage():
@@ -66,71 +117,50 @@ class DecisionLog:
         remembered = json.loads(cast(str, raw))
         if remembered["fingerprint"] != claim.fingerprint:
             raise Conflict(f"Idempotency-Key {claim.key!r} was used for a different request")
-        return self.get(remembered["decision_id"])
+        return Recorded(self.get(remembered["decision_id"]), replayed=True)
 
     def commit(self, record: dict[str, Any], *, enqueue: list[dict[str, Any]],
                idempotency: IdempotencyClaim | None = None,
-               archive: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+               archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
-        archive entries of its versions (see `app.archive`) in one transaction. Returns (the
-        stored record, False), or (the decision a concurrent request with the same key stored
-        first, True)."""
+        archive entries of its versions (see `app.archive`) in one atomic step. Returns the
+        record as stored, or the decision a concurrent request with the same key recorded
+        first (`replayed`)."""
         subject, decision_id = record["subject"], record["decision_id"]
-        now_ms = int(self._clock() * 1000)
-        ttl = self.retention_seconds
-        idem_key = keys.idempotency(subject, idempotency.caller, idempotency.key) \
-            if idempotency else None
-
-        sent_key = keys.subject_sent_actions(subject)
-        winner: list[str] = []  # set when a concurrent request with the same key won
-        stored: list[dict[str, Any]] = []
-
-        def write(pipe: Any) -> None:
-            winner.clear()  # redis-py calls this again after a WatchError
-            stored.clear()
-            if idem_key is not None:
-                existing = pipe.get(idem_key)
-                if existing is not None:
-                    winner.append(json.loads(existing)["decision_id"])
-                    return
-            earlier = dict(zip([a["id"] for a in enqueue],
-                               pipe.hmget(sent_key, [a["id"] for a in enqueue]) if enqueue else [],
-                               strict=True))
-            fresh = [a for a in enqueue if earlier.get(a["id"]) is None]
-            final = _without_resends(record, {k: v for k, v in earlier.items() if v})
-            stored.append(final)
-            pipe.multi()
-            for key, value in (archive or {}).items():
-                pipe.set(key, value, nx=True)
-            pipe.set(keys.decision_subject(decision_id), subject, ex=ttl)
-            pipe.set(keys.decision_record(subject, decision_id), json.dumps(final), ex=ttl)
-            if fresh:
-                status_key = keys.decision_action_status(subject, decision_id)
-                pipe.hset(status_key, mapping={a["id"]: json.dumps({"status": "queued",
-                                                                    "attempts": 0})
-                                               for a in fresh})
-                pipe.expire(status_key, ttl)
-                pipe.hset(sent_key, mapping={a["id"]: decision_id for a in fresh})
-                pipe.expire(sent_key, ttl)
-                self._outbox.enqueue(pipe, subject=subject, decision_id=decision_id,
-                                     ruleset=record["ruleset"],
-                                     policy_revision=record["policy"]["revision"],
-                                     actions=fresh)
-            index = keys.subject_decisions(subject)
-            pipe.zadd(index, {decision_id: now_ms})
-            pipe.zremrangebyscore(index, "-inf", now_ms - ttl * 1000)
-            pipe.expire(index, ttl)
-            if idem_key is not None and idempotency is not None:
-                pipe.set(idem_key, json.dumps({"decision_id": decision_id,
-                                               "fingerprint": idempotency.fingerprint}),
-                         ex=self.idempotency_ttl_seconds)
-
-        watches = [sent_key, *([idem_key] if idem_key else [])]
+        idem_key, idem_value = keys.idempotency("", "", ""), ""
+        if idempotency is not None:
+            idem_key = keys.idempotency(subject, idempotency.caller, idempotency.key)
+            idem_value = json.dumps({"decision_id": decision_id,
+                                     "fingerprint": idempotency.fingerprint})
+        entries = self._outbox.entries(subject=subject, decision_id=decision_id,
+                                       ruleset=record["ruleset"],
+                                       policy_revision=record["policy"]["revision"],
+                                       actions=enqueue)
+        archive = archive or {}
+        text = json.dumps(record)
+        args: list[Any] = [subject, decision_id, text, self.retention_seconds,
+                           int(self._clock() * 1000), idem_value, self.idempotency_ttl_seconds,
+                           len(enqueue)]
+        for action, (field, entry, member) in zip(enqueue, entries, strict=True):
+            args += [action["id"], field, entry, member]
+        args += list(archive.values())
         with unavailable_on_outage():
-            self._redis.transaction(write, *watches)
-        if winner:
-            return self.get(winner[0]), True
-        return stored[0], False
+            result = self._commit(keys=[
+                keys.decision_subject(decision_id), keys.decision_record(subject, decision_id),
+                keys.subject_decisions(subject), keys.decision_action_status(subject, decision_id),
+                keys.subject_sent_actions(subject), keys.outbox(subject), keys.dispatch_due(),
+                idem_key, *archive], args=args)
+        if result[0] == "replayed":
+            return Recorded(self.get(json.loads(result[1])["decision_id"]), replayed=True)
+        earlier = dict(zip(result[1::2], result[2::2], strict=True))
+        if not earlier:
+            return Recorded(record, replayed=False, text=text)
+        for action in record["actions"]:
+            if action["id"] in earlier:
+                action["status"] = "recorded"
+                action["delivery"] = {"not_sent": f"already queued for {subject} by decision "
+                                                  f"{earlier[action['id']]}"}
+        return Recorded(record, replayed=False)
 
     def _merge(self, record: dict[str, Any], statuses: dict[str, str]) -> dict[str, Any]:
         for action in record["actions"]:

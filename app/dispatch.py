@@ -113,17 +113,17 @@ class Outbox:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def enqueue(self, pipe: Any, *, subject: str, decision_id: str,
-                ruleset: Mapping[str, str], policy_revision: str,
-                actions: list[dict[str, Any]]) -> None:
-        """Add the allowed actions of a decision, inside the caller's transaction `pipe`."""
-        now_ms = self._now_ms()
-        for action in actions:
-            entry = {"subject": subject, "decision_id": decision_id, "ruleset": dict(ruleset),
-                     "policy_revision": policy_revision, "action": action, "attempts": 0,
-                     "enqueued_at": rfc3339(now_ms / 1000)}
-            pipe.hset(keys.outbox(subject), f"{decision_id}:{action['id']}", json.dumps(entry))
-            pipe.zadd(keys.dispatch_due(), {member_of(subject, decision_id, action["id"]): now_ms})
+    def entries(self, *, subject: str, decision_id: str, ruleset: Mapping[str, str],
+                policy_revision: str, actions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        """(outbox field, entry JSON, schedule member) of each allowed action of a decision;
+        `DecisionLog.commit` writes them in the transaction that records the decision."""
+        enqueued_at = rfc3339(self._clock())
+        return [(f"{decision_id}:{action['id']}",
+                 json.dumps({"subject": subject, "decision_id": decision_id,
+                             "ruleset": dict(ruleset), "policy_revision": policy_revision,
+                             "action": action, "attempts": 0, "enqueued_at": enqueued_at}),
+                 member_of(subject, decision_id, action["id"]))
+                for action in actions]
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,

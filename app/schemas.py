@@ -9,6 +9,7 @@ deliberately tighter than JSON.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -395,10 +396,16 @@ def invalid_params(messages: Any, prefix: str = "") -> list[InvalidParam]:
     return [InvalidParam(prefix or "body", str(messages))]
 
 
-def load(schema: Schema, payload: Any) -> Any:
-    """Validate `payload` with `schema`; every problem becomes one `InvalidInput`."""
+@functools.lru_cache(maxsize=64)
+def _instance(schema: type[Schema], **options: Any) -> Schema:
+    return schema(**options)
+
+
+def load(schema: type[Schema], payload: Any, **options: Any) -> Any:
+    """Validate `payload` with `schema` (built with `options` once, then reused: building a
+    marshmallow schema copies all its fields); every problem becomes one `InvalidInput`."""
     try:
-        return schema.load(payload)
+        return _instance(schema, **options).load(payload)
     except ValidationError as exc:
         raise InvalidInput.from_params(invalid_params(exc.messages)) from exc
 
@@ -406,8 +413,8 @@ def load(schema: Schema, payload: Any) -> Any:
 def load_facts(payload: Any, *, max_batch: int) -> list[dict[str, Any]]:
     """One fact or `{"facts": [...]}`, as a list of validated facts."""
     if isinstance(payload, dict) and "facts" in payload:
-        batch: list[dict[str, Any]] = load(FactBatchInSchema(max_batch=max_batch), payload)
+        batch: list[dict[str, Any]] = load(FactBatchInSchema, payload, max_batch=max_batch)
         return batch
     if not isinstance(payload, dict):
         raise InvalidInput.from_params([InvalidParam("body", 'must be a fact or {"facts": [...]}')])
-    return [load(FactInSchema(), payload)]
+    return [load(FactInSchema, payload)]

@@ -18,7 +18,7 @@ from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
 from app.archive import Archive
 from app.clock import rfc3339, system_clock
 from app.config import Settings
-from app.decision_log import DecisionLog, IdempotencyClaim
+from app.decision_log import DecisionLog, IdempotencyClaim, Recorded
 from app.decisions import make_decision, request_fingerprint, snapshot
 from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
@@ -114,17 +114,14 @@ class DecisionService:
     def post_facts(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
         """Store facts, then ask for the decisions their types trigger."""
         stored = self.facts.put(facts)
+        requests: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for ruleset in self.rulesets.active():
-            if not ruleset.triggers:
-                continue
-            by_subject: dict[str, list[dict[str, str]]] = {}
             for record in stored:
                 if record["type"] in ruleset.triggers:
-                    by_subject.setdefault(record["subject"], []).append(
+                    requests.setdefault((record["subject"], ruleset.name), []).append(
                         {"id": record["id"], "type": record["type"],
                          "department": record["department"]})
-            for subject, triggering in by_subject.items():
-                self.triggers.request(subject, ruleset.name, triggering)
+        self.triggers.request(requests)
         return stored
 
     # --- decisions ---------------------------------------------------------------------
@@ -132,16 +129,16 @@ class DecisionService:
     def decide(self, *, subject: str, ruleset_name: str,
                inline_facts: Sequence[Mapping[str, Any]] = (), dry_run: bool = False,
                caller: Caller = ANONYMOUS, idempotency_key: str | None = None,
-               trigger: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
-        """Decide on a subject: (the decision record, whether it is an earlier decision
-        returned again for the same Idempotency-Key)."""
+               trigger: Mapping[str, Any] | None = None) -> Recorded:
+        """Decide on a subject and record the decision (or, for an Idempotency-Key already
+        used, return the earlier decision: `replayed`)."""
         claim = None
         if idempotency_key is not None:
             claim = IdempotencyClaim(caller.id, idempotency_key, request_fingerprint(
                 subject, ruleset_name, inline_facts, dry_run))
             earlier = self.decisions.replayed(subject, claim)
             if earlier is not None:
-                return earlier, True
+                return earlier
         ruleset = self.rulesets.get(ruleset_name)
         facts = snapshot(self.facts.facts_of(subject), inline_facts)
         decision = make_decision(

@@ -74,10 +74,17 @@ class TriggerQueue:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def request(self, subject: str, ruleset: str, facts: list[dict[str, Any]]) -> None:
-        with unavailable_on_outage():
-            self._request(keys=self._keys, args=[member_of(subject, ruleset), self._now_ms(),
-                                                 json.dumps(facts)])
+    def request(self, requests: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        """Ask for a decision on each (subject, ruleset), naming the facts that triggered it;
+        all in one round trip (a batch of facts can trigger many)."""
+        if not requests:
+            return
+        now_ms = self._now_ms()
+        with unavailable_on_outage(), self._redis.pipeline(transaction=False) as pipe:
+            for (subject, ruleset), facts in requests.items():
+                self._request(keys=self._keys, args=[member_of(subject, ruleset), now_ms,
+                                                     json.dumps(facts)], client=pipe)
+            pipe.execute()
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields
 
@@ -51,17 +51,18 @@ def _idempotency_key() -> str | None:
                              DecisionRecordSchema)})
 def create_decision() -> ResponseReturnValue:
     svc = service()
-    body = load(DecisionInSchema(max_facts=svc.settings.max_batch), json_body())
+    body = load(DecisionInSchema, json_body(), max_facts=svc.settings.max_batch)
     key = _idempotency_key()
     authorize("decisions.create", ruleset=body["ruleset"], subject=body["subject"],
               departments=sorted({fact["department"] for fact in body["facts"]}))
-    record, replayed = svc.decide(subject=body["subject"], ruleset_name=body["ruleset"],
-                                  inline_facts=body["facts"], dry_run=body["dry_run"],
-                                  caller=caller(), idempotency_key=key)
-    response = jsonify(record)
-    response.status_code = 200 if replayed else 201
-    response.headers["Location"] = f"/v1/decisions/{record['decision_id']}"
-    if replayed:
+    decided = svc.decide(subject=body["subject"], ruleset_name=body["ruleset"],
+                         inline_facts=body["facts"], dry_run=body["dry_run"], caller=caller(),
+                         idempotency_key=key)
+    # The record's JSON as written to the log is the answer: no second encoding.
+    response = Response(decided.json, status=200 if decided.replayed else 201,
+                        mimetype="application/json")
+    response.headers["Location"] = f"/v1/decisions/{decided.record['decision_id']}"
+    if decided.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -79,7 +80,7 @@ def get_decision(decision_id: str) -> dict[str, Any]:
             query=DecisionQuerySchema,
             responses={200: ("the subject's decisions", DecisionListSchema)})
 def list_decisions() -> dict[str, Any]:
-    query = load(DecisionQuerySchema(), request.args.to_dict())
+    query = load(DecisionQuerySchema, request.args.to_dict())
     authorize("decisions.read", subject=query["subject"])
     return {"subject": query["subject"],
             "decisions": service().decisions.recent(query["subject"], query["limit"])}
@@ -90,7 +91,7 @@ def list_decisions() -> dict[str, Any]:
             query=FailedActionsQuerySchema,
             responses={200: ("the parked actions", FailedActionListSchema)})
 def failed_actions() -> dict[str, Any]:
-    query = load(FailedActionsQuerySchema(), request.args.to_dict())
+    query = load(FailedActionsQuerySchema, request.args.to_dict())
     authorize("actions.operate")
     return {"failed": service().outbox.failed(query["limit"])}
 

@@ -47,7 +47,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
 @documented(summary="The pooled facts of a subject, all departments", tag="facts",
             responses={200: ("the subject's live facts, oldest first", SubjectFactsSchema)})
 def subject_facts(subject: str) -> dict[str, Any]:
-    load(SubjectPathSchema(), {"subject": subject})
+    load(SubjectPathSchema, {"subject": subject})
     authorize("facts.read", subject=subject)
     return {"subject": subject, "facts": service().facts.facts_of(subject)}
 
@@ -55,7 +55,7 @@ def subject_facts(subject: str) -> dict[str, Any]:
 @bp.delete("/v1/facts/<fact_id>")
 @documented(summary="Retract a fact", tag="facts", responses={204: ("retracted", None)})
 def retract_fact(fact_id: str) -> tuple[str, int]:
-    load(FactIdPathSchema(), {"id": fact_id})
+    load(FactIdPathSchema, {"id": fact_id})
     pool = service().facts
     authorize("facts.retract", departments=[pool.get(fact_id)["department"]])
     pool.retract(fact_id)

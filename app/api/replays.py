@@ -23,7 +23,7 @@ def _ms(moment: Any) -> int | None:
                     "rules and policies; never dispatches", tag="replay", body=ReplayInSchema,
             responses={200: ("what changed, per decision and in sum", ReplayReportSchema)})
 def create_replay() -> dict[str, Any]:
-    body = load(ReplayInSchema(), json_body())
+    body = load(ReplayInSchema, json_body())
     authorize("replays.create")
     svc = service()
     rule_sources = {}

@@ -46,6 +46,7 @@ _NOT_HANDLED, _OBSERVED = 1, 2
 _LOCK = threading.RLock()
 _HANDLES: dict[str, int] = {}  # engine name -> handle, for the life of the process
 _FIELDS: dict[str, frozenset[str]] = {}  # engine name -> the fields its conditions read
+_RULES: dict[str, dict[str, Rule]] = {}  # engine name -> rule key -> rule
 _TAGS = itertools.count(1)
 
 
@@ -152,6 +153,7 @@ def register(ruleset: Ruleset) -> None:
             _HANDLES[ruleset.engine_name] = core.create_ruleset(
                 ruleset.engine_name, json.dumps(definition))
             _FIELDS[ruleset.engine_name] = core_fields(ruleset)
+            _RULES[ruleset.engine_name] = {rule_key(r.index): r for r in ruleset.rules}
         except core.error as exc:
             raise RulesetInvalid(_locate_refusal(ruleset, definition, exc)) from exc
 
@@ -196,7 +198,7 @@ class _Run:
         self.ruleset = ruleset
         self.handle = handle
         self.max_firings = max_firings
-        self.rules: dict[str, Rule] = {rule_key(r.index): r for r in ruleset.rules}
+        self.rules = _RULES[ruleset.engine_name]
         self.core_fields = _FIELDS[ruleset.engine_name]
         self.tag = str(next(_TAGS))
         self.facts: list[EngineFact] = []
@@ -216,7 +218,7 @@ class _Run:
         self.facts.append(engine_fact)
         self._by_type.setdefault(fact_type, []).append(engine_fact)
         self._by_engine_id[engine_id] = engine_fact
-        view = core_view({key: data[key] for key in self.core_fields.intersection(data)})
+        view = core_view({key: data[key] for key in self.core_fields & data.keys()})
         view.update(meta)
         return view
 
@@ -291,6 +293,6 @@ class _Run:
             self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)))
 
     def _retract_all(self) -> None:
-        if self.facts:
-            identities = [{"sid": _SID, "id": f["id"]} for f in self.facts]
-            core.retract_facts(self.handle, json.dumps(identities))
+        if self.facts:  # engine ids are "<tag>.<n>": no JSON escaping needed
+            identities = ",".join(f'{{"sid":"{_SID}","id":"{f["id"]}"}}' for f in self.facts)
+            core.retract_facts(self.handle, f"[{identities}]")
