@@ -78,9 +78,9 @@ def triggers_due() -> str:
     return f"{PREFIX}:{{triggers}}:due"
 
 
-def triggers_pending() -> str:
-    """Hash: "<subject>|<ruleset>" -> the triggering facts not yet decided on (JSON)."""
-    return f"{PREFIX}:{{triggers}}:pending"
+def triggers_pending(member: str) -> str:
+    """List: the triggering facts (JSON each) of "<subject>|<ruleset>" not yet decided on."""
+    return f"{PREFIX}:{{triggers}}:pending:{member}"
 
 
 def archived_ruleset(name: str, version: str) -> str:

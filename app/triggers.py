@@ -20,32 +20,29 @@ from app import keys
 from app.clock import Clock, system_clock
 from app.store import Schedule, unavailable_on_outage
 
-# KEYS: due zset, pending hash; ARGV: member, now_ms, facts (JSON list of {id, type}).
+# KEYS: due zset, the member's pending list; ARGV: member, now_ms, then the facts (JSON).
 _REQUEST = """
-local pending = redis.call('HGET', KEYS[2], ARGV[1])
-local facts = pending and cjson.decode(pending) or {}
-for _, fact in ipairs(cjson.decode(ARGV[3])) do facts[#facts + 1] = fact end
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(facts))
+for i = 3, #ARGV, 500 do  -- in slices: unpack has a stack limit
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
 redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
-return #facts
 """
 
-# KEYS: due zset, pending hash; ARGV: member, how many facts were decided on, now_ms.
+# KEYS: due zset, the member's pending list; ARGV: member, how many facts were decided on,
+# now_ms. Facts that came in meanwhile stay, and schedule the next decision at once.
 _DONE = """
-local pending = redis.call('HGET', KEYS[2], ARGV[1])
-local facts = pending and cjson.decode(pending) or {}
-local taken = tonumber(ARGV[2])
-if #facts <= taken then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+if redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
-local rest = {}
-for i = taken + 1, #facts do rest[#rest + 1] = facts[i] end
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(rest))
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return #rest
+return 1
 """
+
+# One decision names at most this many triggering facts; the rest trigger the next one.
+MAX_TRIGGERING_FACTS = 500
+
 
 def member_of(subject: str, ruleset: str) -> str:
     return f"{subject}|{ruleset}"
@@ -69,7 +66,6 @@ class TriggerQueue:
         self._request = redis_client.register_script(_REQUEST)
         self._done = redis_client.register_script(_DONE)
         self._schedule = Schedule(redis_client, keys.triggers_due())
-        self._keys = [keys.triggers_due(), keys.triggers_pending()]
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -82,8 +78,10 @@ class TriggerQueue:
         now_ms = self._now_ms()
         with unavailable_on_outage(), self._redis.pipeline(transaction=False) as pipe:
             for (subject, ruleset), facts in requests.items():
-                self._request(keys=self._keys, args=[member_of(subject, ruleset), now_ms,
-                                                     json.dumps(facts)], client=pipe)
+                member = member_of(subject, ruleset)
+                self._request(keys=[keys.triggers_due(), keys.triggers_pending(member)],
+                              args=[member, now_ms, *(json.dumps(f) for f in facts)],
+                              client=pipe)
             pipe.execute()
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
@@ -91,10 +89,13 @@ class TriggerQueue:
                                     lease_seconds=lease_seconds)
 
     def pending(self, member: str) -> list[dict[str, Any]]:
+        """The oldest facts waiting for the member's decision (at most MAX_TRIGGERING_FACTS)."""
         with unavailable_on_outage():
-            raw = self._redis.hget(keys.triggers_pending(), member)
-        return [] if raw is None else cast(list[dict[str, Any]], json.loads(cast(str, raw)))
+            raw = self._redis.lrange(keys.triggers_pending(member), 0,
+                                     MAX_TRIGGERING_FACTS - 1)
+        return [json.loads(fact) for fact in cast(list[str], raw)]
 
     def done(self, member: str, decided_on: int) -> None:
         with unavailable_on_outage():
-            self._done(keys=self._keys, args=[member, decided_on, self._now_ms()])
+            self._done(keys=[keys.triggers_due(), keys.triggers_pending(member)],
+                       args=[member, decided_on, self._now_ms()])

@@ -377,3 +377,18 @@ def test_an_action_already_queued_for_the_subject_is_not_sent_again(
     drain(app)
     assert sorted(d.path for d in executor.deliveries) == ["/expedite_delivery",
                                                           "/issue_purchase_order"]
+
+
+def test_a_flood_of_triggering_facts_is_decided_in_bounded_batches(make_app: AppFactory) -> None:
+    from app.triggers import MAX_TRIGGERING_FACTS
+
+    app = make_app(max_batch=1000)
+    client = app.test_client()
+    flood = [{"subject": "PR-F", "type": "risk_assessment", "department": "risk",
+              "data": {"request_id": "PR-F", "score": 0.1, "n": n}}
+             for n in range(MAX_TRIGGERING_FACTS + 100)]
+    assert client.post("/v1/facts", json={"facts": flood[:600]}).status_code == 201
+    drain(app, triggers=True)
+    decisions = client.get("/v1/decisions?subject=PR-F").get_json()["decisions"]
+    assert sorted(len(d["trigger"]["facts"]) for d in decisions) == [
+        100, MAX_TRIGGERING_FACTS]
