@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint browser clean
+.PHONY: install run test lint browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -39,6 +39,15 @@ test: lint browser
 	$(BIN)/decision-service rules validate rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
+
+# Benchmarks (docs/PERFORMANCE.md): wrk from Debian for the HTTP ones (installed when
+# missing and running as root), zen-engine and py-spy from PyPI.
+bench: install
+	$(BIN)/pip install -e '.[bench]'
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || echo "wrk is missing: the HTTP benchmarks will say so"
+	$(BIN)/python scripts/bench all
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
