@@ -159,7 +159,7 @@ class FactPool:
         """The subject's live facts, oldest first (ties broken by id, so the order is stable)."""
         now_ms = int(self._clock() * 1000)
         with unavailable_on_outage():
-            stored = self._redis.hgetall(keys.subject_facts(subject))
+            stored = cast(dict[str, str], self._redis.hgetall(keys.subject_facts(subject)))
         records: list[FactRecord] = json.loads(f"[{','.join(stored.values())}]") \
             if stored else []  # one decoding pass for all of them
         now_text = rfc3339(now_ms / 1000)
