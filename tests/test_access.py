@@ -170,3 +170,23 @@ def test_a_key_is_matched_by_its_hash(keys_file: Path) -> None:
     assert caller is not None
     assert (caller.id, caller.grants) == ("analyst", ("analyst",))
     assert keys.identify(hash_key(key_of("analyst"))) is None  # the hash is not the key
+
+
+def test_decisions_only_on_granted_rulesets_and_own_inline_facts(secured: Flask) -> None:
+    client = secured.test_client()
+    allowed = client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"},
+                          headers=as_("portal"))
+    assert allowed.status_code == 201
+    assert allowed.get_json()["caller"] == {"id": "procurement-portal",
+                                            "departments": ["procurement"]}
+    refused = client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"},
+                          headers=as_("finance"))
+    assert refused.status_code == 403
+    assert refused.get_json()["reasons"] == [
+        "finance-erp is not granted decisions on the procurement ruleset."]
+    smuggled = client.post("/v1/decisions", headers=as_("portal"), json={
+        "subject": "PR-1", "ruleset": "procurement",
+        "facts": [{"type": "budget_check", "department": "finance",
+                   "data": {"request_id": "PR-1", "available": 10**9}}]})
+    assert smuggled.status_code == 403
+    assert "may not give facts of the finance department" in smuggled.get_json()["detail"]
