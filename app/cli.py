@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,13 @@ def _settings() -> Settings:
 @click.option("-v", "--verbose", is_flag=True, help="log debug messages")
 def main(verbose: bool) -> None:
     """Rule-engine decision service with OPA governance."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from app.logs import configure
+
+    try:
+        log_format = Settings.load().log_format
+    except ConfigurationError:
+        log_format = "json"  # the command itself reports the bad setting
+    configure(log_format, verbose=verbose)
 
 
 @main.command()
@@ -382,6 +384,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 def _run_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
 
+    from app.logs import dict_config
+
     class Application(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
@@ -389,6 +393,7 @@ def _run_gunicorn(settings: Settings) -> None:
             self.cfg.set("worker_class", "sync")
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("logconfig_dict", dict_config(settings.log_format))
 
         def load(self) -> Any:
             # Each worker builds its own app after fork: its own Redis pool and engines.

@@ -55,6 +55,12 @@ def _boolean(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _log_format(raw: str) -> str:
+    if raw not in ("json", "text"):
+        raise ValueError("must be 'json' or 'text'")
+    return raw
+
+
 def _environment(raw: str) -> str:
     if raw not in ("development", "production"):
         raise ValueError("must be 'development' or 'production'")
@@ -76,6 +82,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("env", "development", _environment,
            "'production' refuses to start without an API keys file"),
+    Option("log_format", "json", _log_format, "json (one object a line) or text"),
     Option("host", "127.0.0.1", str, "address `serve` binds to"),
     Option("port", "8080", _positive_int, "port `serve` binds to"),
     Option("workers", "2", _positive_int, "gunicorn worker processes started by `serve`"),
@@ -127,6 +134,7 @@ class Settings:
     """Effective configuration of one process. Build it with `Settings.load`."""
 
     env: str
+    log_format: str
     host: str
     port: int
     workers: int

@@ -33,6 +33,8 @@ from app import keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import ConfigurationError, NotFound
 from app.http_client import pooled_session
+from app.logs import log_context, traceparent
+from app.metrics import Metrics, label_value
 from app.schemas import invalid_params
 from app.store import Schedule, unavailable_on_outage
 
@@ -116,12 +118,15 @@ class Outbox:
     def entries(self, *, subject: str, decision_id: str, ruleset: Mapping[str, str],
                 policy_revision: str, actions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         """(outbox field, entry JSON, schedule member) of each allowed action of a decision;
-        `DecisionLog.commit` writes them in the transaction that records the decision."""
+        `DecisionLog.commit` writes them in the transaction that records the decision. The
+        request's `traceparent` travels with them to the executor."""
         enqueued_at = rfc3339(self._clock())
+        trace = traceparent()
         return [(f"{decision_id}:{action['id']}",
                  json.dumps({"subject": subject, "decision_id": decision_id,
                              "ruleset": dict(ruleset), "policy_revision": policy_revision,
-                             "action": action, "attempts": 0, "enqueued_at": enqueued_at}),
+                             "action": action, "attempts": 0, "enqueued_at": enqueued_at,
+                             **({"traceparent": trace} if trace else {})}),
                  member_of(subject, decision_id, action["id"]))
                 for action in actions]
 
@@ -226,8 +231,10 @@ class Dispatcher:
     def __init__(self, outbox: Outbox, executors: Executors, *,
                  clock: Clock = system_clock, backoff_seconds: float = 0.5,
                  backoff_max_seconds: float = 60.0, lease_seconds: float = 30.0,
-                 batch_size: int = 16, jitter: Callable[[], float] = random.random) -> None:
+                 batch_size: int = 16, jitter: Callable[[], float] = random.random,
+                 metrics: Metrics | None = None) -> None:
         self.outbox = outbox
+        self.metrics = metrics
         self.executors = executors
         self._clock = clock
         self.backoff_seconds = backoff_seconds
@@ -254,6 +261,12 @@ class Dispatcher:
         if entry is None:
             self.outbox.forget(member)
             return
+        with log_context(decision_id=entry["decision_id"], subject=entry["subject"],
+                         **({"traceparent": entry["traceparent"]}
+                            if entry.get("traceparent") else {})):
+            self._deliver(member, entry)
+
+    def _deliver(self, member: str, entry: dict[str, Any]) -> None:
         action = entry["action"]
         attempts = entry["attempts"] + 1
         executor = self.executors.get(action["type"])
@@ -262,28 +275,35 @@ class Dispatcher:
                              f"no executor is configured for {action['type']}")
             return
         error, permanent = self._post(executor, entry)
+        labels = {"action": label_value(action["type"])}
         if error is None:
             self.outbox.delivered(member, entry, attempts)
-            log.info("dispatched %s of decision %s to %s", action["type"],
-                     entry["decision_id"], executor.url)
+            self._count({**labels, "result": "delivered"})
+            log.info("dispatched %s to %s", action["type"], executor.url)
         elif permanent or attempts >= executor.max_attempts:
             self.outbox.park(member, entry, attempts, error)
-            log.error("parked %s of decision %s after %d attempts: %s", action["type"],
-                      entry["decision_id"], attempts, error)
+            self._count({**labels, "result": "failed"})
+            log.error("parked %s after %d attempts: %s", action["type"], attempts, error)
         else:
             delay = self.backoff(attempts)
             self.outbox.retry(member, entry, attempts, error, delay)
-            log.warning("delivery of %s of decision %s failed (%s); retry %d in %.1fs",
-                        action["type"], entry["decision_id"], error, attempts, delay)
+            self._count({**labels, "result": "retry"})
+            log.warning("delivery of %s failed (%s); retry %d in %.1fs", action["type"], error,
+                        attempts, delay)
+
+    def _count(self, labels: dict[str, str]) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("decision_dispatch_attempts_total", labels)
 
     def _post(self, executor: Executor, entry: dict[str, Any]) -> tuple[str | None, bool]:
         """(None, _) when delivered, else (why not, whether retrying is pointless)."""
         event = cloud_event(entry, self._clock())
+        headers = {"Content-Type": "application/cloudevents+json", "Idempotency-Key": event["id"]}
+        if entry.get("traceparent"):
+            headers["traceparent"] = entry["traceparent"]
         try:
-            response = self.session.post(
-                executor.url, data=json.dumps(event), timeout=executor.timeout_seconds,
-                headers={"Content-Type": "application/cloudevents+json",
-                         "Idempotency-Key": event["id"]})
+            response = self.session.post(executor.url, data=json.dumps(event),
+                                         timeout=executor.timeout_seconds, headers=headers)
         except requests.Timeout:
             return f"no answer within {executor.timeout_seconds:g}s", False
         except requests.RequestException as exc:

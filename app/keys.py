@@ -91,3 +91,8 @@ def archived_ruleset(name: str, version: str) -> str:
 def archived_policies(revision: str) -> str:
     """String: the policy files (JSON of name -> text) of a revision a decision used."""
     return f"{PREFIX}:archive:policies:{revision}"
+
+
+def metrics() -> str:
+    """Hash: "<metric>|<labels>" -> total, summed over every process."""
+    return f"{PREFIX}:metrics"

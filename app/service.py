@@ -6,14 +6,17 @@ opens one the same way, so both run exactly the same code.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
+from app import keys
 from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
 from app.archive import Archive
 from app.clock import rfc3339, system_clock
@@ -23,6 +26,8 @@ from app.decisions import make_decision, request_fingerprint, snapshot
 from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
 from app.facts import FactPool, FactRecord
+from app.logs import log_context
+from app.metrics import Metrics, label_value
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
@@ -73,8 +78,9 @@ class DecisionService:
         self.rulesets = RulesetRegistry(settings.rules_dir,
                                         check_interval_seconds=settings.rules_reload_seconds)
         self.rulesets.reload()
+        self.metrics = Metrics(redis_client)
         self.policy = PolicyGate(policy_engine(settings), governance_path=settings.policy_path,
-                                 access_path=settings.access_policy_path)
+                                 access_path=settings.access_policy_path, metrics=self.metrics)
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
         self.outbox = Outbox(redis_client)
@@ -84,10 +90,12 @@ class DecisionService:
         self.dispatcher = Dispatcher(self.outbox, self.executors,
                                      backoff_seconds=settings.dispatch_backoff_seconds,
                                      backoff_max_seconds=settings.dispatch_backoff_max_seconds,
-                                     lease_seconds=settings.dispatch_lease_seconds)
+                                     lease_seconds=settings.dispatch_lease_seconds,
+                                     metrics=self.metrics)
         self.triggers = TriggerQueue(redis_client)
         self.archive = Archive(redis_client)
-        self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once],
+        self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,
+                              self._flush_metrics],
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
 
@@ -139,20 +147,40 @@ class DecisionService:
             earlier = self.decisions.replayed(subject, claim)
             if earlier is not None:
                 return earlier
+        started = time.perf_counter()
         ruleset = self.rulesets.get(ruleset_name)
-        facts = snapshot(self.facts.facts_of(subject), inline_facts)
-        decision = make_decision(
-            decision_id=str(uuid.uuid4()), subject=subject, ruleset=ruleset, facts=facts,
-            gate=self.policy, caller=caller, dry_run=dry_run,
-            created_at=rfc3339(system_clock()), executors=self.executors, trigger=trigger)
-        policies = self.policy.engine.policy_set
-        if policies is not None and policies.revision != decision.record["policy"]["revision"]:
-            policies = None  # reloaded meanwhile: the next decision on it archives it
-        archive = self.archive.entries_for(ruleset, policies)
-        result = self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
-                                       idempotency=claim, archive=archive)
-        self.archive.written(archive)
-        return result
+        decision_id = str(uuid.uuid4())
+        with log_context(decision_id=decision_id, subject=subject):
+            facts = snapshot(self.facts.facts_of(subject), inline_facts)
+            decision = make_decision(
+                decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
+                gate=self.policy, caller=caller, dry_run=dry_run,
+                created_at=rfc3339(system_clock()), executors=self.executors, trigger=trigger)
+            policies = self.policy.engine.policy_set
+            if policies is not None and (
+                    policies.revision != decision.record["policy"]["revision"]):
+                policies = None  # reloaded meanwhile: the next decision on it archives it
+            archive = self.archive.entries_for(ruleset, policies)
+            recorded = self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
+                                             idempotency=claim, archive=archive)
+            self.archive.written(archive)
+            self._count(recorded, time.perf_counter() - started)
+            log.info("decided %s: %s", ruleset.engine_name, ", ".join(
+                f"{a['type']} {a['status']}" for a in recorded.record["actions"]) or
+                "no action")
+        return recorded
+
+    def _count(self, recorded: Recorded, seconds: float) -> None:
+        labels = {"ruleset": label_value(recorded.record["ruleset"]["name"])}
+        self.metrics.inc("decision_decisions_total", labels)
+        self.metrics.observe("decision_duration_seconds", labels, seconds)
+        for action in recorded.record["actions"]:
+            self.metrics.inc("decision_actions_total", {
+                **labels, "action": label_value(action["type"]), "status": action["status"]})
+
+    def _flush_metrics(self) -> int:
+        self.metrics.flush()
+        return 0  # bookkeeping, not work: an idle worker keeps polling slowly
 
     def run_triggers_once(self) -> int:
         """Make the triggered decisions that are due; how many were claimed."""
@@ -245,8 +273,33 @@ class DecisionService:
         checks["policy"] = self.policy.readiness()
         return checks
 
+    def gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
+        """What /metrics reads fresh at each scrape: queues, and the versions in use."""
+        with unavailable_on_outage(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.dispatch_due())
+            pipe.zcard(keys.dispatch_failed())
+            pipe.zcard(keys.triggers_due())
+            due, failed, triggers = pipe.execute()
+        gauges = [
+            ("decision_outbox_depth", "allowed actions waiting for delivery", {}, float(due)),
+            ("decision_outbox_failed", "actions parked after their last attempt", {},
+             float(failed)),
+            ("decision_triggers_pending", "subjects waiting for a triggered decision", {},
+             float(triggers)),
+            ("decision_policy_info", "the policy revision this process evaluates",
+             {"revision": label_value(self.policy.revision)}, 1.0),
+            ("decision_rule_files_rejected", "rule files this process rejected at its last "
+             "reload", {}, float(len(self.rulesets.problems))),
+        ]
+        gauges += [("decision_ruleset_info", "the active version of each ruleset",
+                    {"ruleset": label_value(r.name), "version": r.version}, 1.0)
+                   for r in self.rulesets.active()]
+        return gauges
+
     def close(self) -> None:
         self.worker.stop()
+        with contextlib.suppress(DecisionServiceError):
+            self.metrics.flush(force=True)
         self.redis.close()
         if self._embedded_redis is not None:
             self._embedded_redis.stop()

@@ -30,6 +30,7 @@ class OpaStandIn:
         self.fail_status: int | None = None
         self.query_api = True
         self.requests: Counter[str] = Counter()
+        self.traceparents: list[str | None] = []
         self._lock = threading.Lock()
         stand_in = self
 
@@ -49,6 +50,7 @@ class OpaStandIn:
                 path = self.path.split("?")[0]
                 with stand_in._lock:
                     stand_in.requests[f"{method} {path}"] += 1
+                    stand_in.traceparents.append(self.headers.get("traceparent"))
                 if stand_in.delay_seconds:
                     time.sleep(stand_in.delay_seconds)
                 if stand_in.fail_status is not None:

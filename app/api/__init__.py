@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 from app.api import decisions, facts, health, openapi, pages, problems, replays, rulesets
-from app.api.request_context import authenticate_request
+from app.api.request_context import begin_request, end_request, leave_request
 from app.config import Settings
 from app.service import DecisionService
 
@@ -37,7 +37,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
                     settings.host, settings.port)
 
     problems.init_app(app)
-    app.before_request(authenticate_request)
+    app.before_request(begin_request)
+    app.after_request(end_request)
+    app.teardown_request(leave_request)
     for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, openapi.bp,
                       pages.bp):
         app.register_blueprint(blueprint)

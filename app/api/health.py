@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response
 from marshmallow import Schema, fields
 
 from app.api.openapi import documented
@@ -38,6 +38,15 @@ class DependenciesUnavailable(ServiceUnavailable):
             responses={200: ("alive", HealthSchema)})
 def healthz() -> dict[str, Any]:
     return {"status": "ok"}
+
+
+@bp.get("/metrics")
+@documented(summary="Prometheus metrics, summed over every process of the service",
+            tag="operations", responses={200: ("text/plain; version=0.0.4", None)})
+def metrics() -> Response:
+    svc = service()
+    text = svc.metrics.render(svc.gauges())
+    return Response(text, mimetype="text/plain", content_type="text/plain; version=0.0.4")
 
 
 @bp.get("/readyz")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 
 from app.access import Caller
 from app.errors import MalformedRequest, UnsupportedMediaType
+from app.logs import log_context, valid_traceparent
+from app.metrics import label_value
 from app.service import DecisionService
 
 
@@ -45,10 +47,28 @@ def _presented_key() -> str | None:
     return request.headers.get("X-API-Key")
 
 
-def authenticate_request() -> None:
-    """Before every /v1 request: who is calling (401 without a valid key)."""
+def begin_request() -> None:
+    """Before every request: its trace context for the logs and the OPA sidecar, and for
+    /v1 who is calling (401 without a valid key)."""
+    trace = valid_traceparent(request.headers.get("traceparent"))
+    g.log_context = log_context(**({"traceparent": trace} if trace else {}))
+    g.log_context.__enter__()
     if request.path.startswith("/v1/"):
         g.caller = service().access.authenticate(_presented_key())
+
+
+def end_request(response: Response) -> Response:
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    service().metrics.inc("decision_http_requests_total", {
+        "method": request.method, "route": label_value(rule),
+        "status": str(response.status_code)})
+    return response
+
+
+def leave_request(_: BaseException | None) -> None:
+    context = g.pop("log_context", None)
+    if context is not None:
+        context.__exit__(None, None, None)
 
 
 def caller() -> Caller:

@@ -36,6 +36,7 @@ from opa_bindings import OpaEngine, OpaError
 
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
 from app.http_client import pooled_session
+from app.logs import traceparent
 from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
 from app.watch import ChangeWatch, Signature, signature
 
@@ -70,6 +71,8 @@ class Answer:
 
 
 class PolicyEngine(Protocol):
+    kind: str  # "embedded" or "sidecar"
+
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer: ...
 
@@ -115,6 +118,8 @@ def compile_policy_set(policies: PolicySet, *, with_tests: bool = False) -> OpaE
 class EmbeddedPolicyEngine:
     """OPA's Go engine in-process, loaded from a directory (or given sources) and reloaded
     when the files change. A set that fails to compile leaves the last good one active."""
+
+    kind = "embedded"
 
     def __init__(self, directory: Path | None, *, reload_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -200,8 +205,11 @@ class SidecarPolicyEngine:
     One action: `POST /v1/data/<path>?provenance=true`. Several: one `POST /v1/query`
     with the batch query; an OPA that refuses ad-hoc queries (404/405/403) is asked
     per action instead. The revision is the bundle revisions OPA reports, or a hash of
-    the modules `GET /v1/policies` lists when it serves plain files.
+    the modules `GET /v1/policies` lists when it serves plain files. The request's W3C
+    `traceparent`, when there is one, goes along.
     """
+
+    kind = "sidecar"
 
     def __init__(self, base_url: str, *, timeout_seconds: float = 0.25,
                  revision_ttl_seconds: float = 30.0,
@@ -228,9 +236,11 @@ class SidecarPolicyEngine:
               params: dict[str, str] | None = None) -> Any:
         url = f"{self.base_url}{path}"
         self.round_trips += 1
+        trace = traceparent()
         try:
             response = self.session.request(method, url, json=body, params=params,
-                                            timeout=self.timeout_seconds)
+                                            timeout=self.timeout_seconds,
+                                            headers={"traceparent": trace} if trace else None)
         except requests.Timeout as exc:
             raise PolicyUnavailable(f"OPA at {self.base_url} did not answer within "
                                     f"{self.timeout_seconds * 1000:.0f} ms") from exc

@@ -7,11 +7,16 @@ error, a timeout or an unreachable OPA holds the action, with the reason.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from app.errors import PolicyUnavailable
+from app.metrics import Metrics
 from app.policy.engines import UNDEFINED, PolicyEngine, check_policy_path
+
+log = logging.getLogger(__name__)
 
 ALLOW, DENY, HOLD = "allow", "deny", "hold"
 
@@ -52,8 +57,10 @@ def verdict_from(result: Any, document: str, revision: str) -> Verdict:
 
 
 class PolicyGate:
-    def __init__(self, engine: PolicyEngine, *, governance_path: str, access_path: str) -> None:
+    def __init__(self, engine: PolicyEngine, *, governance_path: str, access_path: str,
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.governance_path = check_policy_path(governance_path)
         self.access_path = check_policy_path(access_path)
 
@@ -66,10 +73,20 @@ class PolicyGate:
         if not actions:
             return []
         document = "data." + self.governance_path.replace("/", ".")
+        started = time.perf_counter()
         try:
             answer = self.engine.decide(self.governance_path, common, actions)
         except PolicyUnavailable as exc:
+            log.warning("policy gate could not decide, %d action(s) held: %s", len(actions),
+                        exc.detail)
+            if self.metrics is not None:
+                self.metrics.inc("decision_policy_failures_total", {})
             return [Verdict(HOLD, (exc.detail,), self.engine.revision) for _ in actions]
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe("decision_policy_duration_seconds",
+                                     {"backend": self.engine.kind},
+                                     time.perf_counter() - started)
         return [verdict_from(result, document, answer.revision) for result in answer.results]
 
     def authorize(self, caller: dict[str, Any], request: dict[str, Any]) -> Verdict:
