@@ -121,6 +121,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dispatch_backoff_max_seconds", "60", _positive_float, "longest retry delay"),
     Option("dispatch_lease_seconds", "30", _positive_float,
            "how long a worker holds a claimed delivery before another may take it over"),
+    Option("mask_fields", "", lambda raw: tuple(f.strip() for f in raw.split(",") if f.strip()),
+           "data fields masked in decision records: name or type.name, comma-separated"),
     Option("max_body_bytes", "2097152", _positive_int,
            "largest request body accepted (bytes); larger is 413"),
     Option("max_batch", "1000", _positive_int, "most facts accepted in one POST /v1/facts"),
@@ -158,6 +160,7 @@ class Settings:
     dispatch_backoff_seconds: float
     dispatch_backoff_max_seconds: float
     dispatch_lease_seconds: float
+    mask_fields: tuple[str, ...]
     max_body_bytes: int
     max_batch: int
 

@@ -93,16 +93,21 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     added = [new[i] for i in new if i not in old]
     removed = [old[i] for i in old if i not in new]
     changed = []
-    for action in list(added):  # same type from the same rule, other parameters
+    same = [(i, i) for i in old.keys() & new.keys()]
+    for action in list(added):  # same type from the same rule
         twins = [r for r in removed if (r["type"], r["rule"]) == (action["type"], action["rule"])]
-        if len(twins) == 1:
+        if len(twins) != 1:
+            continue
+        added.remove(action)
+        removed.remove(twins[0])
+        if twins[0]["params"] == action["params"]:  # other id only: a masked record's values
+            same.append((twins[0]["id"], action["id"]))
+        else:
             changed.append({"type": action["type"], "rule": action["rule"],
                             "before": _compact(twins[0]), "after": _compact(action)})
-            added.remove(action)
-            removed.remove(twins[0])
     flipped = []
-    for action_id in old.keys() & new.keys():
-        was, now = old[action_id]["verdict"], new[action_id]["verdict"]
+    for old_id, action_id in same:
+        was, now = old[old_id]["verdict"], new[action_id]["verdict"]
         if (was["outcome"], was["reasons"]) != (now["outcome"], now["reasons"]):
             flipped.append({"action_id": action_id, "type": new[action_id]["type"],
                             "before": {"outcome": was["outcome"], "reasons": was["reasons"]},
@@ -185,8 +190,9 @@ class Replayer:
             return {"decision_id": case.decision_id, "subject": case.subject,
                     "ruleset": case.ruleset, "changed": False, "error": exc.detail}
         delta = diff(before, after)
+        masked = {"masked": before["masked"]} if before.get("masked") else {}
         return {"decision_id": case.decision_id, "subject": case.subject,
-                "ruleset": case.ruleset, "changed": is_change(delta), "diff": delta,
+                "ruleset": case.ruleset, "changed": is_change(delta), "diff": delta, **masked,
                 "versions": {"before": {"ruleset": before["ruleset"]["version"],
                                         "policy": before["policy"]["revision"]},
                              "after": {"ruleset": after["ruleset"]["version"],

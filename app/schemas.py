@@ -301,6 +301,8 @@ class DecisionRecordSchema(Schema):
     fired = fields.List(fields.Nested(FiringSchema), required=True)
     derived_facts = fields.List(fields.Dict(), required=True)
     actions = fields.List(fields.Nested(DecisionActionSchema), required=True)
+    masked = fields.List(fields.String(), metadata={
+        "description": "paths of the values replaced by DECISION_MASK_FIELDS"})
 
 
 class DecisionListSchema(Schema):

@@ -27,6 +27,7 @@ from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
 from app.facts import FactPool, FactRecord
 from app.logs import log_context
+from app.masking import Masking
 from app.metrics import Metrics, label_value
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
 from app.policy.files import PolicySet
@@ -94,6 +95,7 @@ class DecisionService:
                                      metrics=self.metrics)
         self.triggers = TriggerQueue(redis_client)
         self.archive = Archive(redis_client)
+        self.masking = Masking(settings.mask_fields)
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,
                               self._flush_metrics],
                              poll_seconds=settings.worker_poll_seconds)
@@ -161,8 +163,9 @@ class DecisionService:
                     policies.revision != decision.record["policy"]["revision"]):
                 policies = None  # reloaded meanwhile: the next decision on it archives it
             archive = self.archive.entries_for(ruleset, policies)
-            recorded = self.decisions.commit(decision.record, enqueue=decision.to_enqueue,
-                                             idempotency=claim, archive=archive)
+            recorded = self.decisions.commit(self.masking.record(decision.record),
+                                             enqueue=decision.to_enqueue, idempotency=claim,
+                                             archive=archive)
             self.archive.written(archive)
             self._count(recorded, time.perf_counter() - started)
             log.info("decided %s: %s", ruleset.engine_name, ", ".join(
