@@ -42,7 +42,7 @@ def traceparent() -> str | None:
 
 def valid_traceparent(value: str | None) -> str | None:
     """A W3C trace context `traceparent` worth passing on, else None."""
-    return value if value is not None and _TRACEPARENT.match(value.strip().lower()) else None
+    return value if value is not None and _TRACEPARENT.fullmatch(value.strip().lower()) else None
 
 
 _default_factory = logging.getLogRecordFactory()

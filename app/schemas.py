@@ -95,7 +95,7 @@ def _plainly_valid(data: dict[Any, Any]) -> bool:
         elif kind not in _PLAIN:
             return False
         if key not in _GOOD_KEYS:
-            if type(key) is not str or key in RESERVED_DATA_KEYS or not _DATA_KEY.match(key):
+            if type(key) is not str or key in RESERVED_DATA_KEYS or not _DATA_KEY.fullmatch(key):
                 return False
             if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
                 _GOOD_KEYS.add(key)
@@ -114,7 +114,7 @@ def data_problems(data: Any, path: str = "data") -> list[InvalidParam]:
             InvalidParam(path, f"has {len(data)} fields; at most {MAX_DATA_FIELDS} are allowed")
         )
     for key, value in data.items():
-        if not isinstance(key, str) or not _DATA_KEY.match(key):
+        if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
             problems.append(InvalidParam(
                 _child(path, key),
                 "field names start with a letter and hold only letters, digits, '_' or '-'"
@@ -128,9 +128,12 @@ def data_problems(data: Any, path: str = "data") -> list[InvalidParam]:
 
 
 class StrictInteger(fields.Integer):
-    """An integer that is a JSON integer: no strings, floats or booleans."""
+    """A JSON integer (as JSON Schema counts them, 3.0 too): no strings, fractions or
+    booleans."""
 
     def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return super()._validated(value)
@@ -149,13 +152,34 @@ class Identifier(fields.String):
         text: str = super()._deserialize(value, attr, data, **kwargs)
         if not text:
             raise ValidationError("must not be empty")
-        if not self._pattern.match(text):
+        if not self._pattern.fullmatch(text):
             raise ValidationError(self._rule)
         return text
 
 
+DATA_VALUE_SCHEMA: dict[str, Any] = {
+    "description": f"any JSON value; integers within 64 bits, at most {MAX_JSON_DEPTH} levels",
+    "anyOf": [
+        {"type": ["null", "boolean", "string"]},
+        {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": {"$ref": "#/components/schemas/DataValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/DataValue"}},
+    ],
+}
+
+
 class FactData(fields.Dict):
     """A fact's `data`: an object the rule engine can hold (see `data_problems`)."""
+
+    JSON_SCHEMA: dict[str, Any] = {
+        "type": "object", "maxProperties": MAX_DATA_FIELDS,
+        "propertyNames": {"pattern": DATA_KEY_PATTERN,
+                          "not": {"enum": sorted(RESERVED_DATA_KEYS)}},
+        "additionalProperties": {"$ref": "#/components/schemas/DataValue"},
+        "description": f"at most {MAX_DATA_FIELDS} fields named like identifiers; "
+                       f"{', '.join(sorted(RESERVED_DATA_KEYS))} are reserved",
+    }
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -181,7 +205,7 @@ class FactInSchema(Schema):
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
     type = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
     department = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
-    data = FactData(required=True, metadata={"description": "at most 200 fields"})
+    data = FactData(required=True)
     id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
         "description": "re-posting an id replaces the fact and bumps its version"})
     ttl_seconds = StrictInteger(
@@ -193,7 +217,8 @@ class FactInSchema(Schema):
 class FactBatchInSchema(Schema):
     """Several facts, stored all or none."""
 
-    facts = fields.List(fields.Nested(FactInSchema), required=True)
+    facts = fields.List(fields.Nested(FactInSchema), required=True,
+                        validate=validate.Length(min=1, error="must hold at least one fact"))
 
     def __init__(self, *, max_batch: int = int(DEFAULT_MAX_BATCH), **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -201,8 +226,6 @@ class FactBatchInSchema(Schema):
 
     @validates("facts")
     def _size(self, facts: list[Any], **_: Any) -> None:
-        if not facts:
-            raise ValidationError("must hold at least one fact")
         if len(facts) > self.max_batch:
             raise ValidationError(
                 f"holds {len(facts)} facts; at most {self.max_batch} are accepted per request"
@@ -332,12 +355,16 @@ class ReplayInSchema(Schema):
     """Which decisions to replay, and against what. Without candidates, each decision is
     replayed on the ruleset version and policy revision it was recorded with."""
 
-    decision_ids = fields.List(fields.String(), validate=validate.Length(max=MAX_REPLAY_CASES))
+    SELECTORS = ("decision_ids", "subject", "since", "until", "fact_sets")
+    OPENAPI_EXTRA = {"anyOf": [{"required": [name]} for name in SELECTORS]}
+
+    decision_ids = fields.List(fields.String(),
+                               validate=validate.Length(min=1, max=MAX_REPLAY_CASES))
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE)
     since = fields.AwareDateTime(format="iso")
     until = fields.AwareDateTime(format="iso")
     fact_sets = fields.List(fields.Nested(FactSetSchema),
-                            validate=validate.Length(max=MAX_REPLAY_CASES))
+                            validate=validate.Length(min=1, max=MAX_REPLAY_CASES))
     ruleset = fields.Nested(CandidateRulesetSchema)
     policies = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
                            values=fields.String(validate=validate.Length(max=1_000_000)),
@@ -348,8 +375,7 @@ class ReplayInSchema(Schema):
 
     @validates_schema
     def _selects_something(self, data: Mapping[str, Any], **_: Any) -> None:
-        if not any(data.get(k) for k in ("decision_ids", "subject", "since", "until",
-                                          "fact_sets")):
+        if not any(data.get(k) for k in self.SELECTORS):
             raise ValidationError("name decision_ids, a subject, a time range (since, until) "
                                   "or fact_sets to replay")
 

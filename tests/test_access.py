@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 from collections.abc import Iterator
@@ -190,3 +191,22 @@ def test_decisions_only_on_granted_rulesets_and_own_inline_facts(secured: Flask)
                    "data": {"request_id": "PR-1", "available": 10**9}}]})
     assert smuggled.status_code == 403
     assert "may not give facts of the finance department" in smuggled.get_json()["detail"]
+
+
+def test_key_comparison_takes_the_same_steps_whichever_key_or_none(
+        keys_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ApiKeys.load(keys_file)
+    compared: list[tuple[str, str]] = []
+    compare_digest = hmac.compare_digest
+
+    def counting(a: str, b: str) -> bool:
+        compared.append((a, b))
+        return compare_digest(a, b)
+
+    monkeypatch.setattr("app.access.hmac.compare_digest", counting)
+    for presented in (key_of("finance"), key_of("analyst"), "wrong", ""):
+        compared.clear()
+        keys.identify(presented)
+        # every stored entry, in constant time, against the hash (fixed length) of the key
+        assert len(compared) == len(KEYS)
+        assert {len(digest) for _, digest in compared} == {64}

@@ -218,7 +218,7 @@ def test_replay_never_dispatches(redis_url: str, redis_client: redis.Redis, live
     ({"subject": "PR-1", "policies": {"decision/governance/governance.rego":
                                       "package decision.governance\nallow if {\n"}},
      "decision/governance/governance.rego:", "rego_parse_error"),
-    ({"decision_ids": ["x"] * 501}, "decision_ids", "Longer than maximum"),
+    ({"decision_ids": ["x"] * 501}, "decision_ids", "between 1 and 500"),
 ])
 def test_a_bad_replay_request_says_what_is_wrong(app: Flask, body: dict[str, Any], field: str,
                                                  reason: str) -> None:

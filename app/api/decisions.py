@@ -37,7 +37,7 @@ class RedriveSchema(Schema):
 
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidInput.from_params([InvalidParam(
             "Idempotency-Key", "1 to 200 visible ASCII characters")])
     return key

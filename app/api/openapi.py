@@ -16,12 +16,15 @@ from flask import Blueprint, Flask, current_app
 from marshmallow import Schema, fields
 
 import app as package
+from app.schemas import DATA_VALUE_SCHEMA, FACT_ID_PATTERN, SUBJECT_PATTERN, FactData
 
 bp = Blueprint("openapi", __name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")
+_PATH_PATTERNS = {"subject": {"pattern": SUBJECT_PATTERN},
+                  "fact_id": {"pattern": FACT_ID_PATTERN}}
 
 
 class InvalidParamSchema(Schema):
@@ -57,7 +60,8 @@ def documented(*, summary: str, tag: str, responses: dict[int, tuple[str, type[S
 def _schema_ref(spec: APISpec, schema: type[Schema]) -> dict[str, str]:
     name = schema.__name__.removesuffix("Schema")
     if name not in spec.components.schemas:
-        spec.components.schema(name, schema=schema)
+        spec.components.schema(name, component=getattr(schema, "OPENAPI_EXTRA", None),
+                               schema=schema)
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -73,7 +77,8 @@ def _operation(spec: APISpec, rule: Any, method: str, notes: dict[str, Any]) -> 
         "tags": [notes["tag"]],
         "operationId": f"{rule.endpoint.replace('.', '_')}_{method}",
         "parameters": [
-            {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
+            {"in": "path", "name": name, "required": True,
+             "schema": {"type": "string", **_PATH_PATTERNS.get(name, {})}}
             for name in sorted(rule.arguments)
         ],
         "responses": {"default": {"$ref": "#/components/responses/Problem"}},
@@ -92,12 +97,21 @@ def _operation(spec: APISpec, rule: Any, method: str, notes: dict[str, Any]) -> 
     return operation
 
 
+def _fact_data(_converter: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
+    """Fact data as JSON Schema says it, where marshmallow's Dict says only 'object'."""
+    return dict(FactData.JSON_SCHEMA) if isinstance(field, FactData) else {}
+
+
 def build_spec(flask_app: Flask) -> dict[str, Any]:
+    marshmallow = MarshmallowPlugin()
     spec = APISpec(
         title="Decision service", version=package.__version__, openapi_version="3.1.0",
-        plugins=[MarshmallowPlugin()],
+        plugins=[marshmallow],
         info={"description": "Facts in, governed decisions out: rules, then OPA, then dispatch."},
     )
+    assert marshmallow.converter is not None
+    marshmallow.converter.add_attribute_function(_fact_data)
+    spec.components.schema("DataValue", DATA_VALUE_SCHEMA)
     spec.components.schema("Problem", schema=ProblemSchema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "description": "an API key"})
@@ -116,7 +130,11 @@ def build_spec(flask_app: Flask) -> dict[str, Any]:
             path=_PATH_PARAM.sub(r"{\1}", rule.rule),
             operations={m.lower(): _operation(spec, rule, m.lower(), notes) for m in methods},
         )
-    return spec.to_dict()
+    document = spec.to_dict()
+    limit = flask_app.extensions["decision_service"].settings.max_batch  # configured, so here
+    for name in ("FactBatchIn", "DecisionIn"):
+        document["components"]["schemas"][name]["properties"]["facts"]["maxItems"] = limit
+    return document
 
 
 @bp.get("/openapi.json")

@@ -47,7 +47,7 @@ _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def check_policy_path(path: str) -> str:
-    if not _PATH.match(path):
+    if not _PATH.fullmatch(path):
         raise ConfigurationError(f"policy path {path!r} must look like package/rule (a/b/c)")
     return path
 

@@ -131,7 +131,10 @@ def _parse(source: str, file: str) -> tuple[Any, list[int]]:
         except (ValueError, RecursionError) as exc:
             raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc}")]) from exc
         return document, []
-    loader = _RuleFileLoader(source)
+    try:
+        loader = _RuleFileLoader(source)  # refuses control characters already
+    except yaml.YAMLError as exc:
+        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
     try:
         node = loader.get_single_node()
         document = loader.construct_document(node) if node is not None else None
@@ -173,7 +176,7 @@ class _Checker:
                 self.problem(where, f"missing {key!r}")
 
     def name(self, value: Any, where: str, pattern: re.Pattern[str], what: str) -> str | None:
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             self.problem(where, f"{what} must be a string matching {pattern.pattern}"
                          f" (got {value!r})")
             return None
@@ -203,7 +206,7 @@ class _Checker:
             return False
         if field in META_FIELDS:
             return True
-        if not isinstance(field, str) or not _DATA_KEY.match(field):
+        if not isinstance(field, str) or not _DATA_KEY.fullmatch(field):
             self.problem(where, f"field {field!r} must be type, department, id or a data field"
                          " name (a letter, then letters, digits, '_' or '-')")
             return False
@@ -361,7 +364,8 @@ class _Checker:
         if len(data) > MAX_DATA_FIELDS:
             self.problem(f"{where}.data", f"at most {MAX_DATA_FIELDS} fields")
         for key in data:
-            if not isinstance(key, str) or not _DATA_KEY.match(key) or key in RESERVED_DATA_KEYS:
+            if (not isinstance(key, str) or not _DATA_KEY.fullmatch(key)
+                    or key in RESERVED_DATA_KEYS):
                 self.problem(f"{where}.data.{key}", "not a valid data field name"
                              " (a letter, then letters, digits, '_' or '-'; not id, type,"
                              " department or subject)")
@@ -445,7 +449,7 @@ class _Checker:
             self.problem("description", "must be a string")
         triggers = document.get("triggers", [])
         if not isinstance(triggers, list) or not all(
-                isinstance(t, str) and _NAME.match(t) for t in triggers):
+                isinstance(t, str) and _NAME.fullmatch(t) for t in triggers):
             self.problem("triggers", "must be a list of fact types")
             triggers = []
         raw_rules = document.get("rules")
