@@ -35,10 +35,13 @@ browser:
 	  || echo "could not install chromium: the page tests will skip"; \
 	else echo "chromium or chromedriver missing and not root: the page tests will skip"; fi
 
+# The suite runs twice: on one Redis server, then on a local three-master Redis Cluster
+# (tests/redis_cluster.py starts it from the same redis-server binary).
 test: lint browser
 	$(BIN)/decision-service rules validate rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
+	DECISION_TEST_REDIS=cluster $(BIN)/pytest
 
 # Benchmarks (docs/PERFORMANCE.md): wrk from Debian for the HTTP ones (installed when
 # missing and running as root), zen-engine and py-spy from PyPI.

@@ -55,6 +55,10 @@ def _boolean(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _optional_boolean(raw: str) -> bool | None:
+    return None if raw.lower() == "auto" else _boolean(raw)
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("json", "text"):
         raise ValueError("must be 'json' or 'text'")
@@ -88,6 +92,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", "2", _positive_int, "gunicorn worker processes started by `serve`"),
     Option("redis_url", "", _optional_str,
            "Redis for facts, decisions and the outbox; empty: start an embedded redis-server"),
+    Option("redis_cluster", "auto", _optional_boolean,
+           "whether DECISION_REDIS_URL is a Redis Cluster node: true, false, or auto (ask it "
+           "at start)"),
     Option("redis_timeout_seconds", "1.0", _positive_float,
            "connect and command timeout towards Redis; past it a request answers 503"),
     Option("data_dir", "./var", Path, "where the embedded Redis keeps its data and socket"),
@@ -141,6 +148,7 @@ class Settings:
     port: int
     workers: int
     redis_url: str | None
+    redis_cluster: bool | None
     redis_timeout_seconds: float
     data_dir: Path
     opa_url: str | None

@@ -1,4 +1,5 @@
-"""The decision log: every decision recorded, with its outbox entries, in one transaction.
+"""The decision log: every decision recorded with its outbox entries, in one transaction on
+a single Redis (in a crash-safe order on Redis Cluster: see `DecisionLog.commit`).
 
 A record is written once and never changed; what changes as the outbox delivers
 (queued -> dispatched or failed) lives in a status hash beside it and is merged in
@@ -13,7 +14,7 @@ request, so a retried request gets the first decision back instead of a second o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ from app import keys
 from app.clock import Clock, system_clock
 from app.dispatch import Outbox
 from app.errors import Conflict, NotFound
-from app.store import unavailable_on_outage
+from app.store import in_order, unavailable_on_outage
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,16 @@ class IdempotencyClaim:
     fingerprint: str
 
 
-# The whole commit, in one script: atomic, and one round trip whatever it writes.
-# KEYS: 1 id->subject pointer, 2 record, 3 subject index, 4 action statuses, 5 sent actions,
-#       6 outbox, 7 dispatch schedule, 8 Idempotency-Key (ARGV[6] '' when none), then the
-#       archive keys.
+# The subject's part of a commit, in one script (its keys share the subject's hash slot).
+# KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent actions, 5 outbox,
+#       6 Idempotency-Key (ARGV[6] '' when none).
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
-#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry
-#       JSON, schedule member; then one value per archive key.
+#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry.
 # Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
 # for each action an earlier decision on the subject already queued (it is not queued again).
 _COMMIT = """
 if ARGV[6] ~= '' then
-  local existing = redis.call('GET', KEYS[8])
+  local existing = redis.call('GET', KEYS[6])
   if existing then return {'replayed', existing} end
 end
 local ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -65,34 +64,29 @@ local result = {'ok'}
 local queued = 0
 local n = tonumber(ARGV[8])
 for i = 0, n - 1 do
-  local id, field = ARGV[9 + 4 * i], ARGV[10 + 4 * i]
-  local entry, member = ARGV[11 + 4 * i], ARGV[12 + 4 * i]
-  local earlier = redis.call('HGET', KEYS[5], id)
+  local id, field, entry = ARGV[9 + 3 * i], ARGV[10 + 3 * i], ARGV[11 + 3 * i]
+  local earlier = redis.call('HGET', KEYS[4], id)
   if earlier then
-    redis.call('HSET', KEYS[4], id, cjson.encode({status = 'recorded',
+    redis.call('HSET', KEYS[3], id, cjson.encode({status = 'recorded',
       not_sent = 'already queued for ' .. ARGV[1] .. ' by decision ' .. earlier}))
     result[#result + 1] = id
     result[#result + 1] = earlier
   else
-    redis.call('HSET', KEYS[4], id, '{"status": "queued", "attempts": 0}')
-    redis.call('HSET', KEYS[5], id, ARGV[2])
-    redis.call('HSET', KEYS[6], field, entry)
-    redis.call('ZADD', KEYS[7], now, member)
+    redis.call('HSET', KEYS[3], id, '{"status": "queued", "attempts": 0}')
+    redis.call('HSET', KEYS[4], id, ARGV[2])
+    redis.call('HSET', KEYS[5], field, entry)
     queued = queued + 1
   end
 end
 if n > 0 then
-  redis.call('EXPIRE', KEYS[4], ttl)
-  if queued > 0 then redis.call('EXPIRE', KEYS[5], ttl) end
+  redis.call('EXPIRE', KEYS[3], ttl)
+  if queued > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
-redis.call('ZADD', KEYS[3], now, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
-redis.call('EXPIRE', KEYS[3], ttl)
-if ARGV[6] ~= '' then redis.call('SET', KEYS[8], ARGV[6], 'EX', tonumber(ARGV[7])) end
-local first_value = 9 + 4 * n
-for k = 9, #KEYS do redis.call('SET', KEYS[k], ARGV[first_value + k - 9], 'NX') end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl * 1000)
+redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', tonumber(ARGV[7])) end
 return result
 """
 
@@ -123,11 +117,17 @@ class DecisionLog:
                idempotency: IdempotencyClaim | None = None,
                archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
-        archive entries of its versions (see `app.archive`) in one atomic step. Returns the
-        record as stored, or the decision a concurrent request with the same key recorded
-        first (`replayed`)."""
+        archive entries of its versions (see `app.archive`): one transaction on a single
+        Redis (see `store.in_order`). Returns the record as stored, or the decision a
+        concurrent request with the same key recorded first (`replayed`).
+
+        On Redis Cluster the steps run in this order, and a crash between two leaves: an
+        id pointer without a record (a 404, as if never written); archive entries (written
+        once, harmless); schedule entries held one lease ahead without outbox entries (the
+        dispatcher drops them when they come due); or outbox entries still held (they are
+        delivered one lease later instead of now). Nothing is lost or sent unallowed."""
         subject, decision_id = record["subject"], record["decision_id"]
-        idem_key, idem_value = keys.idempotency("", "", ""), ""
+        idem_key, idem_value = keys.idempotency(subject, "", ""), ""
         if idempotency is not None:
             idem_key = keys.idempotency(subject, idempotency.caller, idempotency.key)
             idem_value = json.dumps({"decision_id": decision_id,
@@ -136,20 +136,29 @@ class DecisionLog:
                                        ruleset=record["ruleset"],
                                        policy_revision=record["policy"]["revision"],
                                        actions=enqueue)
-        archive = archive or {}
         text = json.dumps(record)
         args: list[Any] = [subject, decision_id, text, self.retention_seconds,
                            int(self._clock() * 1000), idem_value, self.idempotency_ttl_seconds,
                            len(enqueue)]
-        for action, (field, entry, member) in zip(enqueue, entries, strict=True):
-            args += [action["id"], field, entry, member]
-        args += list(archive.values())
+        for action, (field, entry, _) in zip(enqueue, entries, strict=True):
+            args += [action["id"], field, entry]
+        members = [member for _, _, member in entries]
+        ttl = self.retention_seconds
+        calls: list[Callable[[Any], Any]] = [
+            lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
+            *((lambda r, k=key, v=value: r.set(k, v, nx=True))
+              for key, value in (archive or {}).items()),
+            *([self._outbox.hold(members)] if members else []),
+            lambda r: self._commit(keys=[
+                keys.decision_record(subject, decision_id), keys.subject_decisions(subject),
+                keys.decision_action_status(subject, decision_id),
+                keys.subject_sent_actions(subject), keys.outbox(subject), idem_key],
+                args=args, client=r),
+            *([self._outbox.release(members)] if members else []),
+        ]
         with unavailable_on_outage():
-            result = self._commit(keys=[
-                keys.decision_subject(decision_id), keys.decision_record(subject, decision_id),
-                keys.subject_decisions(subject), keys.decision_action_status(subject, decision_id),
-                keys.subject_sent_actions(subject), keys.outbox(subject), keys.dispatch_due(),
-                idem_key, *archive], args=args)
+            results = in_order(self._redis, calls)
+        result = results[-2 if members else -1]
         if result[0] == "replayed":
             return Recorded(self.get(json.loads(result[1])["decision_id"]), replayed=True)
         earlier = dict(zip(result[1::2], result[2::2], strict=True))

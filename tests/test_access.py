@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from conftest import key_count
 from flask import Flask
 
 from app import create_app
@@ -91,7 +92,7 @@ def test_a_department_may_not_post_another_departments_facts(secured: Flask,
     assert response.status_code == 403
     problem = response.get_json()
     assert problem["reasons"] == ["finance-erp may not report facts for the legal department."]
-    assert redis_client.dbsize() == 0
+    assert key_count(redis_client) == 0
 
 
 def test_any_key_may_read_the_pool(secured: Flask) -> None:
@@ -128,7 +129,7 @@ def test_an_access_policy_that_cannot_decide_is_503_not_a_pass(
     response = app.test_client().post("/v1/facts", json=fact("finance"), headers=as_("finance"))
     assert response.status_code == 503
     assert "unreachable" in response.get_json()["detail"]
-    assert redis_client.dbsize() == 0
+    assert key_count(redis_client) == 0
     app.extensions["decision_service"].close()
 
 

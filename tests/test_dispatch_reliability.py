@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import redis
 from executor_server import Executor
 from test_decisions import case, executors_file, statuses
 
-from app import create_app
+from app import create_app, keys
 from app.config import Settings
+from app.dispatch import Outbox, member_of
 from app.policy.engines import Answer, EmbeddedPolicyEngine
 from app.store import EmbeddedRedis, connect
 
@@ -117,4 +119,54 @@ def test_redis_down_during_a_decision_is_503_and_writes_nothing(tmp_path: Path) 
     finally:
         app.extensions["decision_service"].close()
         server.stop()
+        executor.stop()
+
+
+def test_the_dispatcher_repairs_what_a_crash_between_steps_leaves(
+        redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """On Redis Cluster a decision's writes and a delivery's bookkeeping run step by step
+    (see `store.in_order`). Each state a crash between steps can leave is repaired by the
+    next claim, and never sends anything that was not allowed and recorded."""
+    executor = Executor()
+    settings = Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+        "policy_dir": ROOT / "rego", "background_worker": False,
+        "executors_file": executors_file(tmp_path, executor.url)})
+    app = create_app(settings)
+    try:
+        service = app.extensions["decision_service"]
+        # 1. Held for a decision whose commit never ran: due after the hold, then dropped.
+        held = Outbox(redis_client, hold_seconds=0.01)
+        ghost = member_of("PR-9", "d-never-written", "act-0")
+        held.hold([ghost])(redis_client)
+        time.sleep(0.02)
+        assert service.dispatcher.run_once() == 1
+        assert executor.deliveries == []
+        assert redis_client.zscore(keys.dispatch_due(), ghost) is None
+        # 2. Parked, but the worker died before it unscheduled the entry: the next claim
+        #    finishes the parking and sends nothing.
+        client = app.test_client()
+        client.post("/v1/facts", json={"facts": case(urgency="normal")})
+        record = client.post("/v1/decisions", json={"subject": "PR-1",
+                                                    "ruleset": "procurement"}).get_json()
+        [action] = [a for a in record["actions"] if a["status"] == "queued"]
+        member = member_of("PR-1", record["decision_id"], action["id"])
+        entry = service.outbox.entry(member)
+        redis_client.hset(keys.outbox("PR-1"), f"{record['decision_id']}:{action['id']}",
+                          json.dumps({**entry, "attempts": 8, "last_error": "HTTP 500",
+                                      "failed_at": "2026-11-24T00:00:00Z"}))
+        assert service.dispatcher.run_once() == 1
+        assert executor.deliveries == []
+        assert redis_client.zscore(keys.dispatch_due(), member) is None
+        assert [e["action"]["id"] for e in service.outbox.failed()] == [action["id"]]
+        # 3. Re-driven, delivered, and the re-drive's last step (leaving the failed list)
+        #    never ran: the failed list drops it instead of offering it again.
+        service.outbox.redrive("PR-1", record["decision_id"], action["id"])
+        assert service.dispatcher.run_once() == 1
+        assert len(executor.deliveries) == 1
+        redis_client.zadd(keys.dispatch_failed(), {member: 0})
+        assert service.outbox.failed() == []
+        assert redis_client.zcard(keys.dispatch_failed()) == 0
+    finally:
+        app.extensions["decision_service"].close()
         executor.stop()

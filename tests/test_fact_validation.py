@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import key_count
 from flask.testing import FlaskClient
 
 from app.schemas import MAX_DATA_FIELDS
@@ -78,7 +79,7 @@ def test_invalid_fact_is_rejected_naming_the_field(client: FlaskClient, redis_cl
     assert problem["status"] == 422
     assert any(p["name"] == field and reason in p["reason"] for p in problem["invalid-params"]), \
         problem
-    assert redis_client.dbsize() == 0
+    assert key_count(redis_client) == 0
 
 
 def test_every_problem_is_reported_at_once(client: FlaskClient) -> None:
@@ -102,7 +103,7 @@ def test_an_oversized_body_is_413(client: FlaskClient, app: Any, redis_client: r
     assert response.status_code == 413
     assert response.mimetype == PROBLEM
     assert str(limit) in response.get_json()["detail"]
-    assert redis_client.dbsize() == 0
+    assert key_count(redis_client) == 0
 
 
 @pytest.mark.parametrize(("payload", "detail"), [
