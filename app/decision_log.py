@@ -24,7 +24,7 @@ from app import keys
 from app.clock import Clock, system_clock
 from app.dispatch import Outbox
 from app.errors import Conflict, NotFound
-from app.store import in_order, unavailable_on_outage
+from app.store import in_order, run_script, unavailable_on_outage
 
 
 @dataclass(frozen=True)
@@ -149,15 +149,14 @@ class DecisionLog:
             *((lambda r, k=key, v=value: r.set(k, v, nx=True))
               for key, value in (archive or {}).items()),
             *([self._outbox.hold(members)] if members else []),
-            lambda r: self._commit(keys=[
+            lambda r: run_script(r, self._commit, [
                 keys.decision_record(subject, decision_id), keys.subject_decisions(subject),
                 keys.decision_action_status(subject, decision_id),
-                keys.subject_sent_actions(subject), keys.outbox(subject), idem_key],
-                args=args, client=r),
+                keys.subject_sent_actions(subject), keys.outbox(subject), idem_key], args),
             *([self._outbox.release(members)] if members else []),
         ]
         with unavailable_on_outage():
-            results = in_order(self._redis, calls)
+            results = in_order(self._redis, calls, scripts=[self._commit])
         result = results[-2 if members else -1]
         if result[0] == "replayed":
             return Recorded(self.get(json.loads(result[1])["decision_id"]), replayed=True)

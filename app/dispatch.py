@@ -146,9 +146,10 @@ class Outbox:
         return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, until), nx=True)
 
     def release(self, members: list[str]) -> Callable[[Any], Any]:
-        """A call that makes held members due now (their entries are written)."""
+        """A call that makes held members due now (their entries are written, or were not
+        because the commit found them queued already: then they are dropped when claimed)."""
         now = self._now_ms()
-        return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, now), xx=True)
+        return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, now))
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,

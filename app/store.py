@@ -26,7 +26,8 @@ from typing import Any, cast
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.commands.core import Script
+from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 from app.errors import StoreUnavailable
@@ -66,18 +67,36 @@ def is_cluster(client: redis.Redis) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
-    """Run `calls` (each issues one command or script on the client it is given) in order
-    and return their results. On a single server they are one MULTI/EXEC: all or none, one
-    round trip. Redis Cluster has no transaction across hash slots, so there they run one
-    by one: callers order them so that a crash between any two leaves nothing a reader or
-    the dispatcher would act on wrongly (each caller says how)."""
+def in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]],
+             scripts: Sequence[Script] = ()) -> list[Any]:
+    """Run `calls` (each issues one command on the client it is given; scripts through
+    `run_script`) in order and return their results. On a single server they are one
+    MULTI/EXEC: all or none, one round trip. Redis Cluster has no transaction across hash
+    slots, so there they run one by one: callers order them so that a crash between any
+    two leaves nothing a reader or the dispatcher would act on wrongly (each caller says
+    how). `scripts` are loaded and the calls run again if the server lost them (a restart
+    without persistence): callers make their calls safe to repeat."""
+    try:
+        return _in_order(client, calls)
+    except NoScriptError:
+        for script in scripts:
+            client.script_load(script.script)
+        return _in_order(client, calls)
+
+
+def _in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
     if is_cluster(client):
         return [call(client) for call in calls]
     with client.pipeline(transaction=True) as pipe:
         for call in calls:
             call(pipe)
         return pipe.execute()
+
+
+def run_script(target: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """EVALSHA on a client or pipeline, without redis-py's SCRIPT EXISTS round trip per
+    pipeline (see `in_order` for NOSCRIPT)."""
+    return target.evalsha(script.sha, len(keys), *keys, *args)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
+from app import create_app, keys
 from app.config import Settings
 from app.service import DecisionService
 
@@ -392,3 +392,14 @@ def test_a_flood_of_triggering_facts_is_decided_in_bounded_batches(make_app: App
     decisions = client.get("/v1/decisions?subject=PR-F").get_json()["decisions"]
     assert sorted(len(d["trigger"]["facts"]) for d in decisions) == [
         100, MAX_TRIGGERING_FACTS]
+
+
+def test_a_server_that_lost_its_scripts_still_records_decisions(
+        make_app: AppFactory, redis_client: redis.Redis, tmp_path: Path) -> None:
+    client = make_app(executors_file=executors_file(tmp_path, "http://127.0.0.1:9")).test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    redis_client.script_flush()  # as after a restart without persistence
+    response = client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"})
+    assert response.status_code == 201
+    assert statuses(response.get_json()) == {"issue_purchase_order": "queued"}
+    assert redis_client.zcard(keys.dispatch_due()) == 1
