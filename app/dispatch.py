@@ -88,6 +88,15 @@ class Executors:
             raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: {problems}") from exc
         return cls({action: Executor(**spec) for action, spec in loaded.items()})
 
+    def check_lease(self, lease_seconds: float) -> None:
+        """A delivery must be able to finish within the lease that holds it."""
+        for action, executor in self._by_type.items():
+            if executor.timeout_seconds >= lease_seconds:
+                raise ConfigurationError(
+                    f"DECISION_DISPATCH_LEASE_SECONDS ({lease_seconds:g}) must be longer than "
+                    f"every executor's timeout_seconds ({executor.timeout_seconds:g} for "
+                    f"{action})")
+
     def get(self, action_type: str) -> Executor | None:
         return self._by_type.get(action_type)
 
@@ -274,13 +283,16 @@ class Dispatcher:
         return ceiling * (0.5 + 0.5 * self._jitter())
 
     def run_once(self) -> int:
-        """Attempt every due entry this dispatcher can claim; how many it attempted."""
+        """Attempt every due entry this dispatcher can claim; how many it claimed. An entry
+        whose attempt could not finish within the lease is left for the next claim, so two
+        dispatchers never attempt one entry at the same time."""
+        lease_ends = self._clock() + self.lease_seconds
         members = self.outbox.claim(limit=self.batch_size, lease_seconds=self.lease_seconds)
         for member in members:
-            self._attempt(member)
+            self._attempt(member, lease_ends)
         return len(members)
 
-    def _attempt(self, member: str) -> None:
+    def _attempt(self, member: str, lease_ends: float) -> None:
         entry = self.outbox.entry(member)
         if entry is None:
             self.outbox.forget(member)
@@ -288,6 +300,9 @@ class Dispatcher:
         if "failed_at" in entry:  # parked by a worker that died before it unscheduled it
             self.outbox.park(member, entry, entry["attempts"], entry.get("last_error", ""))
             return
+        executor = self.executors.get(entry["action"]["type"])
+        if executor is not None and self._clock() + executor.timeout_seconds >= lease_ends:
+            return  # comes due again when the lease runs out
         with log_context(decision_id=entry["decision_id"], subject=entry["subject"],
                          **({"traceparent": entry["traceparent"]}
                             if entry.get("traceparent") else {})):

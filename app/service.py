@@ -84,6 +84,7 @@ class DecisionService:
                                  access_path=settings.access_policy_path, metrics=self.metrics)
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
+        self.executors.check_lease(settings.dispatch_lease_seconds)
         self.outbox = Outbox(redis_client, hold_seconds=settings.dispatch_lease_seconds)
         self.decisions = DecisionLog(redis_client, self.outbox,
                                      retention_seconds=settings.decision_retention_seconds,

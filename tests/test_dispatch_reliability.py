@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,15 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from executor_server import Executor
-from test_decisions import case, executors_file, statuses
+from test_decisions import AppFactory, case, executors_file, make_app, statuses  # noqa: F401
 
 from app import create_app, keys
 from app.config import Settings
-from app.dispatch import Outbox, member_of
+from app.dispatch import Dispatcher, Outbox, member_of
+from app.errors import ConfigurationError, StoreUnavailable
 from app.policy.engines import Answer, EmbeddedPolicyEngine
 from app.store import EmbeddedRedis, connect
+from app.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +57,7 @@ def test_a_worker_killed_mid_delivery_is_taken_over_with_the_same_key(
     assert statuses(record) == {"issue_purchase_order": "queued"}
     env = {**os.environ, "DECISION_REDIS_URL": redis_url, "DECISION_DATA_DIR": str(tmp_path),
            "DECISION_RULES_DIR": str(ROOT / "rules"), "DECISION_POLICY_DIR": str(ROOT / "rego"),
-           "DECISION_EXECUTORS_FILE": str(executors), "DECISION_DISPATCH_LEASE_SECONDS": "1",
+           "DECISION_EXECUTORS_FILE": str(executors), "DECISION_DISPATCH_LEASE_SECONDS": "2.5",
            "DECISION_WORKER_POLL_SECONDS": "0.05"}
     first = _worker(env)
     try:
@@ -170,3 +174,47 @@ def test_the_dispatcher_repairs_what_a_crash_between_steps_leaves(
     finally:
         app.extensions["decision_service"].close()
         executor.stop()
+
+
+def test_a_lease_must_outlast_every_executor_timeout(redis_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"LEASE_SECONDS \(2\) must be longer .* "
+                                                  r"\(2 for [a-z_]+\)"):
+        create_app(Settings.load(environ={}, overrides={
+            "redis_url": redis_url, "data_dir": tmp_path, "dispatch_lease_seconds": 2.0,
+            "executors_file": executors_file(tmp_path, "http://127.0.0.1:9")}))
+
+
+def test_an_attempt_that_could_outlive_its_lease_is_left_for_the_next_claim(
+        make_app: AppFactory, redis_client: redis.Redis, tmp_path: Path) -> None:  # noqa: F811
+    executor = Executor()
+    try:
+        app = make_app(executors_file=executors_file(tmp_path, executor.url))
+        client = app.test_client()
+        client.post("/v1/facts", json={"facts": case(urgency="normal")})
+        client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"})
+        service = app.extensions["decision_service"]
+        times = iter([100.0, 101.5])  # claimed at 100 with a 3 s lease; 1.5 s left, 2 needed
+        late = Dispatcher(service.outbox, service.executors, lease_seconds=3.0,
+                          clock=lambda: next(times))
+        assert late.run_once() == 1
+        assert executor.deliveries == []
+        assert redis_client.zcard(keys.dispatch_due()) == 1  # due again when the lease ends
+    finally:
+        executor.stop()
+
+
+def test_a_worker_says_once_that_redis_is_down_and_once_that_it_is_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    down = [True, True, True, False]
+
+    def step() -> int:
+        if down.pop(0):
+            raise StoreUnavailable("Redis did not answer")
+        return 1
+
+    worker = Worker([step], poll_seconds=0.01)
+    with caplog.at_level(logging.WARNING):
+        assert [worker.run_once() for _ in range(4)] == [0, 0, 0, 1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "decision-worker: Redis did not answer; retrying every 0.25s",
+        "decision-worker: working again"]
