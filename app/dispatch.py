@@ -20,6 +20,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +42,7 @@ from app.store import Schedule, in_order, unavailable_on_outage
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
+DELIVERY_THREADS = 8  # deliveries of one claimed batch in flight at once
 DEFAULT_MAX_ATTEMPTS = 8
 # 4xx answers that a later attempt may turn around; any other 4xx parks the action at once.
 _RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
@@ -275,7 +277,8 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.batch_size = batch_size
         self._jitter = jitter
-        self.session = pooled_session(pool_size=8)
+        self.session = pooled_session(pool_size=DELIVERY_THREADS)
+        self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="delivery")
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with jitter: between half and all of base * 2^(attempts-1)."""
@@ -288,9 +291,15 @@ class Dispatcher:
         dispatchers never attempt one entry at the same time."""
         lease_ends = self._clock() + self.lease_seconds
         members = self.outbox.claim(limit=self.batch_size, lease_seconds=self.lease_seconds)
-        for member in members:
-            self._attempt(member, lease_ends)
+        if len(members) == 1:
+            self._attempt(members[0], lease_ends)
+        else:  # side by side: a slow executor must not hold up the rest of the batch
+            list(self._threads.map(lambda member: self._attempt(member, lease_ends), members))
         return len(members)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self.session.close()
 
     def _attempt(self, member: str, lease_ends: float) -> None:
         entry = self.outbox.entry(member)

@@ -303,6 +303,7 @@ class DecisionService:
 
     def close(self) -> None:
         self.worker.stop()
+        self.dispatcher.close()
         with contextlib.suppress(DecisionServiceError):
             self.metrics.flush(force=True)
         self.redis.close()
