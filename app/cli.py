@@ -10,7 +10,7 @@ import click
 
 from app.config import OPTIONS, Settings
 from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, RulesetInvalid
-from app.store import EmbeddedRedis
+from app.store import EmbeddedRedis, is_cluster_url
 
 
 def _settings() -> Settings:
@@ -61,6 +61,9 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
         embedded = EmbeddedRedis(settings.data_dir)
         settings = settings.replace(redis_url=embedded.start())
         click.echo(f"embedded Redis: {settings.redis_url} (data in {embedded.data_dir})")
+    elif settings.redis_cluster is None:  # asked once here, not by every worker that starts
+        settings = settings.replace(redis_cluster=is_cluster_url(
+            settings.redis_url, timeout_seconds=settings.redis_timeout_seconds))
     url = f"http://{settings.host}:{settings.port}"
     click.echo(f"decision service listening on {url}  (try: curl {url}/readyz)")
     try:

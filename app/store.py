@@ -47,16 +47,20 @@ def connect(url: str, *, timeout_seconds: float, cluster: bool | None = None) ->
     options = {"decode_responses": True, "socket_timeout": timeout_seconds,
                "socket_connect_timeout": timeout_seconds, "health_check_interval": 30}
     if cluster is None:
-        cluster = not url.startswith("unix:") and _is_cluster_node(url, options)
+        cluster = is_cluster_url(url, timeout_seconds=timeout_seconds)
     if cluster:
         return cast(redis.Redis, RedisCluster.from_url(  # the same commands, routed by slot
             url, retry=Retry(NoBackoff(), 1), **options))
     return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **options)
 
 
-def _is_cluster_node(url: str, options: dict[str, Any]) -> bool:
+def is_cluster_url(url: str, *, timeout_seconds: float) -> bool:
+    """Whether the server at `url` is a Redis Cluster node (it is asked: it must answer)."""
+    if url.startswith("unix:"):
+        return False
     try:
-        with redis.Redis.from_url(url, **options) as probe:
+        with redis.Redis.from_url(url, socket_timeout=timeout_seconds,
+                                  socket_connect_timeout=timeout_seconds) as probe:
             return bool(cast(dict[str, Any], probe.info("cluster")).get("cluster_enabled"))
     except redis.RedisError as exc:
         raise StoreUnavailable(f"cannot tell whether {url} is a Redis Cluster node, because "

@@ -16,12 +16,15 @@ class Delivery:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    status: int = 200  # what the executor answered (after delay_seconds)
+    arrived: float = 0.0  # time.monotonic()
 
 
 class Executor:
     def __init__(self, port: int = 0) -> None:
         self.deliveries: list[Delivery] = []
         self.statuses: list[int] = []  # answers for the next attempts; then 200
+        self.failing_status: int | None = None  # while set, the answer to every attempt
         self.delay_seconds = 0.0
         self._lock = threading.Lock()
         self.port = port
@@ -42,8 +45,10 @@ class Executor:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with executor._lock:
-                    executor.deliveries.append(Delivery(self.path, dict(self.headers), body))
-                    status = executor.statuses.pop(0) if executor.statuses else 200
+                    status = (executor.statuses.pop(0) if executor.statuses else
+                              executor.failing_status or 200)
+                    executor.deliveries.append(Delivery(self.path, dict(self.headers), body,
+                                                        status, time.monotonic()))
                 if executor.delay_seconds:
                     time.sleep(executor.delay_seconds)
                 self.send_response(status)
@@ -51,6 +56,7 @@ class Executor:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -19,7 +19,8 @@ from app.policy.files import load_policy_set
 
 
 class OpaStandIn:
-    def __init__(self, policy_dir: Path, *, bundles: dict[str, str] | None = None) -> None:
+    def __init__(self, policy_dir: Path, *, bundles: dict[str, str] | None = None,
+                 port: int = 0) -> None:
         self.policies = load_policy_set(policy_dir)
         self.engine = compile_policy_set(self.policies)
         if bundles:
@@ -71,7 +72,8 @@ class OpaStandIn:
             def do_POST(self) -> None:
                 self._serve("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -4,6 +4,7 @@ and every way of failing closed."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,27 @@ def test_a_slow_sidecar_holds_the_actions_after_the_timeout(opa: OpaStandIn) -> 
     [verdict] = sidecar_gate(opa.url, timeout=0.1).check(common(), [order()])
     assert verdict.outcome == HOLD
     assert "did not answer within 100 ms" in verdict.reasons[0]
+
+
+def test_a_sidecar_that_keeps_timing_out_is_not_waited_for_until_a_trial_succeeds(
+        opa: OpaStandIn) -> None:
+    now = [0.0]
+    engine = SidecarPolicyEngine(opa.url, timeout_seconds=0.1, clock=lambda: now[0])
+    gate = gate_for(engine)
+    opa.delay_seconds = 0.3
+    for _ in range(3):
+        [verdict] = gate.check(common(), [order()])
+        assert "did not answer within 100 ms" in verdict.reasons[0]
+    asked = engine.round_trips
+    started = time.monotonic()
+    [verdict] = gate.check(common(), [order()])  # the circuit is open: held at once
+    assert time.monotonic() - started < 0.05 and engine.round_trips == asked
+    assert verdict.outcome == HOLD
+    assert "not asked again for 500 ms after 3 failures in a row" in verdict.reasons[0]
+    opa.delay_seconds = 0.0
+    now[0] = 0.6  # half a second later one call goes through, and closes the circuit
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
 
 
 def test_a_sidecar_answering_500_holds_the_actions(opa: OpaStandIn) -> None:
