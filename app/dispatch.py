@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ import requests
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app import keys
+from app import __version__, keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import ConfigurationError, NotFound
 from app.http_client import pooled_session
@@ -278,6 +279,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self._jitter = jitter
         self.session = pooled_session(pool_size=DELIVERY_THREADS)
+        # Which process sent a delivery, for the executor's logs (and the fault tests).
+        self.session.headers["User-Agent"] = f"decision-service/{__version__} (pid {os.getpid()})"
         self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="delivery")
 
     def backoff(self, attempts: int) -> float:

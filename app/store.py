@@ -142,7 +142,9 @@ class Schedule:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: the server gets SIGTERM if its parent dies."""
+    """Runs in the child before exec: the server gets SIGTERM if its parent dies. (Linux
+    counts the thread that started it as the parent: start it from a thread that lives as
+    long as the process, as the CLI does.)"""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -20,12 +20,20 @@ class Delivery:
     arrived: float = 0.0  # time.monotonic()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a dispatcher that gave up (its timeout) is not news
+
+
 class Executor:
     def __init__(self, port: int = 0) -> None:
         self.deliveries: list[Delivery] = []
         self.statuses: list[int] = []  # answers for the next attempts; then 200
         self.failing_status: int | None = None  # while set, the answer to every attempt
         self.delay_seconds = 0.0
+        self.in_flight: list[Delivery] = []  # arrived, not answered yet
         self._lock = threading.Lock()
         self.port = port
         self.server: ThreadingHTTPServer | None = None
@@ -39,6 +47,9 @@ class Executor:
         executor = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as OPA and real executors do
+            disable_nagle_algorithm = True  # headers and body are two writes
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -47,16 +58,21 @@ class Executor:
                 with executor._lock:
                     status = (executor.statuses.pop(0) if executor.statuses else
                               executor.failing_status or 200)
-                    executor.deliveries.append(Delivery(self.path, dict(self.headers), body,
-                                                        status, time.monotonic()))
-                if executor.delay_seconds:
-                    time.sleep(executor.delay_seconds)
+                    delivery = Delivery(self.path, dict(self.headers), body, status,
+                                        time.monotonic())
+                    executor.deliveries.append(delivery)
+                    executor.in_flight.append(delivery)
+                try:
+                    if executor.delay_seconds:
+                        time.sleep(executor.delay_seconds)
+                finally:
+                    with executor._lock:
+                        executor.in_flight.remove(delivery)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", self.port), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

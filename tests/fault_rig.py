@@ -38,7 +38,7 @@ from app.errors import NotFound
 from app.store import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parent.parent
-LEASE_SECONDS = 1.5  # a killed worker's deliveries are taken over this long after the claim
+LEASE_SECONDS = 1.0  # a killed worker's deliveries are taken over this long after the claim
 EXECUTOR_TIMEOUT_SECONDS = 0.5
 REDIS_TIMEOUT_SECONDS = 0.5
 OPA_TIMEOUT_SECONDS = 0.25
@@ -114,18 +114,15 @@ class Load:
             answer.outcomes = {a["type"]: a["verdict"]["outcome"] for a in record["actions"]}
         return answer
 
-    def run(self, subjects: list[str], rate: float,
-            at: Callable[[float], None] = lambda _: None) -> list[Answer]:
-        """Send one request per subject, `rate` per second; `at(seconds)` is called as the
-        schedule advances (the faults hang off it)."""
-        self.started = time.monotonic()
+    def run(self, subjects: list[str], rate: float, started: float | None = None) -> list[Answer]:
+        """Send one request per subject, `rate` per second, from `started` (monotonic)."""
+        self.started = time.monotonic() if started is None else started
         with ThreadPoolExecutor(self.threads) as pool:
             futures = []
             for index, subject in enumerate(subjects):
                 due = self.started + index / rate
                 while (now := time.monotonic()) < due:
                     time.sleep(min(due - now, 0.005))
-                at(now - self.started)
                 futures.append(pool.submit(self._one, subject, now - self.started))
             return [future.result() for future in futures]
 
@@ -142,6 +139,13 @@ class Accounting:
     unknown_keys: list[str] = field(default_factory=list)  # received, in no decision
     lost_decisions: list[str] = field(default_factory=list)  # answered 201, not in the log
     redelivered: Counter[str] = field(default_factory=Counter)  # accepted again, same key
+
+    def summary(self) -> str:
+        return (f"{self.decisions} decisions, {self.allowed} allowed actions to send: "
+                f"{self.delivered} delivered, {self.parked} parked as failed; "
+                f"{sum(self.redelivered.values())} deliveries repeated an accepted "
+                f"Idempotency-Key ({len(self.redelivered)} keys); problems: "
+                f"{self.problems() or 'none'}")
 
     def problems(self) -> dict[str, list[str]]:
         return {name: values[:10] for name, values in (
@@ -164,19 +168,20 @@ class Rig:
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * workers
         self.decision_ids: set[str] = set()
+        self.killed_at = 0.0  # when a worker was last killed (time.monotonic())
 
     # --- the parts ---------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
         executors = self.directory / "executors.yaml"
-        executors.write_text(yaml.safe_dump({
+        executors.write_text(yaml.safe_dump({  # expedite gives up soon: some are parked
             action: {"url": f"{self.executor.url}/{action}",
-                     "timeout_seconds": EXECUTOR_TIMEOUT_SECONDS, "max_attempts": 60}
-            for action in ("issue_purchase_order", "expedite_delivery")}))
+                     "timeout_seconds": EXECUTOR_TIMEOUT_SECONDS, "max_attempts": attempts}
+            for action, attempts in (("issue_purchase_order", 60), ("expedite_delivery", 3))}))
         return {**os.environ, "DECISION_REDIS_URL": self.redis.url,
                 "DECISION_REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT_SECONDS),
                 "DECISION_DATA_DIR": str(self.directory),
-                "DECISION_RULES_DIR": str(ROOT / "rules"),
+                "DECISION_RULES_DIR": str(self._rules_dir()),
                 "DECISION_POLICY_DIR": str(ROOT / "rego"),
                 "DECISION_OPA_URL": f"http://127.0.0.1:{self.opa_port}",
                 "DECISION_OPA_TIMEOUT_SECONDS": str(OPA_TIMEOUT_SECONDS),
@@ -187,6 +192,16 @@ class Rig:
                 "DECISION_BACKGROUND_WORKER": "false",
                 "DECISION_WORKER_POLL_SECONDS": "0.05",
                 "DECISION_LOG_FORMAT": "json"}
+
+    def _rules_dir(self) -> Path:
+        """The sample rules without their fact triggers: the load's decisions are the only
+        ones (posting the facts would otherwise decide every subject once more)."""
+        rules = self.directory / "rules"
+        rules.mkdir(exist_ok=True)
+        source = (ROOT / "rules" / "procurement.yaml").read_text()
+        (rules / "procurement.yaml").write_text("\n".join(
+            line for line in source.splitlines() if not line.startswith("triggers:")))
+        return rules
 
     def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         exe = Path(sys.executable).with_name("decision-service")
@@ -272,11 +287,10 @@ class Rig:
             for start in range(0, len(facts), 1000):
                 response = session.post(f"{self.url}/v1/facts", timeout=30,
                                         json={"facts": facts[start:start + 1000]})
-                response.raise_for_status()
+                assert response.status_code == 201, response.text
 
-    def run(self, subjects: list[str], rate: float,
-            at: Callable[[float], None] = lambda _: None) -> list[Answer]:
-        answers = Load(self.url).run(subjects, rate, at)
+    def run(self, subjects: list[str], rate: float, started: float | None = None) -> list[Answer]:
+        answers = Load(self.url).run(subjects, rate, started)
         self.decision_ids.update(a.decision_id for a in answers if a.decision_id)
         return answers
 
@@ -304,11 +318,12 @@ class Rig:
         result = Accounting(redelivered=Counter({k: n - 1 for k, n in accepted.items()
                                                  if n > 1}))
         known: set[str] = set()
-        for decision_id in sorted(self.decision_ids):
+        for decision_id in sorted(self.decision_ids | set(log.all_ids())):
             try:
                 record = log.get(decision_id)
             except NotFound:
-                result.lost_decisions.append(decision_id)
+                if decision_id in self.decision_ids:
+                    result.lost_decisions.append(decision_id)
                 continue
             result.decisions += 1
             for action in record["actions"]:
@@ -332,3 +347,150 @@ class Rig:
         result.unknown_keys = sorted(received - known)
         client.close()
         return result
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    begin: Callable[[Rig], None]
+    end: Callable[[Rig], None]
+    recovers: str  # what comes back: "answers", "verdicts", "deliveries" or "takeover" (the
+    # killed worker's deliveries, sent again by another when their lease runs out)
+
+
+def _restart_redis(rig: Rig) -> None:
+    rig.redis.start()  # on its data: the append-only file brings back what was acknowledged
+
+
+def _executor(**knobs: Any) -> Callable[[Rig], None]:
+    def set_knobs(rig: Rig) -> None:
+        for name, value in knobs.items():
+            setattr(rig.executor, name, value)
+    return set_knobs
+
+
+def _opa_delay(seconds: float) -> Callable[[Rig], None]:
+    def set_delay(rig: Rig) -> None:
+        assert rig.opa is not None
+        rig.opa.delay_seconds = seconds
+    return set_delay
+
+
+def _kill_worker_mid_delivery(rig: Rig) -> None:
+    """SIGKILL worker 0 while the executor is answering one of its deliveries."""
+    worker = rig.workers[0]
+    assert worker is not None
+    sender = f"(pid {worker.pid})"
+    rig.executor.delay_seconds = 0.02  # long enough to catch a delivery in flight
+    since = time.monotonic()
+    deadline = since + 5
+    while not any(sender in d.headers.get("User-Agent", "") and d.arrived >= since
+                  for d in list(rig.executor.in_flight)):
+        assert time.monotonic() < deadline, "worker 0 delivered nothing for 5 s"
+        time.sleep(0.001)
+    rig.kill_worker(0)
+    rig.killed_at = time.monotonic()
+
+
+def _restart_worker(rig: Rig) -> None:
+    rig.executor.delay_seconds = 0.0
+    rig.start_worker(0)
+
+
+FAULTS = [
+    Fault("Redis killed (SIGKILL), restarted 10 s later", Rig.kill_redis, _restart_redis,
+          "answers"),
+    Fault("OPA sidecar stopped, restarted 10 s later", Rig.stop_opa, Rig.start_opa,
+          "verdicts"),
+    Fault("OPA sidecar answering after 1 s (timeout 250 ms) for 10 s", _opa_delay(1.0),
+          _opa_delay(0.0), "verdicts"),
+    Fault("executor answering 500 for 10 s", _executor(failing_status=500),
+          _executor(failing_status=None), "deliveries"),
+    Fault("executor hanging for 10 s (timeout 500 ms)", _executor(delay_seconds=10.0),
+          _executor(delay_seconds=0.0), "deliveries"),
+    Fault("a worker SIGKILLed mid-delivery (restarted 10 s later)", _kill_worker_mid_delivery,
+          _restart_worker, "takeover"),
+]
+
+
+@dataclass
+class PhaseReport:
+    fault: str
+    requests: int
+    statuses: Counter[int]
+    bad_answers: list[str]  # neither 2xx nor a 503 problem
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    effect: int  # how often the fault showed: 503s, held verdicts, failed attempts
+    recovery_seconds: float | None  # from the end of the fault to the first good sign
+    after_recovery_bad: int  # bad signs 2 s after the end of the fault
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def run_fault(rig: Rig, fault: Fault, prefix: str, *, seconds: float,
+              rate: float) -> PhaseReport:
+    """`seconds` of load at `rate`; the fault from a third of it to two thirds."""
+    subjects = [f"{prefix}-{i}" for i in range(int(seconds * rate))]
+    rig.post_facts(subjects)
+    started = time.monotonic() + 0.2
+
+    answers: list[Answer] = []
+    load = threading.Thread(target=lambda: answers.extend(rig.run(subjects, rate, started)))
+    load.start()
+    # The faults from this thread: a server started from a thread dies with the thread
+    # (the embedded Redis asks for SIGTERM when its parent goes, see app.store).
+    time.sleep(max(0.0, started + seconds / 3 - time.monotonic()))
+    begun = time.monotonic() - started
+    fault.begin(rig)
+    time.sleep(max(0.0, started + 2 * seconds / 3 - time.monotonic()))
+    fault.end(rig)
+    ended = time.monotonic() - started
+    load.join()
+    ok = [a for a in answers if a.status in (200, 201)]
+    bad = [f"{a.sent:.2f}s: {a.status} {a.error}" for a in answers
+           if a.status not in (200, 201) and not (a.status == 503 and a.problem)]
+    deliveries = [d for d in list(rig.executor.deliveries)
+                  if d.arrived >= started and d.path.startswith("/")]
+    if fault.recovers == "answers":
+        effect = sum(1 for a in answers if a.status == 503)
+        good = [a.sent for a in ok if a.sent >= ended]
+        after = sum(1 for a in answers if a.sent >= ended + 2 and a not in ok)
+    elif fault.recovers == "verdicts":
+        held = [a for a in ok if "hold" in a.outcomes.values()]
+        effect = len(held)
+        good = [a.sent for a in ok if a.sent >= ended and a.outcomes
+                and "hold" not in a.outcomes.values()]
+        after = sum(1 for a in held if a.sent >= ended + 2)
+    elif fault.recovers == "deliveries":
+        effect = sum(1 for d in deliveries if not 200 <= d.status < 300
+                     or begun <= d.arrived - started < ended)
+        good = [d.arrived - started for d in deliveries
+                if d.arrived - started >= ended and 200 <= d.status < 300]
+        after = 0
+    else:  # the kill is the end of this fault: recovery is the takeover of what it held
+        kill = rig.killed_at - started
+        first: dict[str, float] = {}
+        again: dict[str, float] = {}
+        for d in deliveries:
+            key, at = d.headers["Idempotency-Key"], d.arrived - started
+            if key in first and first[key] < kill <= at:
+                again.setdefault(key, at)
+            first.setdefault(key, at)
+        effect = len(again)
+        good = [kill + max(at - kill for at in again.values())] if again else []
+        ended = kill
+        after = 0
+    return PhaseReport(
+        fault=fault.name, requests=len(answers), statuses=Counter(a.status for a in answers),
+        bad_answers=bad, p50_ms=_percentile([a.seconds for a in answers], 0.5) * 1000,
+        p99_ms=_percentile([a.seconds for a in answers], 0.99) * 1000,
+        max_ms=max(a.seconds for a in answers) * 1000, effect=effect,
+        recovery_seconds=min(good) - ended if good else None, after_recovery_bad=after)

@@ -4,7 +4,9 @@ the embedded OPA engine. Knobs make it slow, failing, or an OPA without ad-hoc q
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -16,6 +18,35 @@ from opa_bindings import OpaError
 
 from app.policy.engines import compile_policy_set
 from app.policy.files import load_policy_set
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Keeps its open connections, so that closing it is a real outage for keep-alive
+    clients too."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (the service's timeout) is not news
+
+    def close_all(self) -> None:
+        self.shutdown()
+        self.server_close()
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class OpaStandIn:
@@ -36,6 +67,9 @@ class OpaStandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as OPA and real executors do
+            disable_nagle_algorithm = True  # headers and body are two writes
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -72,8 +106,7 @@ class OpaStandIn:
             def do_POST(self) -> None:
                 self._serve("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -100,5 +133,4 @@ class OpaStandIn:
         return 404, {"code": "resource_not_found", "message": f"{method} {path}"}
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close_all()
