@@ -7,11 +7,15 @@ With DECISION_TEST_REDIS=cluster that Redis is a local three-master Redis Cluste
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from redis_cluster import LocalCluster
@@ -31,6 +35,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = (LocalCluster if CLUSTER else EmbeddedRedis)(tmp_path_factory.mktemp("redis"))
     yield server.start()
     server.stop()
+
+
+def wait_for_ready(base_url: str, process: subprocess.Popen[Any], seconds: float) -> None:
+    """Until GET /readyz answers 200; AssertionError if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert process.poll() is None, "the service exited"
+        assert time.monotonic() < deadline, f"the service was not ready within {seconds}s"
+        time.sleep(0.1)
 
 
 def key_count(client: redis.Redis) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 
 import requests
 import yaml
+from conftest import wait_for_ready
 from executor_server import Executor
 from opa_server import OpaStandIn
 
@@ -156,8 +157,10 @@ class Accounting:
 
 
 class Rig:
-    def __init__(self, directory: Path, *, workers: int = 2) -> None:
+    def __init__(self, directory: Path, *, workers: int = 2, sidecar: bool = True) -> None:
+        """`sidecar`: policies from the OPA sidecar (which the faults need), else embedded."""
         self.directory = directory
+        self.sidecar = sidecar
         self.redis = EmbeddedRedis(directory / "redis")
         self.opa_port = free_port()
         self.opa: OpaStandIn | None = None
@@ -183,7 +186,7 @@ class Rig:
                 "DECISION_DATA_DIR": str(self.directory),
                 "DECISION_RULES_DIR": str(self._rules_dir()),
                 "DECISION_POLICY_DIR": str(ROOT / "rego"),
-                "DECISION_OPA_URL": f"http://127.0.0.1:{self.opa_port}",
+                "DECISION_OPA_URL": f"http://127.0.0.1:{self.opa_port}" if self.sidecar else "",
                 "DECISION_OPA_TIMEOUT_SECONDS": str(OPA_TIMEOUT_SECONDS),
                 "DECISION_EXECUTORS_FILE": str(executors),
                 "DECISION_DISPATCH_LEASE_SECONDS": str(LEASE_SECONDS),
@@ -211,21 +214,16 @@ class Rig:
 
     def start(self) -> None:
         self.redis.start()
-        self.start_opa()
+        if self.sidecar:
+            self.start_opa()
         self.server = self._spawn("serve", "--port", str(self.port), "--workers", "2",
                                   log="serve.log")
         for index in range(self.worker_count):
             self.start_worker(index)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or self.server.poll() is not None:
-                raise RuntimeError("the service did not become ready:\n" + self.log_tail())
-            time.sleep(0.1)
+        try:
+            wait_for_ready(self.url, self.server, 60)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from exc
 
     def log_tail(self, name: str = "serve.log") -> str:
         path = self.directory / name

@@ -211,3 +211,13 @@ def test_key_comparison_takes_the_same_steps_whichever_key_or_none(
         # every stored entry, in constant time, against the hash (fixed length) of the key
         assert len(compared) == len(KEYS)
         assert {len(digest) for _, digest in compared} == {64}
+
+
+def test_operating_deliveries_needs_the_operator_grant(secured: Flask) -> None:
+    client = secured.test_client()
+    for response in (client.get("/v1/actions/failed", headers=as_("analyst")),
+                     client.post("/v1/decisions/d-1/actions/a-1/redrive",
+                                 headers=as_("portal"))):
+        assert response.status_code == 403
+        assert response.get_json()["reasons"][0].endswith(
+            "needs the operator grant to re-drive actions.")

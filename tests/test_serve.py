@@ -7,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
+from conftest import wait_for_ready
 
 
 def _free_port() -> int:
@@ -28,16 +28,7 @@ def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path) -> None:
                               stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            assert server.poll() is None, "serve exited"
-            time.sleep(0.1)
+        wait_for_ready(base, server, 30)
         facts = [
             {"subject": "PR-7", "type": "purchase_request", "department": "procurement",
              "data": {"request_id": "PR-7", "amount": 90000}},
