@@ -33,6 +33,7 @@ from conftest import wait_for_ready
 from executor_server import Executor
 from opa_server import OpaStandIn
 
+from app import keys
 from app.decision_log import DecisionLog
 from app.dispatch import Outbox
 from app.errors import NotFound
@@ -157,11 +158,15 @@ class Accounting:
 
 
 class Rig:
-    def __init__(self, directory: Path, *, workers: int = 2, sidecar: bool = True) -> None:
-        """`sidecar`: policies from the OPA sidecar (which the faults need), else embedded."""
+    def __init__(self, directory: Path, *, workers: int = 2, sidecar: bool = True,
+                 redis_url: str | None = None) -> None:
+        """`sidecar`: policies from the OPA sidecar (which the faults need), else embedded.
+        `redis_url`: a Redis (or Redis Cluster) to share, else one of the rig's own."""
         self.directory = directory
         self.sidecar = sidecar
         self.redis = EmbeddedRedis(directory / "redis")
+        self.redis_url = redis_url or self.redis.url
+        self.own_redis = redis_url is None
         self.opa_port = free_port()
         self.opa: OpaStandIn | None = None
         self.executor = Executor()
@@ -181,7 +186,7 @@ class Rig:
             action: {"url": f"{self.executor.url}/{action}",
                      "timeout_seconds": EXECUTOR_TIMEOUT_SECONDS, "max_attempts": attempts}
             for action, attempts in (("issue_purchase_order", 60), ("expedite_delivery", 3))}))
-        return {**os.environ, "DECISION_REDIS_URL": self.redis.url,
+        return {**os.environ, "DECISION_REDIS_URL": self.redis_url,
                 "DECISION_REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT_SECONDS),
                 "DECISION_DATA_DIR": str(self.directory),
                 "DECISION_RULES_DIR": str(self._rules_dir()),
@@ -213,7 +218,8 @@ class Rig:
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> None:
-        self.redis.start()
+        if self.own_redis:
+            self.redis.start()
         if self.sidecar:
             self.start_opa()
         self.server = self._spawn("serve", "--port", str(self.port), "--workers", "2",
@@ -268,7 +274,8 @@ class Rig:
                 os.killpg(self.server.pid, signal.SIGKILL)
         self.stop_opa()
         self.executor.stop()
-        self.redis.stop()
+        if self.own_redis:
+            self.redis.stop()
 
     def alive(self) -> dict[str, bool]:
         """Which processes are still running (none may die of a fault it did not get)."""
@@ -294,20 +301,20 @@ class Rig:
 
     def drain(self, timeout_seconds: float = 120.0) -> None:
         """Wait until nothing is due or in flight in the outbox."""
-        client = connect(self.redis.url, timeout_seconds=2.0)
+        client = connect(self.redis_url, timeout_seconds=2.0)
         deadline = time.monotonic() + timeout_seconds
         try:
-            while client.zcard("ds:{dispatch}:due"):
+            while client.zcard(keys.dispatch_due()):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the outbox did not drain in {timeout_seconds}s: "
-                                         f"{client.zcard('ds:{dispatch}:due')} left")
+                                         f"{client.zcard(keys.dispatch_due())} left")
                 time.sleep(0.2)
         finally:
             client.close()
 
     def account(self) -> Accounting:
         """Reconcile every decision this rig answered 201 for with the executor."""
-        client = connect(self.redis.url, timeout_seconds=5.0)
+        client = connect(self.redis_url, timeout_seconds=5.0)
         log = DecisionLog(client, Outbox(client), retention_seconds=86400,
                           idempotency_ttl_seconds=86400)
         accepted = Counter(d.headers["Idempotency-Key"] for d in self.executor.deliveries
