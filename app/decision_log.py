@@ -1,4 +1,4 @@
-"""The decision log: every decision recorded with its outbox entries, in one transaction on
+"""The decision log: every decision recorded with its outbox entries, in one atomic script on
 a single Redis (in a crash-safe order on Redis Cluster: see `DecisionLog.commit`).
 
 A record is written once and never changed; what changes as the outbox delivers
@@ -24,7 +24,7 @@ from app import keys
 from app.clock import Clock, system_clock
 from app.dispatch import Outbox
 from app.errors import Conflict, NotFound
-from app.store import in_order, run_script, unavailable_on_outage
+from app.store import in_order, is_cluster, run_script, unavailable_on_outage
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,14 @@ class IdempotencyClaim:
     fingerprint: str
 
 
-# The subject's part of a commit, in one script (its keys share the subject's hash slot).
-# KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent actions, 5 outbox,
-#       6 Idempotency-Key (ARGV[6] '' when none).
+# A commit in one script. KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent
+# actions, 5 outbox, 6 Idempotency-Key (ARGV[6] '' when none): the subject's keys, which
+# share its hash slot. On a single server also 7 the decision id -> subject pointer, 8 the
+# dispatch schedule and 9... archive entries, so the whole commit is one atomic step; on
+# Redis Cluster those are written around the script, in `DecisionLog.commit`'s order.
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
-#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry.
+#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry,
+#       schedule member; then the value of each archive entry.
 # Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
 # for each action an earlier decision on the subject already queued (it is not queued again).
 _COMMIT = """
@@ -64,7 +67,7 @@ local result = {'ok'}
 local queued = 0
 local n = tonumber(ARGV[8])
 for i = 0, n - 1 do
-  local id, field, entry = ARGV[9 + 3 * i], ARGV[10 + 3 * i], ARGV[11 + 3 * i]
+  local id, field, entry = ARGV[9 + 4 * i], ARGV[10 + 4 * i], ARGV[11 + 4 * i]
   local earlier = redis.call('HGET', KEYS[4], id)
   if earlier then
     redis.call('HSET', KEYS[3], id, cjson.encode({status = 'recorded',
@@ -75,6 +78,7 @@ for i = 0, n - 1 do
     redis.call('HSET', KEYS[3], id, '{"status": "queued", "attempts": 0}')
     redis.call('HSET', KEYS[4], id, ARGV[2])
     redis.call('HSET', KEYS[5], field, entry)
+    if #KEYS > 6 then redis.call('ZADD', KEYS[8], now, ARGV[12 + 4 * i]) end
     queued = queued + 1
   end
 end
@@ -87,6 +91,10 @@ redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl * 1000)
 redis.call('EXPIRE', KEYS[2], ttl)
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', tonumber(ARGV[7])) end
+if #KEYS > 6 then
+  redis.call('SET', KEYS[7], ARGV[1], 'EX', ttl)
+  for k = 9, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 4 * n], 'NX') end
+end
 return result
 """
 
@@ -117,8 +125,8 @@ class DecisionLog:
                idempotency: IdempotencyClaim | None = None,
                archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
-        archive entries of its versions (see `app.archive`): one transaction on a single
-        Redis (see `store.in_order`). Returns the record as stored, or the decision a
+        archive entries of its versions (see `app.archive`): one script, so one atomic step,
+        on a single Redis. Returns the record as stored, or the decision a
         concurrent request with the same key recorded first (`replayed`).
 
         On Redis Cluster the steps run in this order, and a crash between two leaves: an
@@ -137,27 +145,34 @@ class DecisionLog:
                                        policy_revision=record["policy"]["revision"],
                                        actions=enqueue)
         text = json.dumps(record)
-        args: list[Any] = [subject, decision_id, text, self.retention_seconds,
-                           int(self._clock() * 1000), idem_value, self.idempotency_ttl_seconds,
-                           len(enqueue)]
-        for action, (field, entry, _) in zip(enqueue, entries, strict=True):
-            args += [action["id"], field, entry]
-        members = [member for _, _, member in entries]
+        archive = archive or {}
         ttl = self.retention_seconds
-        calls: list[Callable[[Any], Any]] = [
-            lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
-            *((lambda r, k=key, v=value: r.set(k, v, nx=True))
-              for key, value in (archive or {}).items()),
-            *([self._outbox.hold(members)] if members else []),
-            lambda r: run_script(r, self._commit, [
-                keys.decision_record(subject, decision_id), keys.subject_decisions(subject),
-                keys.decision_action_status(subject, decision_id),
-                keys.subject_sent_actions(subject), keys.outbox(subject), idem_key], args),
-            *([self._outbox.release(members)] if members else []),
-        ]
+        script_keys = [keys.decision_record(subject, decision_id),
+                       keys.subject_decisions(subject),
+                       keys.decision_action_status(subject, decision_id),
+                       keys.subject_sent_actions(subject), keys.outbox(subject), idem_key]
+        args: list[Any] = [subject, decision_id, text, ttl, int(self._clock() * 1000),
+                           idem_value, self.idempotency_ttl_seconds, len(enqueue)]
+        for action, (field, entry, member) in zip(enqueue, entries, strict=True):
+            args += [action["id"], field, entry, member]
         with unavailable_on_outage():
-            results = in_order(self._redis, calls, scripts=[self._commit])
-        result = results[-2 if members else -1]
+            if is_cluster(self._redis):
+                members = [member for _, _, member in entries]
+                calls: list[Callable[[Any], Any]] = [
+                    lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
+                    *((lambda r, k=key, v=value: r.set(k, v, nx=True))
+                      for key, value in archive.items()),
+                    *([self._outbox.hold(members)] if members else []),
+                    lambda r: run_script(r, self._commit, script_keys, args),
+                    *([self._outbox.release(members)] if members else []),
+                ]
+                results = in_order(self._redis, calls, scripts=[self._commit])
+                result = results[-2 if members else -1]
+            else:
+                [result] = in_order(self._redis, [lambda r: run_script(
+                    r, self._commit,
+                    [*script_keys, keys.decision_subject(decision_id), keys.dispatch_due(),
+                     *archive], [*args, *archive.values()])], scripts=[self._commit])
         if result[0] == "replayed":
             return Recorded(self.get(json.loads(result[1])["decision_id"]), replayed=True)
         earlier = dict(zip(result[1::2], result[2::2], strict=True))

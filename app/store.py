@@ -89,7 +89,7 @@ def in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]],
 
 
 def _in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
-    if is_cluster(client):
+    if is_cluster(client) or len(calls) == 1:  # one command is atomic by itself
         return [call(client) for call in calls]
     with client.pipeline(transaction=True) as pipe:
         for call in calls:
