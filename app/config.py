@@ -87,6 +87,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("env", "development", _environment,
            "'production' refuses to start without an API keys file"),
     Option("log_format", "json", _log_format, "json (one object a line) or text"),
+    Option("access_log", "false", _boolean,
+           "`serve` also logs a line per HTTP request (gunicorn's access log)"),
     Option("host", "127.0.0.1", str, "address `serve` binds to"),
     Option("port", "8080", _positive_int, "port `serve` binds to"),
     Option("workers", "2", _positive_int, "gunicorn worker processes started by `serve`"),
@@ -144,6 +146,7 @@ class Settings:
 
     env: str
     log_format: str
+    access_log: bool
     host: str
     port: int
     workers: int

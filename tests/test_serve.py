@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 from conftest import wait_for_ready
 
@@ -19,9 +20,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path) -> None:
+@pytest.mark.parametrize("access_log", [False, True])
+def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path, access_log: bool) -> None:
     port = _free_port()
-    env = {**os.environ, "DECISION_DATA_DIR": str(tmp_path / "var"), "DECISION_PORT": str(port)}
+    env = {**os.environ, "DECISION_DATA_DIR": str(tmp_path / "var"), "DECISION_PORT": str(port),
+           "DECISION_ACCESS_LOG": str(access_log).lower()}
     env.pop("DECISION_REDIS_URL", None)
     exe = Path(sys.executable).with_name("decision-service")
     server = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.PIPE,
@@ -45,4 +48,7 @@ def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path) -> None:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in output
+    access_lines = [line for line in output.splitlines()
+                    if '"gunicorn.access"' in line and "POST /v1/facts" in line]
+    assert len(access_lines) == (1 if access_log else 0), output
     assert not (tmp_path / "var" / "redis.sock").exists(), "the embedded Redis must stop too"
