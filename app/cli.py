@@ -390,7 +390,7 @@ def _run_gunicorn(settings: Settings) -> None:
 
     from app.logs import dict_config
 
-    class AccessLogger(Logger):  # type: ignore[misc]
+    class AccessLogger(Logger):
         """gunicorn builds each access line (about 50 µs) whenever logging is configured:
         only when asked for (the decision lines carry what a decision did)."""
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis
 
-from app import keys
+from app import jsontext, keys
 from app.clock import Clock, system_clock
 from app.dispatch import Outbox
 from app.errors import Conflict, NotFound
@@ -37,7 +37,7 @@ class Recorded:
 
     @property
     def json(self) -> str:
-        return self.text if self.text is not None else json.dumps(self.record)
+        return self.text if self.text is not None else jsontext.dumps(self.record)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class DecisionLog:
                                        ruleset=record["ruleset"],
                                        policy_revision=record["policy"]["revision"],
                                        actions=enqueue)
-        text = json.dumps(record)
+        text = jsontext.dumps(record)
         archive = archive or {}
         ttl = self.retention_seconds
         script_keys = [keys.decision_record(subject, decision_id),
@@ -205,7 +205,7 @@ class DecisionLog:
                 raw, statuses = pipe.execute()
         if raw is None:
             raise NotFound(f"no decision with id {decision_id!r}")
-        return self._merge(json.loads(raw), statuses)
+        return self._merge(jsontext.loads(raw), statuses)
 
     def recent(self, subject: str, limit: int) -> list[dict[str, Any]]:
         """The subject's decisions, newest first."""
@@ -220,7 +220,7 @@ class DecisionLog:
         records = []
         for raw, statuses in zip(rows[::2], rows[1::2], strict=True):
             if raw is not None:  # expired since it was indexed
-                records.append(self._merge(json.loads(raw), statuses))
+                records.append(self._merge(jsontext.loads(raw), statuses))
         return records
 
     def records(self, decision_ids: Iterable[str], *, chunk: int = 500) -> Iterator[dict[str, Any]]:

@@ -31,7 +31,7 @@ import requests
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app import __version__, keys
+from app import __version__, jsontext, keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import ConfigurationError, NotFound
 from app.http_client import pooled_session
@@ -143,7 +143,7 @@ class Outbox:
         enqueued_at = rfc3339(self._clock())
         trace = traceparent()
         return [(f"{decision_id}:{action['id']}",
-                 json.dumps({"subject": subject, "decision_id": decision_id,
+                 jsontext.dumps({"subject": subject, "decision_id": decision_id,
                              "ruleset": dict(ruleset), "policy_revision": policy_revision,
                              "action": action, "attempts": 0, "enqueued_at": enqueued_at,
                              **({"traceparent": trace} if trace else {})}),

@@ -23,7 +23,7 @@ from typing import Any, TypedDict, cast
 
 import redis
 
-from app import keys
+from app import jsontext, keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import Conflict, NotFound
 from app.store import is_cluster, unavailable_on_outage
@@ -156,7 +156,7 @@ class FactPool:
             }
             body = {k: v for k, v in record.items() if k != "version"}
             args.append([record["id"], record["subject"],
-                         json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                         jsontext.dumps(body),
                          expires_ms or ""])
             records.append(record)
         with unavailable_on_outage():
@@ -216,7 +216,7 @@ class FactPool:
         now_ms = int(self._clock() * 1000)
         with unavailable_on_outage():
             stored = cast(dict[str, str], self._redis.hgetall(keys.subject_facts(subject)))
-        records: list[FactRecord] = json.loads(f"[{','.join(stored.values())}]") \
+        records: list[FactRecord] = jsontext.loads(f"[{','.join(stored.values())}]") \
             if stored else []  # one decoding pass for all of them
         now_text = rfc3339(now_ms / 1000)
         live = [r for r in records if r["expires_at"] is None or r["expires_at"] > now_text]

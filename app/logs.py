@@ -9,7 +9,6 @@ executors receive it. API keys and fact data are never logged.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import logging.config
 import re
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from app import jsontext
 from app.clock import rfc3339
 
 _context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
@@ -67,7 +67,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "context", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return jsontext.dumps(entry)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s:%(context_text)s %(message)s"

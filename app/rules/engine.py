@@ -32,6 +32,7 @@ from typing import Any
 
 import durable_rules_engine as core
 
+from app import jsontext
 from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
 from app.rules.compiler import TAG, compile_ruleset, core_fields, rule_key
 from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
@@ -227,7 +228,7 @@ class _Run:
                  for f in facts]
         try:
             if batch:
-                code, state = core.assert_facts(self.handle, json.dumps(batch))
+                code, state = core.assert_facts(self.handle, jsontext.dumps(batch))
                 if code == _NOT_HANDLED:
                     raise EvaluationFailed("the rule engine did not take the facts")
                 self._fire_all(state)
@@ -243,7 +244,7 @@ class _Run:
         firings = 0
         try:
             while message:
-                [(key, matched)] = json.loads(message).items()
+                [(key, matched)] = jsontext.loads(message).items()
                 firings += 1
                 if firings > self.max_firings:
                     raise EvaluationFailed(
@@ -289,7 +290,7 @@ class _Run:
         self.result.derived_facts.append({"id": fact_id, "type": step.type,
                                           "department": DERIVED_DEPARTMENT, "data": data,
                                           "rule": rule.name})
-        core.assert_fact(self.handle, json.dumps(
+        core.assert_fact(self.handle, jsontext.dumps(
             self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)))
 
     def _retract_all(self) -> None:
