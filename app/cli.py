@@ -50,6 +50,9 @@ def config() -> None:
 @click.option("--dev", is_flag=True, help="Flask's single-process development server instead")
 def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
     """Serve the HTTP API (gunicorn), starting the embedded Redis if none is configured."""
+    from app.policy.engines import exec_with_go_runtime
+
+    exec_with_go_runtime()
     settings = _settings()
     settings = settings.replace(
         host=host or settings.host, port=port or settings.port,
@@ -198,6 +201,10 @@ def worker(once: bool) -> None:
     Run as many as you like: each claims its work in Redis with a lease, and work of a
     worker that dies is taken over when its lease runs out."""
     import signal
+
+    from app.policy.engines import exec_with_go_runtime
+
+    exec_with_go_runtime()
 
     service = _open_service()
     if once:

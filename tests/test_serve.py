@@ -32,6 +32,8 @@ def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path, access_l
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_ready(base, server, 30)
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert {b"GOGC=400", b"GOMAXPROCS=1"} <= set(environ), "embedded OPA's Go settings"
         facts = [
             {"subject": "PR-7", "type": "purchase_request", "department": "procurement",
              "data": {"request_id": "PR-7", "amount": 90000}},

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +28,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-
-# Embedded OPA is Go: its runtime reads GOGC when the library loads. Every evaluation
-# allocates its input anew, and Go's default (100) collects so often that the collector
-# takes a fifth of a decision's time on a busy core; 400 trades a few MB for that.
-os.environ.setdefault("GOGC", "400")
 from opa_bindings import OpaEngine, OpaError
 
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
@@ -41,6 +37,24 @@ from app.policy.files import PolicySet, load_policy_set, policy_files, problems_
 from app.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
+
+# Embedded OPA is Go, and its runtime reads these from the environment the process was
+# started with (a change to os.environ comes too late: Go reads the original block).
+# Every evaluation allocates its input anew, and Go's default GOGC (100) collects so often
+# that the collector takes a tenth of an evaluation; 400 trades a few MB for that.
+# Evaluations are serialized (one per process at a time), so one Go processor is enough:
+# more only lets the collector run beside the other workers. Together: about 5 % of a
+# decision's CPU under load (scripts/bench http).
+GO_RUNTIME = {"GOGC": "400", "GOMAXPROCS": "1"}
+
+
+def exec_with_go_runtime() -> None:
+    """Start this process again with `GO_RUNTIME` in its environment, unless it is there
+    (set either variable to choose a value yourself). For long-running commands only."""
+    missing = {key: value for key, value in GO_RUNTIME.items() if key not in os.environ}
+    if missing:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+                  {**os.environ, **missing})
 
 UNDEFINED: Any = type("Undefined", (), {"__repr__": lambda self: "UNDEFINED"})()
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
