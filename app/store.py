@@ -75,11 +75,12 @@ def in_order(client: redis.Redis, calls: Sequence[Callable[[Any], Any]],
              scripts: Sequence[Script] = ()) -> list[Any]:
     """Run `calls` (each issues one command on the client it is given; scripts through
     `run_script`) in order and return their results. On a single server they are one
-    MULTI/EXEC: all or none, one round trip. Redis Cluster has no transaction across hash
-    slots, so there they run one by one: callers order them so that a crash between any
-    two leaves nothing a reader or the dispatcher would act on wrongly (each caller says
-    how). `scripts` are loaded and the calls run again if the server lost them (a restart
-    without persistence): callers make their calls safe to repeat."""
+    MULTI/EXEC (one call alone is sent as it is): all or none, one round trip. Redis
+    Cluster has no transaction across hash slots, so there they run one by one: callers
+    order them so that a crash between any two leaves nothing a reader or the dispatcher
+    would act on wrongly (each caller says how). `scripts` are loaded and the calls run
+    again if the server lost them (a restart without persistence): callers make their
+    calls safe to repeat."""
     try:
         return _in_order(client, calls)
     except NoScriptError:
