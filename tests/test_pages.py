@@ -73,6 +73,7 @@ def test_the_explorer_shows_a_subject_and_how_its_decision_was_taken(
 def test_the_explorer_shows_a_denial_with_its_reason(browser: Browser, site: str) -> None:
     browser.get(f"{site}/explorer?subject=PR-8")
     browser.click("#decisions a.decision")
+    browser.wait_for("#actions tr[data-action='issue_purchase_order'] li.reason")
     reasons = browser.texts("#actions tr[data-action='issue_purchase_order'] li.reason")
     assert reasons == ["Vendor Acme Shell Corp is on the EU consolidated sanctions list "
                        "(reference EU-2024-113): no order may be placed."]
@@ -81,6 +82,7 @@ def test_the_explorer_shows_a_denial_with_its_reason(browser: Browser, site: str
 
 def test_the_explorer_says_what_went_wrong(browser: Browser, site: str) -> None:
     browser.get(f"{site}/explorer?decision=no-such-decision")
+    browser.wait_for("main .error")
     assert "no decision with id" in browser.text("main .error")
 
 
