@@ -113,6 +113,8 @@ def test_an_oversized_body_is_413(client: FlaskClient, app: Any, redis_client: r
     (b"", "empty"),
     (b"\xff\xfe", "not valid JSON"),
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"subject": "PR-1", "type": "t", "department": "d", "data": {"x": "a\\ud800"}}',
+     "half a surrogate pair"),
 ])
 def test_a_body_that_is_not_json_is_400(client: FlaskClient, payload: bytes, detail: str) -> None:
     response = client.post("/v1/facts", data=payload, content_type="application/json")

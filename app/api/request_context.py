@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, NoReturn
 
 from flask import Response, current_app, g, request
@@ -33,11 +34,37 @@ def json_body() -> Any:
     if not raw:
         raise MalformedRequest("the body is empty")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise MalformedRequest("the body is nested too deeply") from exc
     except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise MalformedRequest("the body has a \\u escape of half a surrogate pair: text "
+                               "that is not Unicode, which OPA, Redis and executors refuse")
+    return body
+
+
+# A lone surrogate can only come from an escape (raw UTF-8 cannot encode one), so only a
+# body that has one is searched.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:  # no recursion: the body may be nested as deep as the parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _presented_key() -> str | None:
