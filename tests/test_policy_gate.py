@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from opa_server import OpaStandIn
 
-from app.policy.engines import EmbeddedPolicyEngine, SidecarPolicyEngine
+from opa_bindings import OpaError
+
+from app.policy.engines import (
+    EmbeddedPolicyEngine,
+    SidecarPolicyEngine,
+    batch_query,
+    compile_policy_set,
+    evaluate_query,
+)
 from app.policy.files import PolicySet, load_policy_set
 from app.policy.gate import ALLOW, DENY, HOLD, PolicyGate, Verdict
 
@@ -60,6 +68,34 @@ SAMPLE_CASES = [
      "not on the list of approved actions"),
     ("notification", common(), {"id": "a", "type": "notify_finance", "params": {}}, ALLOW, None),
 ]
+
+
+def test_the_embedded_evaluation_answers_exactly_as_the_bindings_do() -> None:
+    engine = compile_policy_set(load_policy_set(REGO))
+    query = batch_query("decision/governance", "action")
+    policy_input = {"common": common(available=1000), "items": [order(), order(vendor="x")]}
+    ours = evaluate_query(engine, query.encode(), policy_input)
+    assert ours == engine.eval_query(query, policy_input)
+    assert ours[0]["results"]["0"]["allow"] is False
+
+
+def test_input_orjson_cannot_encode_takes_the_bindings_path() -> None:
+    engine = compile_policy_set(load_policy_set(REGO))
+    assert evaluate_query(engine, b"x := input.n", {"n": 2**70}) == [{"x": 2**70}]
+
+
+def test_an_evaluation_error_raises_with_opas_message() -> None:
+    engine = compile_policy_set(PolicySet.from_sources({"p.rego": "package p\n\nx := 1 / 0\n"}))
+    with pytest.raises(OpaError, match="divide by zero"):
+        evaluate_query(engine, b"y := data.p.x", None)
+
+
+def test_an_evaluation_error_holds_every_action() -> None:
+    gate = gate_from_sources({"g.rego": "package decision.governance\n\n"
+                                        "allow := 1 / 0\n"})
+    [verdict] = gate.check(common(), [order()])
+    assert verdict.outcome == HOLD
+    assert "divide by zero" in verdict.reasons[0]
 
 
 @pytest.mark.parametrize(("shared", "action", "outcome", "reason"),
