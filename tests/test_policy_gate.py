@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opa_server import OpaStandIn
-
 from opa_bindings import OpaError
+from opa_server import OpaStandIn
 
 from app.policy.engines import (
     EmbeddedPolicyEngine,
