@@ -78,6 +78,11 @@ def test_the_embedded_evaluation_answers_exactly_as_the_bindings_do() -> None:
     assert ours[0]["results"]["0"]["allow"] is False
 
 
+def test_no_input_leaves_input_undefined_as_the_bindings_do() -> None:
+    engine = compile_policy_set(load_policy_set(REGO))
+    assert evaluate_query(engine, b"x := input", None) == engine.eval_query("x := input") == []
+
+
 def test_input_orjson_cannot_encode_takes_the_bindings_path() -> None:
     engine = compile_policy_set(load_policy_set(REGO))
     assert evaluate_query(engine, b"x := input.n", {"n": 2**70}) == [{"x": 2**70}]

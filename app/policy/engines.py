@@ -145,7 +145,7 @@ def evaluate_query(engine: OpaEngine, query: bytes, policy_input: Any) -> list[d
     under the same lock (the bindings are pinned, see setup.cfg). Input orjson refuses
     (an integer past 64 bits) goes through the bindings' own path."""
     try:
-        encoded = orjson.dumps(policy_input)
+        encoded = b"" if policy_input is None else orjson.dumps(policy_input)  # "": no input
     except orjson.JSONEncodeError:
         return list(engine.eval_query(query.decode(), policy_input))
     with engine._eval_lock:
