@@ -73,25 +73,25 @@ def test_the_embedded_evaluation_answers_exactly_as_the_bindings_do() -> None:
     engine = compile_policy_set(load_policy_set(REGO))
     query = batch_query("decision/governance", "action")
     policy_input = {"common": common(available=1000), "items": [order(), order(vendor="x")]}
-    ours = evaluate_query(engine, query.encode(), policy_input)
+    ours = evaluate_query(engine, query, policy_input)
     assert ours == engine.eval_query(query, policy_input)
     assert ours[0]["results"]["0"]["allow"] is False
 
 
 def test_no_input_leaves_input_undefined_as_the_bindings_do() -> None:
     engine = compile_policy_set(load_policy_set(REGO))
-    assert evaluate_query(engine, b"x := input", None) == engine.eval_query("x := input") == []
+    assert evaluate_query(engine, "x := input", None) == engine.eval_query("x := input") == []
 
 
 def test_input_orjson_cannot_encode_takes_the_bindings_path() -> None:
     engine = compile_policy_set(load_policy_set(REGO))
-    assert evaluate_query(engine, b"x := input.n", {"n": 2**70}) == [{"x": 2**70}]
+    assert evaluate_query(engine, "x := input.n", {"n": 2**70}) == [{"x": 2**70}]
 
 
 def test_an_evaluation_error_raises_with_opas_message() -> None:
     engine = compile_policy_set(PolicySet.from_sources({"p.rego": "package p\n\nx := 1 / 0\n"}))
     with pytest.raises(OpaError, match="divide by zero"):
-        evaluate_query(engine, b"y := data.p.x", None)
+        evaluate_query(engine, "y := data.p.x", None)
 
 
 def test_an_evaluation_error_holds_every_action() -> None:
