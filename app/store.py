@@ -142,7 +142,7 @@ class Schedule:
                 now_ms, limit, int(lease_seconds * 1000)]))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the server gets SIGTERM if its parent dies. (Linux
     counts the thread that started it as the parent: start it from a thread that lives as
     long as the process, as the CLI does.)"""
@@ -213,7 +213,7 @@ class EmbeddedRedis:
             cwd=self.data_dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout_seconds
         while time.monotonic() < deadline:

@@ -2,16 +2,20 @@
 
 `Rig` runs gunicorn (`decision-service serve`, 2 workers) and two `decision-service worker`
 processes against a Redis of its own (the embedded server, killed with SIGKILL and
-restarted on its data), an OPA sidecar (tests/opa_server.py on a fixed port: stopped,
-restarted, made slow) and an executor (tests/executor_server.py: failing, hanging).
+restarted on its data), an OPA sidecar (tests/opa_server.py in a process of its own on a
+fixed port: SIGKILLed, restarted, made slow) and an executor (tests/executor_server.py:
+failing, hanging).
+
 `Load` posts decisions at a fixed rate whatever the answers (an open loop, so a slow
-service meets the same pressure) and keeps every answer. `Rig.account` reconciles what
-the decision log says with what the executor received. tests/test_faults.py runs the
-faults; scripts/soak runs the rig for ten minutes.
+service meets the same pressure, up to 48 requests in flight) and keeps every answer.
+`Rig.account` reconciles what the decision log says with what the executor received.
+tests/test_faults.py runs the faults; `scripts/reliability soak` runs the rig for ten
+minutes.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +36,7 @@ import requests
 import yaml
 from conftest import wait_for_ready
 from executor_server import Executor
-from opa_server import OpaStandIn
+from opa_server import OpaProcess
 
 from app import keys
 from app.decision_log import DecisionLog
@@ -82,36 +87,45 @@ class Answer:
 
 
 class Load:
-    """POST /v1/decisions at `rate` per second for `seconds`, one fresh subject each."""
+    """POST /v1/decisions at `rate` per second for `seconds`, one fresh subject each.
+
+    `http.client`, a connection per thread: a third of what requests costs per call, and
+    the load generator shares two cores with everything it measures."""
 
     def __init__(self, url: str, *, client_timeout: float = 10.0, threads: int = 48) -> None:
-        self.url = url
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.client_timeout = client_timeout
         self.threads = threads
         self.started = 0.0
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        session: requests.Session = self._local.session
-        return session
+    def _connection(self) -> http.client.HTTPConnection:
+        if not hasattr(self._local, "connection"):  # reopened by itself after a close
+            self._local.connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=self.client_timeout)
+        connection: http.client.HTTPConnection = self._local.connection
+        return connection
 
     def _one(self, subject: str, sent: float) -> Answer:
+        body = json.dumps({"subject": subject, "ruleset": "procurement"})
+        connection = self._connection()
         began = time.monotonic()
         try:
-            response = self._session().post(
-                f"{self.url}/v1/decisions", timeout=self.client_timeout,
-                json={"subject": subject, "ruleset": "procurement"},
-                headers={"Idempotency-Key": f"load-{subject}"})
-        except requests.RequestException as exc:
+            connection.request("POST", "/v1/decisions", body=body, headers={
+                "Content-Type": "application/json", "Idempotency-Key": f"load-{subject}"})
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
             return Answer(sent, time.monotonic() - began, 0, error=type(exc).__name__)
-        answer = Answer(sent, time.monotonic() - began, response.status_code)
-        if response.headers.get("Content-Type", "").startswith("application/problem+json"):
-            answer.problem = "detail" in response.json()
-            answer.error = response.json().get("detail")
-        elif response.status_code in (200, 201):
-            record = response.json()
+        answer = Answer(sent, time.monotonic() - began, response.status)
+        if response.getheader("Content-Type", "").startswith("application/problem+json"):
+            problem = json.loads(payload)
+            answer.problem = "detail" in problem
+            answer.error = problem.get("detail")
+        elif response.status in (200, 201):
+            record = json.loads(payload)
             answer.decision_id = record["decision_id"]
             answer.outcomes = {a["type"]: a["verdict"]["outcome"] for a in record["actions"]}
         return answer
@@ -168,7 +182,7 @@ class Rig:
         self.redis_url = redis_url or self.redis.url
         self.own_redis = redis_url is None
         self.opa_port = free_port()
-        self.opa: OpaStandIn | None = None
+        self.opa: OpaProcess | None = None
         self.executor = Executor()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -236,11 +250,11 @@ class Rig:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def start_opa(self) -> None:
-        self.opa = OpaStandIn(ROOT / "rego", port=self.opa_port)
+        self.opa = OpaProcess(ROOT / "rego", port=self.opa_port, log=self.directory / "opa.log")
 
-    def stop_opa(self) -> None:
+    def kill_opa(self) -> None:
         if self.opa is not None:
-            self.opa.close()
+            self.opa.kill()
             self.opa = None
 
     def start_worker(self, index: int) -> None:
@@ -272,7 +286,7 @@ class Rig:
                 self.server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.server.pid, signal.SIGKILL)
-        self.stop_opa()
+        self.kill_opa()
         self.executor.stop()
         if self.own_redis:
             self.redis.stop()
@@ -380,7 +394,7 @@ def _executor(**knobs: Any) -> Callable[[Rig], None]:
 def _opa_delay(seconds: float) -> Callable[[Rig], None]:
     def set_delay(rig: Rig) -> None:
         assert rig.opa is not None
-        rig.opa.delay_seconds = seconds
+        rig.opa.set_knobs(delay_seconds=seconds)
     return set_delay
 
 
@@ -408,7 +422,7 @@ def _restart_worker(rig: Rig) -> None:
 FAULTS = [
     Fault("Redis killed (SIGKILL), restarted 10 s later", Rig.kill_redis, _restart_redis,
           "answers"),
-    Fault("OPA sidecar stopped, restarted 10 s later", Rig.stop_opa, Rig.start_opa,
+    Fault("OPA sidecar killed (SIGKILL), restarted 10 s later", Rig.kill_opa, Rig.start_opa,
           "verdicts"),
     Fault("OPA sidecar answering after 1 s (timeout 250 ms) for 10 s", _opa_delay(1.0),
           _opa_delay(0.0), "verdicts"),

@@ -1,12 +1,19 @@
 """An OPA sidecar stand-in for tests: a real HTTP server on loopback that answers OPA's
 REST API (Data, Query, Policy and Health APIs) by evaluating the same policy files with
-the embedded OPA engine. Knobs make it slow, failing, or an OPA without ad-hoc queries."""
+the embedded OPA engine. Knobs make it slow, failing, or an OPA without ad-hoc queries.
+
+`OpaStandIn` serves from a thread of the test's process; `OpaProcess` runs it in a process
+of its own, as a sidecar runs (`python tests/opa_server.py POLICY_DIR --port N`), so that a
+busy test process does not slow its answers, and killing it is a real outage."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -14,10 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import requests
 from opa_bindings import OpaError
 
 from app.policy.engines import compile_policy_set
 from app.policy.files import load_policy_set
+from app.store import die_with_parent
+
+KNOBS_PATH = "/_stand-in/knobs"  # POST {"delay_seconds": 1.0, "fail_status": 500}
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -83,6 +94,13 @@ class OpaStandIn:
 
             def _serve(self, method: str) -> None:
                 path = self.path.split("?")[0]
+                if method == "POST" and path == KNOBS_PATH:  # not OPA's: for OpaProcess
+                    length = int(self.headers.get("Content-Length") or 0)
+                    for name, value in json.loads(self.rfile.read(length)).items():
+                        assert name in ("delay_seconds", "fail_status"), name
+                        setattr(stand_in, name, value)
+                    self._answer(200, {})
+                    return
                 with stand_in._lock:
                     stand_in.requests[f"{method} {path}"] += 1
                     stand_in.traceparents.append(self.headers.get("traceparent"))
@@ -134,3 +152,44 @@ class OpaStandIn:
 
     def close(self) -> None:
         self.server.close_all()
+
+
+class OpaProcess:
+    """The stand-in in a process of its own, on `port`, serving `policy_dir`; it is ready
+    when the constructor returns. Its output goes to `log`."""
+
+    def __init__(self, policy_dir: Path, *, port: int, log: Path,
+                 start_timeout_seconds: float = 30.0) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        with open(log, "ab") as out:
+            # Started from a thread that outlives it (see app.store.die_with_parent).
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, str(policy_dir), "--port", str(port)],
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + start_timeout_seconds
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the OPA stand-in did not start on port {port}: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+
+    def set_knobs(self, **knobs: Any) -> None:
+        """`delay_seconds` before every answer; `fail_status` instead of every answer."""
+        requests.post(f"{self.url}{KNOBS_PATH}", json=knobs, timeout=5).raise_for_status()
+
+    def kill(self) -> None:
+        """SIGKILL: OPA gone at once, with every connection it held."""
+        self.process.kill()
+        self.process.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Serve the OPA stand-in until killed.")
+    parser.add_argument("policy_dir", type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    arguments = parser.parse_args()
+    OpaStandIn(arguments.policy_dir, port=arguments.port)._thread.join()
