@@ -32,8 +32,9 @@ import orjson
 import requests
 from opa_bindings import OpaEngine, OpaError
 
+from app import jsontext
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
-from app.http_client import pooled_session
+from app.http_client import Endpoint
 from app.logs import traceparent
 from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
 from app.watch import ChangeWatch, Signature, signature
@@ -304,7 +305,7 @@ class SidecarPolicyEngine:
         self.timeout_seconds = timeout_seconds
         self.revision_ttl_seconds = revision_ttl_seconds
         self._clock = clock
-        self.session = pooled_session(pool_size=16)
+        self.endpoint = Endpoint(self.base_url, pool_size=16)
         self._query_api = True
         self._revision = "unknown"
         self._revision_at = float("-inf")
@@ -319,16 +320,14 @@ class SidecarPolicyEngine:
     def policy_set(self) -> PolicySet | None:
         return None  # the sidecar's files are its own
 
-    def _call(self, method: str, path: str, body: Any = None,
-              params: dict[str, str] | None = None) -> Any:
-        url = f"{self.base_url}{path}"
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
         self.breaker.before()
         self.round_trips += 1
         trace = traceparent()
         try:
-            response = self.session.request(method, url, json=body, params=params,
-                                            timeout=self.timeout_seconds,
-                                            headers={"traceparent": trace} if trace else None)
+            response = self.endpoint.request(
+                method, path, body=None if body is None else jsontext.dumps(body).encode(),
+                timeout=self.timeout_seconds, headers={"traceparent": trace} if trace else None)
         except requests.RequestException as exc:
             reason = (f"OPA at {self.base_url} did not answer within "
                       f"{self.timeout_seconds * 1000:.0f} ms"
@@ -340,7 +339,7 @@ class SidecarPolicyEngine:
         if path == "/v1/query" and response.status_code in (403, 404, 405, 501):
             raise _QueryApiMissing(response.status_code)
         try:
-            payload = response.json()
+            payload = jsontext.loads(response.content)
         except ValueError:
             payload = None
         if response.status_code != 200:
@@ -352,8 +351,8 @@ class SidecarPolicyEngine:
         return payload
 
     def _one(self, path: str, policy_input: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        payload = self._call("POST", f"/v1/data/{check_policy_path(path)}",
-                             {"input": policy_input}, params={"provenance": "true"})
+        payload = self._call("POST", f"/v1/data/{check_policy_path(path)}?provenance=true",
+                             {"input": policy_input})
         bundles = (payload.get("provenance") or {}).get("bundles") or {}
         revisions = {name: b.get("revision", "") for name, b in bundles.items()
                      if isinstance(b, dict)}
@@ -399,7 +398,7 @@ class SidecarPolicyEngine:
 
     def readiness(self) -> str:
         try:
-            response = self.session.get(f"{self.base_url}/health", timeout=self.timeout_seconds)
+            response = self.endpoint.request("GET", "/health", timeout=self.timeout_seconds)
         except requests.RequestException as exc:
             return f"OPA at {self.base_url} is unreachable: {type(exc).__name__}"
         return "ok" if response.status_code == 200 else f"OPA health is HTTP {response.status_code}"
