@@ -34,7 +34,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from app import __version__, jsontext, keys
 from app.clock import Clock, rfc3339, system_clock
 from app.errors import ConfigurationError, NotFound
-from app.http_client import pooled_session
+from app.http_client import Endpoint
 from app.logs import log_context, traceparent
 from app.metrics import Metrics, label_value
 from app.schemas import invalid_params
@@ -102,6 +102,9 @@ class Executors:
 
     def get(self, action_type: str) -> Executor | None:
         return self._by_type.get(action_type)
+
+    def urls(self) -> set[str]:
+        return {executor.url for executor in self._by_type.values()}
 
     def __contains__(self, action_type: str) -> bool:
         return action_type in self._by_type
@@ -278,9 +281,11 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.batch_size = batch_size
         self._jitter = jitter
-        self.session = pooled_session(pool_size=DELIVERY_THREADS)
-        # Which process sent a delivery, for the executor's logs (and the fault tests).
-        self.session.headers["User-Agent"] = f"decision-service/{__version__} (pid {os.getpid()})"
+        headers = {"Content-Type": "application/cloudevents+json",
+                   # Which process sent a delivery, for the executor's logs (and the tests).
+                   "User-Agent": f"decision-service/{__version__} (pid {os.getpid()})"}
+        self._endpoints = {url: Endpoint(url, pool_size=DELIVERY_THREADS, headers=headers)
+                           for url in executors.urls()}
         self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="delivery")
 
     def backoff(self, attempts: int) -> float:
@@ -302,7 +307,8 @@ class Dispatcher:
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
-        self.session.close()
+        for endpoint in self._endpoints.values():
+            endpoint.close()
 
     def _attempt(self, member: str, lease_ends: float) -> None:
         entry = self.outbox.entry(member)
@@ -352,12 +358,13 @@ class Dispatcher:
     def _post(self, executor: Executor, entry: dict[str, Any]) -> tuple[str | None, bool]:
         """(None, _) when delivered, else (why not, whether retrying is pointless)."""
         event = cloud_event(entry, self._clock())
-        headers = {"Content-Type": "application/cloudevents+json", "Idempotency-Key": event["id"]}
+        headers = {"Idempotency-Key": event["id"]}
         if entry.get("traceparent"):
             headers["traceparent"] = entry["traceparent"]
         try:
-            response = self.session.post(executor.url, data=json.dumps(event),
-                                         timeout=executor.timeout_seconds, headers=headers)
+            response = self._endpoints[executor.url].request(
+                "POST", body=json.dumps(event).encode(), timeout=executor.timeout_seconds,
+                headers=headers)
         except requests.Timeout:
             return f"no answer within {executor.timeout_seconds:g}s", False
         except requests.RequestException as exc:

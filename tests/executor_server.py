@@ -18,6 +18,7 @@ class Delivery:
     body: dict[str, Any]
     status: int = 200  # what the executor answered (after delay_seconds)
     arrived: float = 0.0  # time.monotonic()
+    client_port: int = 0  # the same for requests on one kept-alive connection
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -59,7 +60,7 @@ class Executor:
                     status = (executor.statuses.pop(0) if executor.statuses else
                               executor.failing_status or 200)
                     delivery = Delivery(self.path, dict(self.headers), body, status,
-                                        time.monotonic())
+                                        time.monotonic(), self.client_address[1])
                     executor.deliveries.append(delivery)
                     executor.in_flight.append(delivery)
                 try:

@@ -286,7 +286,7 @@ class _Breaker:
 
 
 class SidecarPolicyEngine:
-    """An OPA server over its REST API, through one pooled session with a short timeout.
+    """An OPA server over its REST API, through one pooled endpoint with a short timeout.
 
     One action: `POST /v1/data/<path>?provenance=true`. Several: one `POST /v1/query`
     with the batch query; an OPA that refuses ad-hoc queries (404/405/403) is asked
@@ -305,7 +305,8 @@ class SidecarPolicyEngine:
         self.timeout_seconds = timeout_seconds
         self.revision_ttl_seconds = revision_ttl_seconds
         self._clock = clock
-        self.endpoint = Endpoint(self.base_url, pool_size=16)
+        self.endpoint = Endpoint(self.base_url, pool_size=16,
+                                 headers={"Content-Type": "application/json"})
         self._query_api = True
         self._revision = "unknown"
         self._revision_at = float("-inf")
