@@ -77,8 +77,8 @@ def facts_of(subject: str, index: int) -> list[dict[str, Any]]:
 
 @dataclass
 class Answer:
-    sent: float  # seconds since the load started
-    seconds: float
+    sent: float  # seconds since the load started, when it was due (and handed to a thread)
+    seconds: float  # from the request going out to its answer
     status: int  # 0: no answer at all
     problem: bool = False  # an application/problem+json body with a detail
     decision_id: str | None = None
@@ -98,6 +98,7 @@ class Load:
         self.client_timeout = client_timeout
         self.threads = threads
         self.started = 0.0
+        self.finished = 0.0  # time.monotonic() when the last answer was in
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -140,7 +141,9 @@ class Load:
                 while (now := time.monotonic()) < due:
                     time.sleep(min(due - now, 0.005))
                 futures.append(pool.submit(self._one, subject, now - self.started))
-            return [future.result() for future in futures]
+            answers = [future.result() for future in futures]
+        self.finished = time.monotonic()
+        return answers
 
 
 @dataclass
@@ -191,6 +194,7 @@ class Rig:
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * workers
         self.decision_ids: set[str] = set()
         self.killed_at = 0.0  # when a worker was last killed (time.monotonic())
+        self.served_per_second = 0.0  # of the last run
 
     # --- the parts ---------------------------------------------------------------------
 
@@ -309,7 +313,10 @@ class Rig:
                 assert response.status_code == 201, response.text
 
     def run(self, subjects: list[str], rate: float, started: float | None = None) -> list[Answer]:
-        answers = Load(self.url).run(subjects, rate, started)
+        """As `Load.run`; `served_per_second` is then the rate the service kept up."""
+        load = Load(self.url)
+        answers = load.run(subjects, rate, started)
+        self.served_per_second = len(answers) / max(1e-9, load.finished - load.started)
         self.decision_ids.update(a.decision_id for a in answers if a.decision_id)
         return answers
 
@@ -439,6 +446,7 @@ FAULTS = [
 class PhaseReport:
     fault: str
     requests: int
+    served_per_second: float  # below the rate asked for: the requests queued in the load
     statuses: Counter[int]
     bad_answers: list[str]  # neither 2xx nor a 503 problem
     p50_ms: float
@@ -508,7 +516,8 @@ def run_fault(rig: Rig, fault: Fault, prefix: str, *, seconds: float,
         ended = kill
         after = 0
     return PhaseReport(
-        fault=fault.name, requests=len(answers), statuses=Counter(a.status for a in answers),
+        fault=fault.name, requests=len(answers), served_per_second=rig.served_per_second,
+        statuses=Counter(a.status for a in answers),
         bad_answers=bad, p50_ms=_percentile([a.seconds for a in answers], 0.5) * 1000,
         p99_ms=_percentile([a.seconds for a in answers], 0.99) * 1000,
         max_ms=max(a.seconds for a in answers) * 1000, effect=effect,
