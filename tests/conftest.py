@@ -37,17 +37,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-def wait_for_ready(base_url: str, process: subprocess.Popen[Any], seconds: float) -> None:
-    """Until GET /readyz answers 200; AssertionError if the process exits or time runs out."""
+def wait_for_ready(base_url: str, process: subprocess.Popen[Any], seconds: float, *,
+                   path: str = "/readyz") -> None:
+    """Until GET `path` answers 200; AssertionError if the process exits or time runs out."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            if requests.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+            if requests.get(f"{base_url}{path}", timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
-        assert process.poll() is None, "the service exited"
-        assert time.monotonic() < deadline, f"the service was not ready within {seconds}s"
+        assert process.poll() is None, f"the server at {base_url} exited"
+        assert time.monotonic() < deadline, f"{base_url} was not ready within {seconds}s"
         time.sleep(0.1)
 
 

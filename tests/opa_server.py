@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from conftest import wait_for_ready
 from opa_bindings import OpaError
 
 from app.policy.engines import compile_policy_set
@@ -166,16 +167,12 @@ class OpaProcess:
             self.process = subprocess.Popen(
                 [sys.executable, __file__, str(policy_dir), "--port", str(port)],
                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + start_timeout_seconds
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"the OPA stand-in did not start on port {port}: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
+        try:
+            wait_for_ready(self.url, self.process, start_timeout_seconds, path="/health")
+        except AssertionError as exc:
+            self.kill()
+            raise RuntimeError(f"the OPA stand-in did not start: {exc}:\n"
+                               f"{log.read_text(errors='replace')[-2000:]}") from exc
 
     def set_knobs(self, **knobs: Any) -> None:
         """`delay_seconds` before every answer; `fail_status` instead of every answer."""
