@@ -80,6 +80,7 @@ class Answer:
     sent: float  # seconds since the load started, when it was due (and handed to a thread)
     seconds: float  # from the request going out to its answer
     status: int  # 0: no answer at all
+    answered: float = 0.0  # seconds since the load started, when the answer was in
     problem: bool = False  # an application/problem+json body with a detail
     decision_id: str | None = None
     outcomes: dict[str, str] = field(default_factory=dict)  # action type -> verdict
@@ -98,7 +99,6 @@ class Load:
         self.client_timeout = client_timeout
         self.threads = threads
         self.started = 0.0
-        self.finished = 0.0  # time.monotonic() when the last answer was in
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -119,8 +119,10 @@ class Load:
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            return Answer(sent, time.monotonic() - began, 0, error=type(exc).__name__)
-        answer = Answer(sent, time.monotonic() - began, response.status)
+            return Answer(sent, time.monotonic() - began, 0, time.monotonic() - self.started,
+                          error=type(exc).__name__)
+        answer = Answer(sent, time.monotonic() - began, response.status,
+                        time.monotonic() - self.started)
         if response.getheader("Content-Type", "").startswith("application/problem+json"):
             problem = json.loads(payload)
             answer.problem = "detail" in problem
@@ -141,9 +143,7 @@ class Load:
                 while (now := time.monotonic()) < due:
                     time.sleep(min(due - now, 0.005))
                 futures.append(pool.submit(self._one, subject, now - self.started))
-            answers = [future.result() for future in futures]
-        self.finished = time.monotonic()
-        return answers
+            return [future.result() for future in futures]
 
 
 @dataclass
@@ -194,7 +194,6 @@ class Rig:
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * workers
         self.decision_ids: set[str] = set()
         self.killed_at = 0.0  # when a worker was last killed (time.monotonic())
-        self.served_per_second = 0.0  # of the last run
 
     # --- the parts ---------------------------------------------------------------------
 
@@ -313,10 +312,7 @@ class Rig:
                 assert response.status_code == 201, response.text
 
     def run(self, subjects: list[str], rate: float, started: float | None = None) -> list[Answer]:
-        """As `Load.run`; `served_per_second` is then the rate the service kept up."""
-        load = Load(self.url)
-        answers = load.run(subjects, rate, started)
-        self.served_per_second = len(answers) / max(1e-9, load.finished - load.started)
+        answers = Load(self.url).run(subjects, rate, started)
         self.decision_ids.update(a.decision_id for a in answers if a.decision_id)
         return answers
 
@@ -516,7 +512,8 @@ def run_fault(rig: Rig, fault: Fault, prefix: str, *, seconds: float,
         ended = kill
         after = 0
     return PhaseReport(
-        fault=fault.name, requests=len(answers), served_per_second=rig.served_per_second,
+        fault=fault.name, requests=len(answers),
+        served_per_second=len(answers) / max(a.answered for a in answers),
         statuses=Counter(a.status for a in answers),
         bad_answers=bad, p50_ms=_percentile([a.seconds for a in answers], 0.5) * 1000,
         p99_ms=_percentile([a.seconds for a in answers], 0.99) * 1000,
