@@ -97,12 +97,14 @@ def rules_validate(directory: Path | None) -> None:
     """
     from app.rules import engine
     from app.rules.loader import load_ruleset_file, rule_files
+    from app.rules.ownership import FactOwnership
 
     target = directory or _settings().rules_dir
     files = [target] if target.is_file() else rule_files(target)
     if not files:
         raise click.ClickException(f"no rule files (*.yaml, *.yml, *.json) in {target}")
     failed = 0
+    loaded = []
     for path in files:
         try:
             ruleset = load_ruleset_file(path)
@@ -112,10 +114,16 @@ def rules_validate(directory: Path | None) -> None:
             for problem in exc.problems:
                 click.echo(f"error: {problem}", err=True)
             continue
+        loaded.append(ruleset)
         click.echo(f"ok: {path}: ruleset {ruleset.name} version {ruleset.version}, "
                    f"{len(ruleset.rules)} rules")
+        for warning in ruleset.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    for conflict in FactOwnership.of(loaded).conflicts:
+        failed += 1
+        click.echo(f"error: {conflict}", err=True)
     if failed:
-        click.echo(f"{failed} of {len(files)} rule files rejected", err=True)
+        click.echo(f"{failed} problem(s) in {len(files)} rule file(s)", err=True)
         sys.exit(1)
 
 

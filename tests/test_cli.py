@@ -29,7 +29,7 @@ def test_rules_validate_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert "bad_one.yaml:3: rule r: then.0: each step is" in result.output
     assert "bad_two.json: rules: needs a list of at least one rule" in result.output
     assert "ok: " in result.output and "good.yaml" in result.output
-    assert "2 of 3 rule files rejected" in result.output
+    assert "2 problem(s) in 3 rule file(s)" in result.output
 
 
 def test_config_prints_every_variable() -> None:

@@ -20,6 +20,10 @@ class RulesetSummarySchema(Schema):
     description = fields.String()
     rules = fields.List(fields.String(), required=True, metadata={"description": "rule names"})
     triggers = fields.List(fields.String())
+    facts = fields.Dict(metadata={"description": "fact type -> the departments that may post "
+                                                 "it"})
+    warnings = fields.List(fields.String(), metadata={
+        "description": "what the file leaves open, such as fact types no department owns"})
 
 
 class RuleProblemSchema(Schema):
@@ -45,7 +49,9 @@ def list_rulesets() -> dict[str, Any]:
     return {
         "rulesets": [{"name": r.name, "version": r.version, "file": r.file,
                       "description": r.description, "rules": [rule.name for rule in r.rules],
-                      "triggers": list(r.triggers)} for r in registry.active()],
+                      "triggers": list(r.triggers),
+                      "facts": {t.name: list(t.owners) for t in r.fact_types.values()},
+                      "warnings": [str(w) for w in r.warnings]} for r in registry.active()],
         "problems": [{"file": p.file, "line": p.line, "rule": p.rule, "message": p.message}
                      for p in registry.problems],
     }

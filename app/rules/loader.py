@@ -8,10 +8,12 @@ file can name Python code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from app.rules import regex
 from app.rules.model import (
     OPERATORS,
     Derive,
+    FactType,
     Interpolation,
     Pattern,
     Propose,
@@ -34,6 +37,7 @@ from app.rules.model import (
 )
 from app.schemas import (
     DATA_KEY_PATTERN,
+    DERIVED_DEPARTMENT,
     MAX_DATA_FIELDS,
     NAME_PATTERN,
     RESERVED_DATA_KEYS,
@@ -98,12 +102,23 @@ _RuleFileLoader.yaml_implicit_resolvers = {
 }
 
 
-def _rule_lines_yaml(node: Any) -> list[int]:
+@dataclass
+class _Lines:
+    """Where things start in a YAML rule file (JSON files have no such map)."""
+
+    rules: list[int] = field(default_factory=list)  # per rule, in order
+    facts: dict[str, int] = field(default_factory=dict)  # fact type -> line
+
+
+def _lines_yaml(node: Any) -> _Lines:
+    lines = _Lines()
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == "rules" and isinstance(value, yaml.SequenceNode):
-                return [item.start_mark.line + 1 for item in value.value]
-    return []
+                lines.rules = [item.start_mark.line + 1 for item in value.value]
+            elif key.value == "facts" and isinstance(value, yaml.MappingNode):
+                lines.facts = {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
+    return lines
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -119,8 +134,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse(source: str, file: str) -> tuple[Any, list[int]]:
-    """The document and the line each rule starts on (for YAML), or RulesetInvalid."""
+def _parse(source: str, file: str) -> tuple[Any, _Lines]:
+    """The document and where its parts start (for YAML), or RulesetInvalid."""
     if file.endswith(".json"):
         try:
             document = json.loads(source, object_pairs_hook=_no_duplicates,
@@ -130,7 +145,7 @@ def _parse(source: str, file: str) -> tuple[Any, list[int]]:
                                               line=exc.lineno)]) from exc
         except (ValueError, RecursionError) as exc:
             raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc}")]) from exc
-        return document, []
+        return document, _Lines()
     try:
         loader = _RuleFileLoader(source)  # refuses control characters already
     except yaml.YAMLError as exc:
@@ -147,7 +162,7 @@ def _parse(source: str, file: str) -> tuple[Any, list[int]]:
         raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
     finally:
         loader.dispose()
-    return document, _rule_lines_yaml(node)
+    return document, _lines_yaml(node)
 
 
 # --- validating ------------------------------------------------------------------------
@@ -437,11 +452,11 @@ class _Checker:
             then=tuple(s for s in steps if s is not None),
         )
 
-    def ruleset(self, document: Any, source: str, rule_lines: list[int]) -> Ruleset | None:
+    def ruleset(self, document: Any, source: str, lines: _Lines) -> Ruleset | None:
         if not isinstance(document, dict):
             self.problem("", "a rule file is a mapping with ruleset, description and rules")
             return None
-        self.keys(document, "", ("ruleset", "description", "triggers", "rules"),
+        self.keys(document, "", ("ruleset", "description", "triggers", "facts", "rules"),
                   ("ruleset", "rules"))
         name = self.name(document.get("ruleset"), "ruleset", _NAME, "the ruleset name")
         description = document.get("description", "")
@@ -462,24 +477,97 @@ class _Checker:
         else:
             seen: set[str] = set()
             for index, raw in enumerate(raw_rules):
-                line = rule_lines[index] if index < len(rule_lines) else None
+                line = lines.rules[index] if index < len(lines.rules) else None
                 rule = self.rule(raw, index, line, seen)
                 if rule is not None:
                     rules.append(rule)
             self.at_rule, self.at_line = None, None
+        fact_types = self.fact_types(document.get("facts"), lines.facts)
         if self.problems or name is None:
             return None
-        return Ruleset(name=name, version=version_of(source), source=source, file=self.file,
-                       rules=tuple(rules), description=description, triggers=tuple(triggers))
+        ruleset = Ruleset(name=name, version=version_of(source), source=source, file=self.file,
+                          rules=tuple(rules), description=description, triggers=tuple(triggers),
+                          fact_types=fact_types or {})
+        warnings = self.ownership(ruleset, declared=fact_types is not None, lines=lines)
+        if self.problems:
+            return None
+        return dataclasses.replace(ruleset, warnings=tuple(warnings))
+
+    # facts: who may post each fact type
+
+    def fact_types(self, raw: Any, lines: Mapping[str, int]) -> dict[str, FactType] | None:
+        """The `facts:` section (None when the file has none)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or not raw:
+            self.problem("facts", "a mapping of fact type to {owners: [departments]}")
+            return {}
+        declared: dict[str, FactType] = {}
+        for fact_type, spec in raw.items():
+            self.at_line = lines.get(str(fact_type))
+            where = f"facts.{fact_type}"
+            if self.name(fact_type, "facts", _NAME, "a fact type") is None:
+                continue
+            if not isinstance(spec, dict):
+                self.problem(where, "needs a mapping with owners")
+                continue
+            self.keys(spec, where, ("owners", "description"), ("owners",))
+            owners = spec.get("owners")
+            if not isinstance(owners, list) or not owners or not all(
+                    isinstance(o, str) and _NAME.fullmatch(o) for o in owners):
+                self.problem(f"{where}.owners", "needs a list of one or more departments")
+                continue
+            if DERIVED_DEPARTMENT in owners:
+                self.problem(f"{where}.owners", f"{DERIVED_DEPARTMENT!r} is the department of "
+                             "derived facts; no one posts under it")
+                continue
+            description = spec.get("description", "")
+            if not isinstance(description, str):
+                self.problem(f"{where}.description", "must be a string")
+                continue
+            declared[fact_type] = FactType(fact_type, tuple(dict.fromkeys(owners)), description)
+        self.at_line = None
+        return declared
+
+    def ownership(self, ruleset: Ruleset, *, declared: bool,
+                  lines: _Lines) -> list[RuleProblem]:
+        """Every fact type the rules read must be derived by them or owned by departments:
+        a problem for a file with a `facts:` section, a warning (anyone may post it) for one
+        without."""
+        derived = ruleset.derived_types
+        for fact_type in sorted(derived & ruleset.fact_types.keys()):
+            deriving = next(rule.name for rule in ruleset.rules if any(
+                isinstance(step, Derive) and step.type == fact_type for step in rule.then))
+            self.at_line = lines.facts.get(fact_type)
+            self.problem(f"facts.{fact_type}", f"rule {deriving} derives this type, and derived "
+                         "facts cannot be posted: remove it from facts")
+        self.at_line = None
+        warnings = []
+        unowned = (ruleset.read_types | set(ruleset.triggers)) - derived - ruleset.fact_types.keys()
+        for fact_type in sorted(unowned):
+            reader = next((rule for rule in ruleset.rules if any(
+                pattern.fact_type == fact_type for pattern in (*rule.when, *rule.unless))), None)
+            where = (RuleProblem(self.file, "", reader.name, reader.line) if reader is not None
+                     else RuleProblem(self.file, "", None, None))
+            if declared:
+                self.at_rule, self.at_line = where.rule, where.line
+                self.problem("", f"reads fact type {fact_type!r}, which no department owns: "
+                             "declare it under facts: with its owners")
+            else:
+                warnings.append(dataclasses.replace(where, message=(
+                    f"no department owns fact type {fact_type!r}: any department may post it "
+                    "(declare its owners under facts:)")))
+        self.at_rule, self.at_line = None, None
+        return warnings
 
 
 def parse_ruleset(source: str, file: str) -> Ruleset:
     """Validate rule file text (`file` names it in messages and picks YAML or JSON)."""
     if len(source.encode()) > MAX_RULE_FILE_BYTES:
         raise RulesetInvalid([RuleProblem(file, f"larger than {MAX_RULE_FILE_BYTES} bytes")])
-    document, rule_lines = _parse(source, file)
+    document, lines = _parse(source, file)
     checker = _Checker(file)
-    ruleset = checker.ruleset(document, source, rule_lines)
+    ruleset = checker.ruleset(document, source, lines)
     if ruleset is None:
         raise RulesetInvalid(checker.problems)
     return ruleset

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from app.errors import RuleProblem
+
 # A fact as the engine holds it: data fields beside type, department and the fact id.
 EngineFact = dict[str, Any]
 Bindings = dict[str, EngineFact]
@@ -246,6 +248,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class FactType:
+    """A fact type the ruleset reads, and the departments that alone may post it."""
+
+    name: str
+    owners: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Ruleset:
     name: str
     version: str  # content hash of the source
@@ -254,10 +265,27 @@ class Ruleset:
     rules: tuple[Rule, ...]
     description: str = ""
     triggers: tuple[str, ...] = ()
+    fact_types: Mapping[str, FactType] = dataclass_field(default_factory=dict)
+    # What the file leaves open without being wrong (a fact type nobody owns), for
+    # `rules validate` and GET /v1/rulesets; the ruleset is active all the same.
+    warnings: tuple[RuleProblem, ...] = ()
 
     @property
     def engine_name(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def derived_types(self) -> frozenset[str]:
+        """The fact types the rules derive (`assert`): no department may post them."""
+        return frozenset(step.type for rule in self.rules for step in rule.then
+                         if isinstance(step, Derive))
+
+    @property
+    def read_types(self) -> frozenset[str]:
+        """The fact types the rules' conditions name."""
+        return frozenset(pattern.fact_type for rule in self.rules
+                         for pattern in (*rule.when, *rule.unless)
+                         if pattern.fact_type is not None)
 
 
 REGEX_FLAGS = re.ASCII | re.DOTALL

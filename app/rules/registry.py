@@ -21,6 +21,7 @@ from app.errors import RuleProblem, RulesetInvalid, UnknownRuleset
 from app.rules import engine
 from app.rules.loader import load_ruleset_file, rule_files
 from app.rules.model import Ruleset
+from app.rules.ownership import FactOwnership
 from app.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class RulesetRegistry:
         self._by_file: dict[str, Ruleset] = {}
         self._versions: dict[tuple[str, str], Ruleset] = {}
         self._signature: Signature | None = None
+        self._ownership = FactOwnership.of(())
         self.problems: list[RuleProblem] = []
 
     def _files(self) -> list[Path]:
@@ -86,7 +88,9 @@ class RulesetRegistry:
                 if old is None or old.version != ruleset.version:
                     report.loaded.append(ruleset.engine_name)
             report.removed = sorted(set(self._active) - set(active))
-            self._active, self._by_file = active, by_file
+            ownership = FactOwnership.of(active.values())
+            report.problems.extend(ownership.conflicts)
+            self._active, self._by_file, self._ownership = active, by_file, ownership
             self._signature = current
             self.problems = report.problems
         for problem in report.problems:
@@ -117,3 +121,8 @@ class RulesetRegistry:
     def active(self) -> list[Ruleset]:
         self._maybe_reload()
         return sorted(self._active.values(), key=lambda r: r.name)
+
+    def ownership(self) -> FactOwnership:
+        """Who may post which fact type, by the active rulesets."""
+        self._maybe_reload()
+        return self._ownership

@@ -1,0 +1,61 @@
+"""Which department may post which fact type, across the active rulesets.
+
+A ruleset's `facts:` section names the departments that own each fact type it reads;
+the types its rules derive (`assert`) belong to the rules and nobody may post them.
+Over several rulesets the owners of a type are every department any of them names,
+and a type that any of them derives may not be posted at all. A type that no active
+ruleset declares is open to any department (`rules validate` warns about it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import RuleProblem
+from app.rules.model import Ruleset
+
+
+@dataclass(frozen=True)
+class FactOwnership:
+    owners: Mapping[str, frozenset[str]]  # fact type -> the departments that may post it
+    derived: Mapping[str, tuple[str, ...]]  # fact type -> the rulesets that derive it
+    conflicts: tuple[RuleProblem, ...] = ()  # a type one ruleset derives and another owns
+
+    @classmethod
+    def of(cls, rulesets: Iterable[Ruleset]) -> FactOwnership:
+        owners: dict[str, set[str]] = {}
+        derived: dict[str, list[str]] = {}
+        declared_in: dict[str, list[Ruleset]] = {}
+        for ruleset in rulesets:
+            for fact_type in ruleset.derived_types:
+                derived.setdefault(fact_type, []).append(ruleset.name)
+            for fact_type, declared in ruleset.fact_types.items():
+                owners.setdefault(fact_type, set()).update(declared.owners)
+                declared_in.setdefault(fact_type, []).append(ruleset)
+        conflicts = tuple(
+            RuleProblem(ruleset.file, f"facts.{fact_type}: ruleset {ruleset.name} lets "
+                        f"{', '.join(ruleset.fact_types[fact_type].owners)} post {fact_type!r}, "
+                        f"but ruleset {', '.join(derived[fact_type])} derives it: it cannot be "
+                        "posted")
+            for fact_type in sorted(derived.keys() & declared_in.keys())
+            for ruleset in declared_in[fact_type])
+        return cls({t: frozenset(d) for t, d in owners.items()},
+                   {t: tuple(sorted(r)) for t, r in derived.items()}, conflicts)
+
+    def refusal(self, fact_type: str, department: str) -> str | None:
+        """Why `department` may not post a fact of `fact_type`, or None if it may."""
+        if fact_type in self.derived:
+            return (f"{fact_type} facts are derived by the rules (ruleset "
+                    f"{', '.join(self.derived[fact_type])}); no department may post them.")
+        owners = self.owners.get(fact_type)
+        if owners is not None and department not in owners:
+            return (f"the {department} department may not post {fact_type} facts: only "
+                    f"{', '.join(sorted(owners))} may.")
+        return None
+
+    def refusals(self, facts: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Every distinct reason why these facts may not be posted as they are."""
+        reasons = (self.refusal(fact["type"], fact["department"]) for fact in facts)
+        return list(dict.fromkeys(reason for reason in reasons if reason is not None))
