@@ -21,7 +21,8 @@ run: install
 	$(BIN)/decision-service serve
 
 lint: install
-	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability
+	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \
+	  scripts/name-folding
 	$(BIN)/mypy
 
 # Debian's Chromium and ChromeDriver drive the page tests (tests/test_pages.py). Installed

@@ -135,6 +135,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_bytes", "2097152", _positive_int,
            "largest request body accepted (bytes); larger is 413"),
     Option("max_batch", "1000", _positive_int, "most facts accepted in one POST /v1/facts"),
+    Option("max_facts_per_department", "1000", _positive_int,
+           "most live facts one department may hold about one subject"),
+    Option("max_facts_per_type", "100", _positive_int,
+           "most live facts of one type one department may hold about one subject"),
 )
 
 DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
@@ -174,6 +178,8 @@ class Settings:
     mask_fields: tuple[str, ...]
     max_body_bytes: int
     max_batch: int
+    max_facts_per_department: int
+    max_facts_per_type: int
 
     @classmethod
     def load(

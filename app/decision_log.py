@@ -48,13 +48,15 @@ class IdempotencyClaim:
 
 
 # A commit in one script. KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent
-# actions, 5 outbox, 6 Idempotency-Key (ARGV[6] '' when none): the subject's keys, which
-# share its hash slot. On a single server also 7 the decision id -> subject pointer, 8 the
-# dispatch schedule and 9... archive entries, so the whole commit is one atomic step; on
-# Redis Cluster those are written around the script, in `DecisionLog.commit`'s order.
+# actions, 5 outbox, 6 Idempotency-Key (ARGV[6] '' when none), 7 the subject's decision
+# failures: the subject's keys, which share its hash slot. On a single server also 8 the
+# decision id -> subject pointer, 9 the dispatch schedule and 10... archive entries, so the
+# whole commit is one atomic step; on Redis Cluster those are written around the script,
+# in `DecisionLog.commit`'s order.
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
-#       7 its ttl s, 8 number of actions to queue, then per action: id, outbox field, entry,
-#       schedule member; then the value of each archive entry.
+#       7 its ttl s, 8 ruleset, 9 the failure (JSON; '' for a decision that ran: it clears
+#       the ruleset's failure), 10 number of actions to queue, then per action: id, outbox
+#       field, entry, schedule member; then the value of each archive entry.
 # Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
 # for each action an earlier decision on the subject already queued (it is not queued again).
 _COMMIT = """
@@ -65,9 +67,9 @@ end
 local ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local result = {'ok'}
 local queued = 0
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[10])
 for i = 0, n - 1 do
-  local id, field, entry = ARGV[9 + 4 * i], ARGV[10 + 4 * i], ARGV[11 + 4 * i]
+  local id, field, entry = ARGV[11 + 4 * i], ARGV[12 + 4 * i], ARGV[13 + 4 * i]
   local earlier = redis.call('HGET', KEYS[4], id)
   if earlier then
     redis.call('HSET', KEYS[3], id, cjson.encode({status = 'recorded',
@@ -78,7 +80,7 @@ for i = 0, n - 1 do
     redis.call('HSET', KEYS[3], id, '{"status": "queued", "attempts": 0}')
     redis.call('HSET', KEYS[4], id, ARGV[2])
     redis.call('HSET', KEYS[5], field, entry)
-    if #KEYS > 6 then redis.call('ZADD', KEYS[8], now, ARGV[12 + 4 * i]) end
+    if #KEYS > 7 then redis.call('ZADD', KEYS[9], now, ARGV[14 + 4 * i]) end
     queued = queued + 1
   end
 end
@@ -90,10 +92,16 @@ redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl * 1000)
 redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[9] == '' then
+  redis.call('HDEL', KEYS[7], ARGV[8])
+else
+  redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
+  redis.call('EXPIRE', KEYS[7], ttl)
+end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', tonumber(ARGV[7])) end
-if #KEYS > 6 then
-  redis.call('SET', KEYS[7], ARGV[1], 'EX', ttl)
-  for k = 9, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 4 * n], 'NX') end
+if #KEYS > 7 then
+  redis.call('SET', KEYS[8], ARGV[1], 'EX', ttl)
+  for k = 10, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 1 + 4 * n], 'NX') end
 end
 return result
 """
@@ -147,12 +155,17 @@ class DecisionLog:
         text = jsontext.dumps(record)
         archive = archive or {}
         ttl = self.retention_seconds
+        failure = "" if record.get("error") is None else json.dumps({
+            "decision_id": decision_id, "failed_at": record["created_at"],
+            **record["error"]})
         script_keys = [keys.decision_record(subject, decision_id),
                        keys.subject_decisions(subject),
                        keys.decision_action_status(subject, decision_id),
-                       keys.subject_sent_actions(subject), keys.outbox(subject), idem_key]
+                       keys.subject_sent_actions(subject), keys.outbox(subject), idem_key,
+                       keys.subject_decision_failures(subject)]
         args: list[Any] = [subject, decision_id, text, ttl, int(self._clock() * 1000),
-                           idem_value, self.idempotency_ttl_seconds, len(enqueue)]
+                           idem_value, self.idempotency_ttl_seconds, record["ruleset"]["name"],
+                           failure, len(enqueue)]
         for action, (field, entry, member) in zip(enqueue, entries, strict=True):
             args += [action["id"], field, entry, member]
         with unavailable_on_outage():
@@ -184,6 +197,14 @@ class DecisionLog:
                 action["delivery"] = {"not_sent": f"already queued for {subject} by decision "
                                                   f"{earlier[action['id']]}"}
         return Recorded(record, replayed=False)
+
+    def failures(self, subject: str) -> list[dict[str, Any]]:
+        """Per ruleset, the last decision on the subject that could not run (until one
+        runs again): {ruleset, decision_id, failed_at, type, title, detail}."""
+        with unavailable_on_outage():
+            raw = cast(dict[str, str],
+                       self._redis.hgetall(keys.subject_decision_failures(subject)))
+        return [{"ruleset": ruleset, **json.loads(text)} for ruleset, text in sorted(raw.items())]
 
     def _merge(self, record: dict[str, Any], statuses: dict[str, str]) -> dict[str, Any]:
         for action in record["actions"]:

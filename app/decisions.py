@@ -15,8 +15,10 @@ from typing import Any
 
 from app.access import Caller
 from app.dispatch import QUEUED, Executors
+from app.errors import DecisionServiceError, Forbidden
 from app.policy.gate import ALLOW, HOLD, PolicyGate
 from app.rules import Ruleset, evaluate
+from app.rules.engine import MAX_EVALUATION_FACTS
 
 DENIED, HELD, DRY_RUN, RECORDED = "denied", "held", "dry_run", "recorded"
 # queued -> dispatched | failed (see app.dispatch). `recorded`: allowed but not sent,
@@ -29,16 +31,32 @@ _POOL_FIELDS = ("id", "type", "department", "data", "version", "recorded_at")
 def snapshot(pooled: Iterable[Mapping[str, Any]],
              inline: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The facts a decision runs on: the subject's pooled facts, then the inline facts of
-    the request (not stored). An inline fact with a pooled fact's id stands in for it."""
+    the request (not stored, marked `inline`). An inline fact with a pooled fact's id stands
+    in for it, but only as a fact of the same department (the caller's right to speak for
+    that department is the access policy's to check): Forbidden otherwise."""
     facts: dict[str, dict[str, Any]] = {}
     for fact in pooled:
         facts[fact["id"]] = {key: fact[key] for key in _POOL_FIELDS if key in fact}
     for number, fact in enumerate(inline, start=1):
-        fact_id = fact.get("id") or f"inline-{number}"
-        facts.pop(fact_id, None)
+        fact_id = fact.get("id") or _unused(f"inline-{number}", facts)
+        shadowed = facts.pop(fact_id, None)
+        if shadowed is not None and shadowed["department"] != fact["department"]:
+            reason = (f"inline fact {fact_id!r} has the id of a pooled fact of the "
+                      f"{shadowed['department']} department; only {shadowed['department']} may "
+                      "stand in for it")
+            raise Forbidden(reason, [reason])
         facts[fact_id] = {"id": fact_id, "type": fact["type"], "department": fact["department"],
                           "data": fact["data"], "inline": True}
     return list(facts.values())
+
+
+def _unused(fact_id: str, taken: Mapping[str, Any]) -> str:
+    """An id for an inline fact given without one, never a pooled fact's."""
+    candidate, suffix = fact_id, 1
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{fact_id}.{suffix}"
+    return candidate
 
 
 def request_fingerprint(subject: str, ruleset: str, inline: Sequence[Mapping[str, Any]],
@@ -89,14 +107,9 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                         **({"delivery": delivery} if delivery else {})})
     revision = verdicts[0].revision if verdicts else gate.revision
     record = {
-        "decision_id": decision_id,
-        "subject": subject,
-        "created_at": created_at,
-        "ruleset": {"name": ruleset.name, "version": ruleset.version},
-        "policy": {"revision": revision},
-        "dry_run": dry_run,
-        "caller": {"id": caller.id, "departments": list(caller.departments)},
-        "trigger": dict(trigger) if trigger else None,
+        **_header(decision_id=decision_id, subject=subject, created_at=created_at,
+                  ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,
+                  trigger=trigger),
         "facts": facts,
         "fired": [firing.as_dict() for firing in evaluation.fired],
         "derived_facts": evaluation.derived_facts,
@@ -105,3 +118,40 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
     to_enqueue = [{key: a[key] for key in ("id", "type", "params", "rule")}
                   for a in actions if a["status"] == QUEUED]
     return Decision(record, to_enqueue)
+
+
+def _header(*, decision_id: str, subject: str, created_at: str, ruleset: Ruleset,
+            revision: str, dry_run: bool, caller: Caller,
+            trigger: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id,
+        "subject": subject,
+        "created_at": created_at,
+        "ruleset": {"name": ruleset.name, "version": ruleset.version},
+        "policy": {"revision": revision},
+        "dry_run": dry_run,
+        "caller": {"id": caller.id, "departments": list(caller.departments)},
+        "trigger": dict(trigger) if trigger else None,
+    }
+
+
+def failed_decision(error: DecisionServiceError, *, decision_id: str, subject: str,
+                    ruleset: Ruleset, facts: list[dict[str, Any]], revision: str,
+                    caller: Caller, dry_run: bool, created_at: str,
+                    trigger: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a decision the rules could not make: nothing fired, nothing proposed,
+    and `error` says why. The facts are kept (up to what one evaluation may hold) so the
+    failure can be explained and replayed."""
+    kept = facts if len(facts) <= MAX_EVALUATION_FACTS else []
+    return {
+        **_header(decision_id=decision_id, subject=subject, created_at=created_at,
+                  ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,
+                  trigger=trigger),
+        "facts": kept,
+        **({"facts_omitted": len(facts)} if len(kept) < len(facts) else {}),
+        "fired": [],
+        "derived_facts": [],
+        "actions": [],
+        "error": {key: value for key, value in error.as_problem().items()
+                  if key in ("type", "title", "detail")},
+    }

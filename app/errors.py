@@ -8,12 +8,13 @@
     │   └── PolicyInvalid           422: a policy or data file failed to load; lists file, line
     ├── UnsupportedMediaType        415: the body is not declared as JSON
     ├── Unauthorized                401: no valid API key
-    ├── Forbidden                   403: the access policy said no, and why
+    ├── Forbidden                   403: the access policy or a fact's owner said no, and why
     ├── PayloadTooLarge             413: over DECISION_MAX_BODY_BYTES
     ├── NotFound                    404
     │   └── UnknownRuleset          no ruleset of that name (or version) is loaded
     ├── Conflict                    409: the request contradicts what is stored
-    ├── EvaluationFailed            500: the rules did not come to rest (a rule loop)
+    ├── QuotaExceeded               422: a department's share of a subject's pool is full
+    ├── EvaluationFailed            422: the rules could not decide the subject's facts
     └── ServiceUnavailable          503: a dependency is down; the request may be retried
         ├── StoreUnavailable        Redis did not answer in time
         └── PolicyUnavailable       the policy engine did not decide (error, timeout, down)
@@ -48,6 +49,7 @@ class DecisionServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.decision_id: str | None = None  # set when the failure was recorded as a decision
 
     @property
     def problem_type(self) -> str:
@@ -56,6 +58,12 @@ class DecisionServiceError(Exception):
     def problem_extensions(self) -> dict[str, Any]:
         """Members added to the problem document beside type, title, status, detail."""
         return {}
+
+    def as_problem(self) -> dict[str, Any]:
+        """The problem document's members (without `instance`, which only a view knows)."""
+        return {"type": self.problem_type, "title": self.title, "status": self.status,
+                "detail": self.detail, **self.problem_extensions(),
+                **({"decision_id": self.decision_id} if self.decision_id else {})}
 
 
 class ConfigurationError(DecisionServiceError):
@@ -183,8 +191,28 @@ class UnknownRuleset(NotFound):
 
 
 class EvaluationFailed(DecisionServiceError):
+    """The rules cannot decide these facts: they do not come to rest, or the engine refused
+    them. Not a passing fault: the same facts fail again until they change."""
+
+    status = 422
     slug = "evaluation-failed"
-    title = "The rules did not come to rest"
+    title = "The rules could not decide"
+
+
+class QuotaExceeded(DecisionServiceError):
+    """A department would hold more of a subject's pool than its quota allows, so that no
+    department can make a subject too large to decide."""
+
+    status = 422
+    slug = "quota-exceeded"
+    title = "Fact quota exceeded"
+
+    def __init__(self, detail: str, limit: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"limit": dict(self.limit)}
 
 
 class Conflict(DecisionServiceError):

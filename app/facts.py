@@ -4,7 +4,14 @@ A fact is stored as JSON in its subject's hash, with its version first so that a
 Lua script can bump it without decoding the rest. A batch is one script call, so
 it is stored all or none and no reader sees half of it. Facts posted with
 `ttl_seconds` carry `expires_at`; readers never return an expired fact, and the
-first reader that meets one purges the subject's expired facts.
+first reader (or writer) that meets one purges the subject's expired facts.
+
+Facts are only what their departments said. A fact id belongs to the department that
+posted it until the fact is retracted or expires: another department cannot replace
+it. Each department holds at most `Quotas` of a subject's pool, counted in a hash
+beside it that every script keeps exact, so that no department can make a subject too
+large to decide. (Which department may post which fact type is the rulesets' to say:
+`app.rules.ownership`.)
 
 Each fact id also has an owner key naming its subject, for `GET`/`DELETE` by id. On a
 single server the scripts write it with the facts, so a batch with all its ids is one
@@ -19,13 +26,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 import redis
 
 from app import jsontext, keys
 from app.clock import Clock, rfc3339, system_clock
-from app.errors import Conflict, NotFound
+from app.config import DEFAULTS
+from app.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from app.store import is_cluster, unavailable_on_outage
 
 
@@ -42,32 +51,114 @@ class FactRecord(TypedDict):
     expires_at: str | None
 
 
-# KEYS: per fact (facts hash, expiry zset[, owner key]); ARGV: now_ms, keys per fact (3 with
-# owner keys, 2 without), then per fact (id, subject, JSON without version, expires_ms or "").
-_PUT = """
+# Shared by the scripts below: a subject's fact counts follow every write and removal, so a
+# quota is one HGET, not a scan of the pool. Counts of a pool written before they were kept
+# are rebuilt the first time a script meets it.
+_COUNTING = """
+local function meta(body)
+  local fact = cjson.decode(body)
+  return fact.department, fact.type
+end
+local function bump(counts, department, fact_type, delta, with_department)
+  local fields = {'t:' .. department .. ':' .. fact_type}
+  if with_department then fields[2] = 'd:' .. department end
+  for _, field in ipairs(fields) do
+    if redis.call('HINCRBY', counts, field, delta) <= 0 then redis.call('HDEL', counts, field) end
+  end
+end
+local function recount(facts, counts)
+  if redis.call('EXISTS', counts) == 1 or redis.call('HLEN', facts) == 0 then return end
+  for _, body in ipairs(redis.call('HVALS', facts)) do
+    local department, fact_type = meta(body)
+    bump(counts, department, fact_type, 1, true)
+  end
+end
+local function forget(facts, counts, id)
+  local old = redis.call('HGET', facts, id)
+  if not old then return false end
+  local department, fact_type = meta(old)
+  bump(counts, department, fact_type, -1, true)
+  redis.call('HDEL', facts, id)
+  return true
+end
+local function purge(facts, expiry, counts, now)
+  recount(facts, counts)
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+  for _, id in ipairs(ids) do forget(facts, counts, id) end
+  if #ids > 0 then redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now) end
+  return #ids
+end
+"""
+
+# KEYS per fact: facts hash, expiry zset, counts hash[, owner key] (stride 4 with owner
+# keys, 3 without); ARGV: now_ms, stride, most facts per department, most per type, then
+# per fact: id, subject, department, type, JSON without version, expires_ms or "".
+# Expired facts are purged first (they own nothing and count for nothing); then every
+# check runs before any write, so a batch is stored all or none.
+_PUT = _COUNTING + """
 local now, stride = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_department, max_type = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = #KEYS / stride
-if stride == 3 then
-  for i = 0, n - 1 do
-    local owner = redis.call('GET', KEYS[3 * i + 3])
-    local subject = ARGV[4 * i + 4]
-    if owner and owner ~= subject then
-      return {'conflict', ARGV[4 * i + 3], owner}
+local function arg(i, k) return ARGV[4 + 6 * i + k] end
+local purged = {}
+for i = 0, n - 1 do
+  local facts = KEYS[stride * i + 1]
+  if not purged[facts] then
+    purged[facts] = true
+    purge(facts, KEYS[stride * i + 2], KEYS[stride * i + 3], now)
+  end
+end
+local projected = {}
+local function project(counts, field, delta)
+  local key = counts .. ' ' .. field
+  local value = projected[key]
+  if value == nil then value = tonumber(redis.call('HGET', counts, field) or '0') end
+  projected[key] = value + delta
+  return projected[key]
+end
+local changes = {}  -- per fact: 'new', or the type it replaces, or nil (same type)
+for i = 0, n - 1 do
+  local facts, counts = KEYS[stride * i + 1], KEYS[stride * i + 3]
+  local id, subject, department, fact_type = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
+  if stride == 4 then
+    local owner = redis.call('GET', KEYS[4 * i + 4])
+    if owner and owner ~= subject then return {'conflict', id, owner} end
+  end
+  local type_field = 't:' .. department .. ':' .. fact_type
+  local old = redis.call('HGET', facts, id)
+  if old then
+    local old_department, old_type = meta(old)
+    if old_department ~= department then return {'not_owner', id, old_department} end
+    if old_type ~= fact_type then
+      project(counts, 't:' .. department .. ':' .. old_type, -1)
+      if project(counts, type_field, 1) > max_type then
+        return {'quota', 'type', subject, department, fact_type, max_type}
+      end
+      changes[i] = old_type
     end
+  else
+    if project(counts, 'd:' .. department, 1) > max_department then
+      return {'quota', 'department', subject, department, fact_type, max_department}
+    end
+    if project(counts, type_field, 1) > max_type then
+      return {'quota', 'type', subject, department, fact_type, max_type}
+    end
+    changes[i] = 'new'
   end
 end
 local versions = {'ok'}
 for i = 0, n - 1 do
-  local facts, expiry = KEYS[stride * i + 1], KEYS[stride * i + 2]
-  local id, subject = ARGV[4 * i + 3], ARGV[4 * i + 4]
-  local body, expires = ARGV[4 * i + 5], ARGV[4 * i + 6]
+  local facts, expiry, counts = KEYS[stride * i + 1], KEYS[stride * i + 2], KEYS[stride * i + 3]
+  local id, subject, department, fact_type = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
+  local body, expires = arg(i, 5), arg(i, 6)
   local version = 1
   local old = redis.call('HGET', facts, id)
-  if old then
-    local old_expiry = redis.call('ZSCORE', expiry, id)
-    if not old_expiry or tonumber(old_expiry) > now then
-      version = tonumber(string.match(old, '^{"version":(%d+),')) + 1
-    end
+  if old then version = tonumber(string.match(old, '^{"version":(%d+),')) + 1 end
+  if changes[i] == 'new' then
+    bump(counts, department, fact_type, 1, true)
+  elseif changes[i] then
+    bump(counts, department, changes[i], -1, false)
+    bump(counts, department, fact_type, 1, false)
   end
   redis.call('HSET', facts, id, '{"version":' .. version .. ',' .. string.sub(body, 2))
   if expires == '' then
@@ -75,8 +166,8 @@ for i = 0, n - 1 do
   else
     redis.call('ZADD', expiry, expires, id)
   end
-  if stride == 3 then
-    local owner = KEYS[3 * i + 3]
+  if stride == 4 then
+    local owner = KEYS[4 * i + 4]
     if expires == '' then
       redis.call('SET', owner, subject)
     else
@@ -88,18 +179,19 @@ end
 return versions
 """
 
-# KEYS: facts hash, expiry zset[, owner key]; ARGV: id, subject, now_ms.
+# KEYS: facts hash, expiry zset, counts hash[, owner key]; ARGV: id, subject, now_ms.
 # Returns 1 if a live fact was retracted, 0 if there was none (or it had expired).
-_RETRACT = """
-if KEYS[3] then
-  if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
-  redis.call('DEL', KEYS[3])
+_RETRACT = _COUNTING + """
+if KEYS[4] then
+  if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
+  redis.call('DEL', KEYS[4])
 end
+recount(KEYS[1], KEYS[3])
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+local removed = forget(KEYS[1], KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if expiry and tonumber(expiry) <= tonumber(ARGV[3]) then return 0 end
-return removed
+if not removed or (expiry and tonumber(expiry) <= tonumber(ARGV[3])) then return 0 end
+return 1
 """
 
 # KEYS: the owner key; ARGV: the subject. Deletes it if it still names the subject.
@@ -108,12 +200,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: facts hash, expiry zset; ARGV: now_ms. Owner keys expire by themselves.
-_PURGE_EXPIRED = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-for _, id in ipairs(ids) do redis.call('HDEL', KEYS[1], id) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-return #ids
+# KEYS: facts hash, expiry zset, counts hash; ARGV: now_ms. Owner keys expire by themselves.
+_PURGE_EXPIRED = _COUNTING + """
+return purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
 """
 
 
@@ -121,10 +210,20 @@ def _new_fact_id() -> str:
     return str(uuid.uuid4())
 
 
+@dataclass(frozen=True)
+class Quotas:
+    """How much of one subject's pool one department may hold (live facts)."""
+
+    per_department: int = int(DEFAULTS["max_facts_per_department"])
+    per_type: int = int(DEFAULTS["max_facts_per_type"])
+
+
 class FactPool:
-    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock,
+                 quotas: Quotas = Quotas()) -> None:
         self._redis = redis_client
         self._clock = clock
+        self.quotas = quotas
         self._put = redis_client.register_script(_PUT)
         self._retract = redis_client.register_script(_RETRACT)
         self._purge = redis_client.register_script(_PURGE_EXPIRED)
@@ -134,13 +233,16 @@ class FactPool:
     def put(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
         """Store validated facts (see `app.schemas.FactInSchema`) all or none.
 
-        A fact whose id is already stored replaces it with the next version; an id
-        stored under another subject is a `Conflict` and nothing is stored.
+        A fact whose id is already stored replaces it with the next version. Nothing is
+        stored when an id is stored under another subject (`Conflict`), when it belongs to
+        another department (`Forbidden`: an id stays its department's until the fact is
+        retracted or expires), or when a department would exceed its quota on a subject
+        (`QuotaExceeded`).
         """
         now_ms = int(self._clock() * 1000)
         recorded_at = rfc3339(now_ms / 1000)
         records: list[FactRecord] = []
-        args: list[list[Any]] = []  # per fact: id, subject, JSON without version, expiry
+        args: list[list[Any]] = []  # per fact: id, subject, department, type, JSON, expiry
         for fact in facts:
             ttl = fact.get("ttl_seconds")
             expires_ms = now_ms + ttl * 1000 if ttl else None
@@ -155,9 +257,8 @@ class FactPool:
                 "expires_at": rfc3339(expires_ms / 1000) if expires_ms else None,
             }
             body = {k: v for k, v in record.items() if k != "version"}
-            args.append([record["id"], record["subject"],
-                         jsontext.dumps(body),
-                         expires_ms or ""])
+            args.append([record["id"], record["subject"], record["department"],
+                         record["type"], jsontext.dumps(body), expires_ms or ""])
             records.append(record)
         with unavailable_on_outage():
             if self._cluster:
@@ -168,17 +269,17 @@ class FactPool:
             record["version"] = int(version)
         return records
 
+    def _limits(self, now_ms: int, stride: int) -> list[int]:
+        return [now_ms, stride, self.quotas.per_department, self.quotas.per_type]
+
     def _put_all(self, records: list[FactRecord], args: list[list[Any]],
                  now_ms: int) -> list[int]:
         """One script: the ids checked and claimed with the facts, atomically."""
         script_keys = [key for r in records for key in (
-            keys.subject_facts(r["subject"]), keys.subject_fact_expiry(r["subject"]),
-            keys.fact_owner(r["id"]))]
-        result = self._put(keys=script_keys,
-                           args=[now_ms, 3, *(value for fact in args for value in fact)])
-        if result[0] == "conflict":
-            raise Conflict(f"fact id {result[1]!r} already belongs to subject {result[2]!r}")
-        return [int(v) for v in result[1:]]
+            *self._subject_keys(r["subject"]), keys.fact_owner(r["id"]))]
+        result = self._put(keys=script_keys, args=[
+            *self._limits(now_ms, 4), *(value for fact in args for value in fact)])
+        return self._versions(result)
 
     def _put_per_subject(self, records: list[FactRecord], args: list[list[Any]],
                          now_ms: int) -> list[int]:
@@ -194,7 +295,7 @@ class FactPool:
                 raise Conflict(f"fact id {record['id']!r} already belongs to subject {owner!r}")
         with self._redis.pipeline(transaction=False) as pipe:
             for record, fact_args in zip(records, args, strict=True):
-                expires_ms = fact_args[3]
+                expires_ms = fact_args[-1]
                 pipe.set(keys.fact_owner(record["id"]), record["subject"],
                          px=max(1, expires_ms - now_ms) if expires_ms else None)
             pipe.execute()
@@ -203,13 +304,36 @@ class FactPool:
             by_subject.setdefault(record["subject"], []).append(index)
         versions = [0] * len(records)
         for subject, indexes in by_subject.items():
-            result = self._put(
-                keys=[keys.subject_facts(subject), keys.subject_fact_expiry(subject)] * len(
-                    indexes),
-                args=[now_ms, 2, *(value for i in indexes for value in args[i])])
-            for index, version in zip(indexes, result[1:], strict=True):
-                versions[index] = int(version)
+            result = self._put(keys=list(self._subject_keys(subject)) * len(indexes), args=[
+                *self._limits(now_ms, 3), *(value for i in indexes for value in args[i])])
+            for index, version in zip(indexes, self._versions(result), strict=True):
+                versions[index] = version
         return versions
+
+    def _versions(self, result: list[Any]) -> list[int]:
+        """The versions the script stored, or the error it stopped at."""
+        if result[0] == "conflict":
+            raise Conflict(f"fact id {result[1]!r} already belongs to subject {result[2]!r}")
+        if result[0] == "not_owner":
+            reason = (f"fact {result[1]!r} belongs to the {result[2]} department until it is "
+                      f"retracted or expires; another department may not replace it")
+            raise Forbidden(reason, [reason])
+        if result[0] == "quota":
+            _, kind, subject, department, fact_type, limit = result
+            what = "facts" if kind == "department" else f"{fact_type} facts"
+            setting = ("DECISION_MAX_FACTS_PER_DEPARTMENT" if kind == "department"
+                       else "DECISION_MAX_FACTS_PER_TYPE")
+            raise QuotaExceeded(
+                f"the {department} department may hold at most {limit} live {what} about "
+                f"subject {subject} ({setting}); retract some or let them expire",
+                {"name": setting, "value": int(limit), "subject": subject,
+                 "department": department, **({"type": fact_type} if kind == "type" else {})})
+        return [int(v) for v in result[1:]]
+
+    @staticmethod
+    def _subject_keys(subject: str) -> tuple[str, str, str]:
+        return (keys.subject_facts(subject), keys.subject_fact_expiry(subject),
+                keys.subject_fact_counts(subject))
 
     def facts_of(self, subject: str) -> list[FactRecord]:
         """The subject's live facts, oldest first (ties broken by id, so the order is stable)."""
@@ -222,12 +346,24 @@ class FactPool:
         live = [r for r in records if r["expires_at"] is None or r["expires_at"] > now_text]
         if len(live) < len(records):
             with unavailable_on_outage():
-                self._purge(
-                    keys=[keys.subject_facts(subject), keys.subject_fact_expiry(subject)],
-                    args=[now_ms],
-                )
+                self._purge(keys=list(self._subject_keys(subject)), args=[now_ms])
         live.sort(key=lambda r: (r["recorded_at"], r["id"]))
         return live
+
+    def usage(self, subject: str) -> dict[str, dict[str, Any]]:
+        """department -> {"facts": live facts, "types": {type: live facts}} of a subject."""
+        with unavailable_on_outage():
+            counts = cast(dict[str, str],
+                          self._redis.hgetall(keys.subject_fact_counts(subject)))
+        usage: dict[str, dict[str, Any]] = {}
+        for field, count in sorted(counts.items()):
+            kind, department, *fact_type = field.split(":")
+            entry = usage.setdefault(department, {"facts": 0, "types": {}})
+            if kind == "d":
+                entry["facts"] = int(count)
+            else:
+                entry["types"][fact_type[0]] = int(count)
+        return usage
 
     def get(self, fact_id: str) -> FactRecord:
         """One live fact by id; `NotFound` if there is none."""
@@ -249,7 +385,7 @@ class FactPool:
             subject = cast(str | None, self._redis.get(owner_key))
             if subject is None:
                 raise NotFound(f"no fact with id {fact_id!r}")
-            subject_keys = [keys.subject_facts(subject), keys.subject_fact_expiry(subject)]
+            subject_keys = list(self._subject_keys(subject))
             args: list[str | int] = [fact_id, subject, int(self._clock() * 1000)]
             if self._cluster:  # the fact first: an owner key without its fact is ignored
                 removed = self._retract(keys=subject_keys, args=args)

@@ -21,6 +21,17 @@ def subject_fact_expiry(subject: str) -> str:
     return f"{PREFIX}:{{{subject}}}:fact-expiry"
 
 
+def subject_fact_counts(subject: str) -> str:
+    """Hash: "d:<department>" and "t:<department>:<type>" -> live facts, for the quotas."""
+    return f"{PREFIX}:{{{subject}}}:fact-counts"
+
+
+def subject_decision_failures(subject: str) -> str:
+    """Hash: ruleset -> the last decision on the subject that could not run (JSON), until
+    one runs again."""
+    return f"{PREFIX}:{{{subject}}}:decision-failures"
+
+
 def fact_owner(fact_id: str) -> str:
     """String: the subject a fact id belongs to (expires with the fact)."""
     return f"{PREFIX}:fact:{fact_id}"

@@ -27,6 +27,8 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 HELP = {
     "decision_decisions_total": ("counter", "decisions recorded, by ruleset"),
+    "decision_decisions_failed_total": ("counter", "decisions the rules could not make "
+                                        "(recorded with their error), by ruleset"),
     "decision_actions_total": ("counter", "proposed actions, by ruleset, type and status"),
     "decision_duration_seconds": ("histogram", "time to decide and record, by ruleset"),
     "decision_policy_duration_seconds": ("histogram", "time for the policy gate to judge the "

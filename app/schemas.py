@@ -38,6 +38,8 @@ DATA_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # The engine sees a fact's data fields beside these (`sid` is durable_rules' own);
 # data may not shadow them.
 RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject", "sid"})
+# The department of the facts the rules derive: nobody posts under it.
+DERIVED_DEPARTMENT = "rules"
 MAX_DATA_FIELDS = 200  # durable_rules fails above 255 properties per fact
 MAX_JSON_DEPTH = 32
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
@@ -156,6 +158,21 @@ class Identifier(fields.String):
         return text
 
 
+class Department(Identifier):
+    """The department a fact comes from; never the one of derived facts."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NAME_PATTERN, rule=_NAME_RULE, metadata={"not": {
+            "enum": [DERIVED_DEPARTMENT]}}, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text == DERIVED_DEPARTMENT:
+            raise ValidationError(f"{DERIVED_DEPARTMENT!r} is the department of the facts the "
+                                  "rules derive; no one posts under it")
+        return text
+
+
 DATA_VALUE_SCHEMA: dict[str, Any] = {
     "description": f"any JSON value; integers within 64 bits, at most {MAX_JSON_DEPTH} levels",
     "anyOf": [
@@ -203,7 +220,7 @@ class FactInSchema(Schema):
 
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
     type = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
-    department = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    department = Department(required=True)
     data = FactData(required=True)
     id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
         "description": "re-posting an id replaces the fact and bumps its version"})
@@ -251,7 +268,7 @@ class InlineFactSchema(Schema):
     """A fact given with a decision request: seen by the rules, not stored in the pool."""
 
     type = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
-    department = Identifier(NAME_PATTERN, rule=_NAME_RULE, required=True)
+    department = Department(required=True)
     data = FactData(required=True)
     id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
         "description": "an inline fact with a pooled fact's id stands in for it"})
@@ -325,6 +342,11 @@ class DecisionRecordSchema(Schema):
     actions = fields.List(fields.Nested(DecisionActionSchema), required=True)
     masked = fields.List(fields.String(), metadata={
         "description": "paths of the values replaced by DECISION_MASK_FIELDS"})
+    error = fields.Dict(metadata={
+        "description": "a decision the rules could not make: type, title, detail"})
+    facts_omitted = fields.Integer(metadata={
+        "description": "a failed decision on more facts than one evaluation holds keeps "
+                       "only their number"})
 
 
 class DecisionListSchema(Schema):
@@ -403,9 +425,30 @@ class FactListSchema(Schema):
     facts = fields.List(fields.Nested(FactSchema), required=True)
 
 
+class QuotaSchema(Schema):
+    max_facts_per_department = fields.Integer(required=True)
+    max_facts_per_type = fields.Integer(required=True)
+    used = fields.Dict(required=True, metadata={
+        "description": "department -> {facts: live facts, types: {type: live facts}}"})
+
+
+class DecisionFailureSchema(Schema):
+    ruleset = fields.String(required=True)
+    decision_id = fields.String(required=True, metadata={
+        "description": "the recorded decision that could not run"})
+    failed_at = fields.String(required=True, metadata={"format": "date-time"})
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    detail = fields.String(required=True)
+
+
 class SubjectFactsSchema(Schema):
     subject = fields.String(required=True)
     facts = fields.List(fields.Nested(FactSchema), required=True)
+    quota = fields.Nested(QuotaSchema, required=True)
+    decision_failures = fields.List(fields.Nested(DecisionFailureSchema), required=True,
+                                    metadata={"description": "rulesets whose last decision on "
+                                              "the subject could not run, until one runs"})
 
 
 def invalid_params(messages: Any, prefix: str = "") -> list[InvalidParam]:

@@ -22,10 +22,16 @@ from app.archive import Archive
 from app.clock import rfc3339, system_clock
 from app.config import Settings
 from app.decision_log import DecisionLog, IdempotencyClaim, Recorded
-from app.decisions import make_decision, request_fingerprint, snapshot
+from app.decisions import failed_decision, make_decision, request_fingerprint, snapshot
 from app.dispatch import Dispatcher, Executors, Outbox
-from app.errors import ConfigurationError, DecisionServiceError, UnknownRuleset
-from app.facts import FactPool, FactRecord
+from app.errors import (
+    ConfigurationError,
+    DecisionServiceError,
+    EvaluationFailed,
+    Forbidden,
+    UnknownRuleset,
+)
+from app.facts import FactPool, FactRecord, Quotas
 from app.logs import log_context
 from app.masking import Masking
 from app.metrics import Metrics, label_value
@@ -33,7 +39,7 @@ from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicy
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
-from app.rules import RulesetRegistry, engine, parse_ruleset
+from app.rules import Ruleset, RulesetRegistry, engine, parse_ruleset
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
@@ -75,7 +81,9 @@ class DecisionService:
                  embedded_redis: EmbeddedRedis | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
-        self.facts = FactPool(redis_client)
+        self.facts = FactPool(redis_client, quotas=Quotas(
+            per_department=settings.max_facts_per_department,
+            per_type=settings.max_facts_per_type))
         self.rulesets = RulesetRegistry(settings.rules_dir,
                                         check_interval_seconds=settings.rules_reload_seconds)
         self.rulesets.reload()
@@ -124,7 +132,9 @@ class DecisionService:
     # --- facts -------------------------------------------------------------------------
 
     def post_facts(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
-        """Store facts, then ask for the decisions their types trigger."""
+        """Store facts, then ask for the decisions their types trigger. Forbidden when a fact
+        is of a type its department does not own (or one the rules derive)."""
+        self._check_owners(facts)
         stored = self.facts.put(facts)
         requests: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for ruleset in self.rulesets.active():
@@ -135,6 +145,20 @@ class DecisionService:
                          "department": record["department"]})
         self.triggers.request(requests)
         return stored
+
+    def _check_owners(self, facts: Sequence[Mapping[str, Any]]) -> None:
+        refusals = self.rulesets.ownership().refusals(facts)
+        if refusals:
+            raise Forbidden(refusals[0], refusals)
+
+    def subject_facts(self, subject: str) -> dict[str, Any]:
+        """What the pool holds about a subject, how much of each department's quota that is,
+        and the rulesets whose last decision on it could not run."""
+        return {"subject": subject, "facts": self.facts.facts_of(subject),
+                "quota": {"max_facts_per_department": self.facts.quotas.per_department,
+                          "max_facts_per_type": self.facts.quotas.per_type,
+                          "used": self.facts.usage(subject)},
+                "decision_failures": self.decisions.failures(subject)}
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -153,13 +177,21 @@ class DecisionService:
                 return earlier
         started = time.perf_counter()
         ruleset = self.rulesets.get(ruleset_name)
+        self._check_owners(inline_facts)
         decision_id = str(uuid.uuid4())
         with log_context(decision_id=decision_id, subject=subject):
             facts = snapshot(self.facts.facts_of(subject), inline_facts)
-            decision = make_decision(
-                decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
-                gate=self.policy, caller=caller, dry_run=dry_run,
-                created_at=rfc3339(system_clock()), executors=self.executors, trigger=trigger)
+            created_at = rfc3339(system_clock())
+            try:
+                decision = make_decision(
+                    decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
+                    gate=self.policy, caller=caller, dry_run=dry_run, created_at=created_at,
+                    executors=self.executors, trigger=trigger)
+            except EvaluationFailed as exc:
+                self._record_failure(exc, decision_id=decision_id, subject=subject,
+                                     ruleset=ruleset, facts=facts, caller=caller,
+                                     dry_run=dry_run, created_at=created_at, trigger=trigger)
+                raise
             policies = self.policy.engine.policy_set
             if policies is not None and (
                     policies.revision != decision.record["policy"]["revision"]):
@@ -174,6 +206,26 @@ class DecisionService:
                 f"{a['type']} {a['status']}" for a in recorded.record["actions"]) or
                 "no action")
         return recorded
+
+    def _record_failure(self, error: EvaluationFailed, *, decision_id: str, subject: str,
+                        ruleset: Ruleset, facts: list[dict[str, Any]], caller: Caller,
+                        dry_run: bool, created_at: str,
+                        trigger: Mapping[str, Any] | None) -> None:
+        """A decision the rules could not make is recorded too, and marks the subject as
+        not decidable by this ruleset until a decision runs again: the caller, the subject's
+        page and the log all say so. `error.decision_id` names the record."""
+        record = failed_decision(error, decision_id=decision_id, subject=subject,
+                                 ruleset=ruleset, facts=facts, revision=self.policy.revision,
+                                 caller=caller, dry_run=dry_run, created_at=created_at,
+                                 trigger=trigger)
+        archive = self.archive.entries_for(ruleset, None)
+        self.decisions.commit(self.masking.record(record), enqueue=[], archive=archive)
+        self.archive.written(archive)
+        error.decision_id = decision_id
+        self.metrics.inc("decision_decisions_failed_total",
+                         {"ruleset": label_value(ruleset.name)})
+        log.warning("decision on %s by %s could not run: %s", subject, ruleset.engine_name,
+                    error.detail)
 
     def _count(self, recorded: Recorded, seconds: float) -> None:
         labels = {"ruleset": label_value(recorded.record["ruleset"]["name"])}
@@ -200,6 +252,8 @@ class DecisionService:
                             trigger={"facts": triggering})
             except UnknownRuleset as exc:
                 log.error("triggered decision on %s dropped: %s", subject, exc.detail)
+            except EvaluationFailed:
+                pass  # recorded, and shown on the subject: the same facts would fail again
             except DecisionServiceError as exc:
                 log.warning("triggered decision on %s deferred: %s", subject, exc.detail)
                 continue  # the lease expires and a worker tries again

@@ -382,7 +382,7 @@ def test_an_action_already_queued_for_the_subject_is_not_sent_again(
 def test_a_flood_of_triggering_facts_is_decided_in_bounded_batches(make_app: AppFactory) -> None:
     from app.triggers import MAX_TRIGGERING_FACTS
 
-    app = make_app(max_batch=1000)
+    app = make_app(max_batch=1000, max_facts_per_type=1000)
     client = app.test_client()
     flood = [{"subject": "PR-F", "type": "risk_assessment", "department": "risk",
               "data": {"request_id": "PR-F", "score": 0.1, "n": n}}

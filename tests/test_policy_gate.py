@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from opa_bindings import OpaError
 from opa_server import OpaStandIn
+from rules_support import purchase_case
 
 from app.policy.engines import (
     EmbeddedPolicyEngine,
@@ -45,12 +46,13 @@ def order(**params: Any) -> dict[str, Any]:
             "rule": "issue_purchase_order"}
 
 
-def common(*, available: int = 300000, legal: str | None = "cleared") -> dict[str, Any]:
-    facts = [{"id": "f-bud", "type": "budget_check", "department": "finance",
-              "data": {"request_id": "PR-1", "available": available, "cost_center": "CC-7"}}]
-    if legal:
-        facts.append({"id": "f-leg", "type": "legal_review", "department": "legal",
-                      "data": {"request_id": "PR-1", "status": legal}})
+def common(*, available: int = 300000, legal: str | None = "cleared",
+           **data: Any) -> dict[str, Any]:
+    """What the gate is given beside the action: the four departments' facts on PR-1 (`data`
+    replaces fields of whichever fact has them)."""
+    facts = purchase_case("PR-1", available=available, legal=legal)
+    for fact in facts:
+        fact["data"].update({k: v for k, v in data.items() if k in fact["data"]})
     return {"subject": "PR-1", "facts": facts,
             "decision": {"id": "d-1", "ruleset": "procurement", "ruleset_version": "v",
                          "dry_run": False},
@@ -60,12 +62,17 @@ def common(*, available: int = 300000, legal: str | None = "cleared") -> dict[st
 SAMPLE_CASES = [
     ("cleared order", common(), order(), ALLOW, None),
     ("over budget", common(available=1000), order(), DENY, "exceeds the EUR 1000 available"),
-    ("sanctioned vendor", common(), order(vendor="ACME Shell Corp"), DENY, "sanctions list"),
+    ("sanctioned vendor", common(vendor="ACME Shell Corp"), order(vendor="ACME Shell Corp"),
+     DENY, "sanctions list"),
     ("no legal review", common(legal=None), order(), DENY, "need a cleared legal review"),
-    ("requester approves", common(), order(approver="alice"), DENY, "segregation of duties"),
+    ("requester approves", common(approver="alice"), order(approver="alice"), DENY,
+     "segregation of duties"),
     ("unknown action", common(), {"id": "a", "type": "wire_money", "params": {}}, DENY,
      "not on the list of approved actions"),
-    ("notification", common(), {"id": "a", "type": "notify_finance", "params": {}}, ALLOW, None),
+    ("notification", common(), {"id": "a", "type": "notify_finance",
+                                "params": {"request_id": "PR-1"}}, ALLOW, None),
+    ("notification about nothing", common(), {"id": "a", "type": "notify_finance",
+                                              "params": {}}, DENY, "names no request"),
 ]
 
 
@@ -261,7 +268,8 @@ def test_one_round_trip_per_decision_whatever_the_number_of_actions(opa: OpaStan
     gate = sidecar_gate(opa.url)
     gate.check(common(), [order()])  # first call also reads the revision
     opa.requests.clear()
-    verdicts = gate.check(common(), [order(), order(approver="alice"), order(amount=5)])
+    notify = {"id": "a", "type": "notify_finance", "params": {"request_id": "PR-1"}}
+    verdicts = gate.check(common(), [order(), order(approver="alice"), notify])
     assert [v.outcome for v in verdicts] == [ALLOW, DENY, ALLOW]
     assert sum(opa.requests.values()) == 1
     assert opa.requests["POST /v1/query"] == 1

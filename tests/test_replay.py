@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
+def limits_data(threshold: int) -> str:
+    """The text of a candidate rego/decision/limits/data.json."""
+    return json.dumps({"currency": "EUR", "legal_review_threshold": threshold,
+                       "max_risk_score": 0.5})
+
+
 def case(subject: str, *, amount: int = 60000, vendor: str = "Globex", approver: str = "bob",
          score: float = 0.2, legal: str | None = None,
          urgency: str | None = "normal") -> list[dict[str, Any]]:
@@ -102,7 +108,7 @@ def test_replaying_decisions_with_their_own_versions_changes_nothing(
     rules = live / "rules" / "procurement.yaml"
     rules.write_text(rules.read_text().replace('{">": 100000}', '{">": 5000}'))
     limits = live / "rego" / "decision" / "limits" / "data.json"
-    limits.write_text('{"currency": "EUR", "legal_review_threshold": 1}')
+    limits.write_text(limits_data(1))
     service = app.extensions["decision_service"]
     service.rulesets.reload()
     service.policy.engine.reload()
@@ -142,7 +148,7 @@ def test_candidate_policies_flip_verdicts_and_say_why(app: Flask) -> None:
     client = app.test_client()
     decision = record(client, "PR-P", case("PR-P", amount=80000))
     report = replay(client, decision_ids=[decision], policies={
-        "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 60000}'})
+        "decision/limits/data.json": limits_data(60000)})
     [result] = report["results"]
     [flip] = result["diff"]["verdicts"]
     assert flip["type"] == "issue_purchase_order"
@@ -170,7 +176,7 @@ def test_fact_sets_are_decided_against_the_candidates(app: Flask) -> None:
                 "facts": [{k: v for k, v in f.items() if k != "subject"}
                           for f in case("FS-1", amount=70000)]}
     report = replay(client, fact_sets=[fact_set], policies={
-        "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 60000}'})
+        "decision/limits/data.json": limits_data(60000)})
     [result] = report["results"]
     assert result["decision_id"] == "fact-set-1"
     assert result["diff"]["verdicts"][0]["after"]["outcome"] == "deny"
@@ -197,7 +203,7 @@ def test_replay_never_dispatches(redis_url: str, redis_client: redis.Redis, live
         redis_client.delete("ds:{dispatch}:due")  # forget the live delivery
         replay(client, decision_ids=[decision])
         replay(client, decision_ids=[decision], policies={
-            "decision/limits/data.json": '{"currency": "EUR", "legal_review_threshold": 1}'})
+            "decision/limits/data.json": limits_data(1)})
         assert redis_client.zcard("ds:{dispatch}:due") == 0
         assert service.dispatcher.run_once() == 0
         assert executor.deliveries == []

@@ -49,7 +49,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
 def subject_facts(subject: str) -> dict[str, Any]:
     load(SubjectPathSchema, {"subject": subject})
     authorize("facts.read", subject=subject)
-    return {"subject": subject, "facts": service().facts.facts_of(subject)}
+    return service().subject_facts(subject)
 
 
 @bp.delete("/v1/facts/<fact_id>")

@@ -41,6 +41,12 @@ class ProblemSchema(Schema):
     detail = fields.String(required=True)
     instance = fields.String()
     invalid_params = fields.List(fields.Nested(InvalidParamSchema), data_key="invalid-params")
+    reasons = fields.List(fields.String(), metadata={"description": "why it is not allowed"})
+    limit = fields.Dict(metadata={"description": "the quota exceeded: its setting, value, "
+                                                 "subject, department (and type)"})
+    decision_id = fields.String(metadata={"description": "the recorded decision that failed"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "readiness: each dependency, 'ok' or why not"})
 
 
 def documented(*, summary: str, tag: str, responses: dict[int, tuple[str, type[Schema] | None]],

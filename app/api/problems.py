@@ -25,8 +25,11 @@ def problem_response(status: int, title: str, detail: str, type_: str = "about:b
 
 
 def _service_error(exc: DecisionServiceError) -> Response:
-    response = problem_response(exc.status, exc.title, exc.detail, exc.problem_type,
-                                **exc.problem_extensions())
+    problem = exc.as_problem()
+    response = problem_response(problem.pop("status"), problem.pop("title"),
+                                problem.pop("detail"), problem.pop("type"), **problem)
+    if exc.decision_id is not None:
+        response.headers["Location"] = f"/v1/decisions/{exc.decision_id}"
     if isinstance(exc, ServiceUnavailable):
         log.warning("%s %s: %s", request.method, request.path, exc.detail)
         response.headers["Retry-After"] = str(exc.retry_after_seconds)

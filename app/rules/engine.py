@@ -36,9 +36,8 @@ from app import jsontext
 from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
 from app.rules.compiler import TAG, compile_ruleset, core_fields, rule_key
 from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
-from app.schemas import data_problems
+from app.schemas import DERIVED_DEPARTMENT, data_problems
 
-DERIVED_DEPARTMENT = "rules"
 DEFAULT_MAX_FIRINGS = 1000
 MAX_EVALUATION_FACTS = 10_000
 
@@ -101,9 +100,6 @@ def fact_problems(facts: Sequence[Any]) -> list[InvalidParam]:
     It checks what the core depends on (objects, string ids, types and departments,
     unique ids, data the core can hold: see `data_problems`); the API validated the
     business formats when the facts came in."""
-    if len(facts) > MAX_EVALUATION_FACTS:
-        return [InvalidParam("facts", f"{len(facts)} facts; at most {MAX_EVALUATION_FACTS}"
-                                      " per evaluation")]
     problems: list[InvalidParam] = []
     seen: set[str] = set()
     for index, fact in enumerate(facts):
@@ -184,6 +180,9 @@ def evaluate(ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
     first, then file order). Raises InvalidInput for facts the engine may not see
     and EvaluationFailed when the rules keep firing past `max_firings`.
     """
+    if len(facts) > MAX_EVALUATION_FACTS:
+        raise EvaluationFailed(f"{len(facts)} facts about the subject; at most "
+                               f"{MAX_EVALUATION_FACTS} can be decided on at once")
     problems = fact_problems(facts)
     if problems:
         raise InvalidInput.from_params(problems)
