@@ -3,7 +3,9 @@
 # description: |
 #   Who may call what on the decision service's API. The caller comes from its API
 #   key: an id, the departments it reports for, the rulesets it may decide on and
-#   its grants. A request is allowed when nothing below denies it.
+#   its grants. A request is allowed only when its operation is known and nothing
+#   below denies it; what is missing or of the wrong type in the input denies, never
+#   allows (each check is a positive helper rule, denied with `not`).
 package decision.access
 
 # METADATA
@@ -11,7 +13,7 @@ package decision.access
 default allow := false
 
 allow if {
-	input.request.operation in _operations
+	_known_operation
 	count(deny) == 0
 }
 
@@ -21,11 +23,15 @@ _operations := {
 	"replays.create", "rulesets.read", "actions.operate",
 }
 
+_known_operation if input.request.operation in _operations
+
+_caller := object.get(input, ["caller", "id"], "an unidentified caller")
+
 # METADATA
 # description: Unknown operations are refused.
 deny contains msg if {
-	not input.request.operation in _operations
-	msg := sprintf("Unknown operation %q.", [input.request.operation])
+	not _known_operation
+	msg := sprintf("Unknown operation %v.", [object.get(input, ["request", "operation"], "(none)")])
 }
 
 # METADATA
@@ -34,8 +40,18 @@ deny contains msg if {
 	input.request.operation in {"facts.write", "facts.retract"}
 	some department in input.request.departments
 	not _reports_for(department)
-	msg := sprintf("%s may not report facts for the %s department.", [input.caller.id, department])
+	msg := sprintf("%v may not report facts for the %v department.", [_caller, department])
 }
+
+# METADATA
+# description: A write names the departments it speaks for.
+deny contains msg if {
+	input.request.operation in {"facts.write", "facts.retract", "decisions.create"}
+	not _names_departments
+	msg := sprintf("%v: the request does not say which departments it speaks for.", [_caller])
+}
+
+_names_departments if is_array(input.request.departments)
 
 # METADATA
 # description: Facts given with a decision request count as reports too.
@@ -43,39 +59,44 @@ deny contains msg if {
 	input.request.operation == "decisions.create"
 	some department in input.request.departments
 	not _reports_for(department)
-	msg := sprintf("%s may not give facts of the %s department with a decision.",
-		[input.caller.id, department])
+	msg := sprintf("%v may not give facts of the %v department with a decision.",
+		[_caller, department])
 }
 
 # METADATA
 # description: Decisions only on the rulesets granted to the caller.
 deny contains msg if {
 	input.request.operation == "decisions.create"
-	not _granted_ruleset(input.request.ruleset)
-	msg := sprintf("%s is not granted decisions on the %s ruleset.",
-		[input.caller.id, input.request.ruleset])
+	not _ruleset_granted
+	msg := sprintf("%v is not granted decisions on the %v ruleset.",
+		[_caller, object.get(input, ["request", "ruleset"], "(unnamed)")])
 }
 
 # METADATA
 # description: Replays and what-if analysis need the analyst grant.
 deny contains msg if {
 	input.request.operation == "replays.create"
-	not "analyst" in input.caller.grants
-	msg := sprintf("%s needs the analyst grant to replay decisions.", [input.caller.id])
+	not _granted("analyst")
+	msg := sprintf("%v needs the analyst grant to replay decisions.", [_caller])
 }
 
 # METADATA
 # description: Re-driving failed deliveries needs the operator grant.
 deny contains msg if {
 	input.request.operation == "actions.operate"
-	not "operator" in input.caller.grants
-	msg := sprintf("%s needs the operator grant to re-drive actions.", [input.caller.id])
+	not _granted("operator")
+	msg := sprintf("%v needs the operator grant to re-drive actions.", [_caller])
 }
 
 _reports_for(department) if department in input.caller.departments
 
 _reports_for(_) if "*" in input.caller.departments
 
-_granted_ruleset(ruleset) if ruleset in input.caller.rulesets
+_ruleset_granted if input.request.ruleset in input.caller.rulesets
 
-_granted_ruleset(_) if "*" in input.caller.rulesets
+_ruleset_granted if {
+	is_string(input.request.ruleset)
+	"*" in input.caller.rulesets
+}
+
+_granted(grant) if grant in input.caller.grants

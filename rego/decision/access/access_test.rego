@@ -32,11 +32,11 @@ test_a_department_may_not_post_another_departments_facts if {
 test_decisions_only_on_granted_rulesets if {
 	access.allow with input as {
 		"caller": _portal,
-		"request": {"operation": "decisions.create", "ruleset": "procurement"},
+		"request": {"operation": "decisions.create", "ruleset": "procurement", "departments": []},
 	}
 	result := access with input as {
 		"caller": _portal,
-		"request": {"operation": "decisions.create", "ruleset": "payroll"},
+		"request": {"operation": "decisions.create", "ruleset": "payroll", "departments": []},
 	}
 	result.deny == {"procurement-portal is not granted decisions on the payroll ruleset."}
 }
@@ -62,5 +62,35 @@ test_anyone_with_a_key_may_read if {
 test_unknown_operations_are_refused if {
 	result := access with input as {"caller": _analyst, "request": {"operation": "drop_tables"}}
 	not result.allow
-	result.deny == {"Unknown operation \"drop_tables\"."}
+	result.deny == {"Unknown operation drop_tables."}
+}
+
+# --- missing or mistyped input never allows ----------------------------------------------
+
+test_a_write_that_names_no_departments_is_refused if {
+	some operation in ["facts.write", "facts.retract", "decisions.create"]
+	result := access with input as {"caller": _analyst, "request": {"operation": operation, "ruleset": "procurement"}}
+	not result.allow
+	"analyst: the request does not say which departments it speaks for." in result.deny
+}
+
+test_a_decision_that_names_no_ruleset_is_refused if {
+	result := access with input as {"caller": _analyst, "request": {"operation": "decisions.create", "departments": []}}
+	not result.allow
+	result.deny == {"analyst is not granted decisions on the (unnamed) ruleset."}
+}
+
+test_a_caller_without_grants_or_departments_is_refused if {
+	bare := {"id": "bare"}
+	result := access with input as {"caller": bare, "request": {"operation": "replays.create"}}
+	result.deny == {"bare needs the analyst grant to replay decisions."}
+	posted := access with input as {"caller": bare, "request": {"operation": "facts.write", "departments": ["finance"]}}
+	posted.deny == {"bare may not report facts for the finance department."}
+	not access.allow with input as {"caller": {"id": "x", "grants": "operator"}, "request": {"operation": "actions.operate"}}
+}
+
+test_no_input_at_all_is_refused if {
+	result := access with input as {}
+	not result.allow
+	result.deny == {"Unknown operation (none)."}
 }
