@@ -82,3 +82,21 @@ def test_keys_new_prints_a_key_and_its_hashed_entry() -> None:
     [entry] = yaml.safe_load(result.output)["keys"]
     assert entry["sha256"] == hash_key(key)
     assert entry["departments"] == ["finance"]
+
+
+def test_rules_validate_warns_about_unowned_types_and_refuses_owner_conflicts(
+        tmp_path: Path) -> None:
+    shutil.copy(SAMPLE_RULES, tmp_path / "procurement.yaml")
+    (tmp_path / "open.yaml").write_text(
+        "ruleset: open\nrules:\n  - {name: r, when: {a: {type: order}}, then: "
+        "[{propose: {action: x}}]}\n")
+    warned = CliRunner().invoke(main, ["rules", "validate", str(tmp_path)])
+    assert warned.exit_code == 0, warned.output
+    assert "warning: " in warned.output and "no department owns fact type 'order'" in warned.output
+    (tmp_path / "claims.yaml").write_text(
+        "ruleset: claims\nfacts:\n  approval: {owners: [finance]}\nrules:\n"
+        "  - {name: r, when: {a: {type: approval}}, then: [{propose: {action: x}}]}\n")
+    refused = CliRunner().invoke(main, ["rules", "validate", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert ("facts.approval: ruleset claims lets finance post 'approval', but ruleset "
+            "procurement derives it: it cannot be posted") in refused.output

@@ -178,3 +178,64 @@ def test_every_problem_in_a_file_is_reported() -> None:
 def test_an_oversized_file_is_rejected_before_parsing() -> None:
     with pytest.raises(RulesetInvalid, match="larger than"):
         ruleset("ruleset: x\n" + "#" * 1_000_001)
+
+
+# --- facts: who may post each fact type ----------------------------------------------------
+
+
+def test_the_sample_ruleset_declares_an_owner_for_every_type_it_reads() -> None:
+    sample = procurement()
+    assert sample.fact_types["budget_check"].owners == ("finance",)
+    assert sample.read_types - sample.derived_types <= sample.fact_types.keys()
+    assert not sample.warnings
+    assert "approval" in sample.derived_types and "approval" not in sample.fact_types
+
+
+def test_with_a_facts_section_every_type_read_must_be_owned() -> None:
+    with pytest.raises(RulesetInvalid) as caught:
+        ruleset("""
+            ruleset: owned
+            facts:
+              order: {owners: [sales]}
+            rules:
+              - name: paid
+                when:
+                  o: {type: order}
+                  p: {type: payment, order: "$o.id"}
+                then: [{propose: {action: ship}}]
+        """)
+    [problem] = caught.value.problems
+    assert (problem.rule, problem.line) == ("paid", 6)
+    assert problem.message == ("reads fact type 'payment', which no department owns: declare "
+                               "it under facts: with its owners")
+
+
+def test_without_a_facts_section_unowned_types_are_a_warning() -> None:
+    rs = ruleset("""
+        ruleset: open
+        triggers: [order]
+        rules:
+          - name: r
+            when: {o: {type: order}}
+            then: [{assert: {type: seen}}]
+    """)
+    [warning] = rs.warnings
+    assert warning.rule == "r"
+    assert warning.message == ("no department owns fact type 'order': any department may post "
+                               "it (declare its owners under facts:)")
+
+
+@pytest.mark.parametrize(("facts", "message"), [
+    ("facts: [order]", "facts: a mapping of fact type to {owners: [departments]}"),
+    ("facts: {order: {owners: []}}", "facts.order.owners: needs a list of one or more"),
+    ("facts: {order: {owners: [rules]}}", "'rules' is the department of derived facts"),
+    ("facts: {order: {owners: [a], who: b}}", "facts.order: unknown key 'who'"),
+    ("facts: {seen: {owners: [a]}, order: {owners: [a]}}",
+     "facts.seen: rule r derives this type, and derived facts cannot be posted"),
+])
+def test_a_bad_facts_section_is_refused(facts: str, message: str) -> None:
+    with pytest.raises(RulesetInvalid) as caught:
+        ruleset(f"ruleset: x\n{facts}\nrules:\n"
+                "  - {name: r, when: {o: {type: order}}, then: [{assert: {type: seen}}]}\n")
+    assert any(message in str(problem) for problem in caught.value.problems), \
+        caught.value.problems
