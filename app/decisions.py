@@ -41,9 +41,9 @@ def snapshot(pooled: Iterable[Mapping[str, Any]],
         fact_id = fact.get("id") or _unused(f"inline-{number}", facts)
         shadowed = facts.pop(fact_id, None)
         if shadowed is not None and shadowed["department"] != fact["department"]:
-            reason = (f"inline fact {fact_id!r} has the id of a pooled fact of the "
+            reason = (f"Inline fact {fact_id!r} has the id of a pooled fact of the "
                       f"{shadowed['department']} department; only {shadowed['department']} may "
-                      "stand in for it")
+                      "stand in for it.")
             raise Forbidden(reason, [reason])
         facts[fact_id] = {"id": fact_id, "type": fact["type"], "department": fact["department"],
                           "data": fact["data"], "inline": True}

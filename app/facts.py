@@ -315,8 +315,8 @@ class FactPool:
         if result[0] == "conflict":
             raise Conflict(f"fact id {result[1]!r} already belongs to subject {result[2]!r}")
         if result[0] == "not_owner":
-            reason = (f"fact {result[1]!r} belongs to the {result[2]} department until it is "
-                      f"retracted or expires; another department may not replace it")
+            reason = (f"Fact {result[1]!r} belongs to the {result[2]} department until it is "
+                      "retracted or expires; another department may not replace it.")
             raise Forbidden(reason, [reason])
         if result[0] == "quota":
             _, kind, subject, department, fact_type, limit = result

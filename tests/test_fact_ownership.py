@@ -96,7 +96,7 @@ def test_another_department_cannot_take_over_a_fact_by_its_id(secured: FlaskClie
     assert refused.status_code == 403
     assert refused.mimetype == "application/problem+json"
     assert refused.get_json()["detail"].startswith(
-        "fact 'budget-AUTH-1' belongs to the finance department")
+        "Fact 'budget-AUTH-1' belongs to the finance department")
     [stored] = pooled(secured)["facts"]
     assert (stored["department"], stored["version"], stored["data"]["available"]) == (
         "finance", 1, 50000)
@@ -154,7 +154,7 @@ def test_an_inline_fact_cannot_stand_in_for_another_departments_fact(
         "subject": "PR-1", "ruleset": "procurement", "facts": [inline]})
     assert refused.status_code == 403
     assert refused.get_json()["detail"] == (
-        "the procurement department may not post budget_check facts: only finance may.")
+        "The procurement department may not post budget_check facts: only finance may.")
 
 
 LEGACY_RULES = """\
@@ -182,8 +182,8 @@ def test_shadowing_is_refused_even_where_no_ruleset_owns_the_type(make_app: AppF
                                                  "facts": [shadow]})
     assert refused.status_code == 403
     assert refused.get_json()["detail"] == (
-        "inline fact 'bud-1' has the id of a pooled fact of the finance department; only "
-        "finance may stand in for it")
+        "Inline fact 'bud-1' has the id of a pooled fact of the finance department; only "
+        "finance may stand in for it.")
     # the owning department may, and the record says which facts were inline
     own = {**shadow, "department": "finance", "data": {"request_id": "PR-1", "available": 20}}
     record = client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "legacy",
@@ -212,7 +212,7 @@ def test_a_department_posts_only_the_fact_types_it_owns(secured: FlaskClient,
     refused = secured.post("/v1/facts", headers=as_("procurement"),
                            json=fact(fact_type, "procurement", status="cleared"))
     assert refused.status_code == 403
-    assert "the procurement department may not post " + fact_type in refused.get_json()[
+    assert "The procurement department may not post " + fact_type in refused.get_json()[
         "detail"]
     assert pooled(secured)["facts"] == []
 
@@ -441,8 +441,8 @@ def loan(fact_type: str, department: str, **data: Any) -> dict[str, Any]:
 
 
 def test_a_domain_of_its_own_keeps_types_ids_and_quotas(lending: FlaskClient) -> None:
-    assert lending.post("/v1/facts", json=loan("credit_report", "credit", id="cr-1",
-                                               rating="C"), headers=as_("credit")).status_code == 201
+    report = loan("credit_report", "credit", id="cr-1", rating="C")
+    assert lending.post("/v1/facts", json=report, headers=as_("credit")).status_code == 201
     forged = lending.post("/v1/facts", json=loan("credit_report", "sales", rating="A"),
                           headers=as_("sales"))
     assert forged.status_code == 403

@@ -51,7 +51,7 @@ class FactOwnership:
                     f"{', '.join(self.derived[fact_type])}); no department may post them.")
         owners = self.owners.get(fact_type)
         if owners is not None and department not in owners:
-            return (f"the {department} department may not post {fact_type} facts: only "
+            return (f"The {department} department may not post {fact_type} facts: only "
                     f"{', '.join(sorted(owners))} may.")
         return None
 
