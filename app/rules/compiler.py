@@ -20,11 +20,24 @@ What the compiler adds, and why:
 - Priorities become `pri` as the rank of (priority, position in the file): equal
   priorities fire in file order, and the rank fits the core's `unsigned short`
   (a larger or negative `pri` silently wraps around and reorders the rules).
+- Every number the core sees, in a rule and in a fact, goes through `core_number`, and
+  `<`/`>` are compiled as `<=`/`>=`. The core's number reader takes an exponent only
+  after a decimal point (json.c `getNumber`): `1e+16` or `1e-07` aborts the parse, and a
+  batch whose first fact fails leaves an uninitialised state number that segfaults the
+  next call (later facts are dropped silently). It compares an int with a float by
+  rounding the int, and hashes equal int and float joins apart. `core_number` maps every
+  number, by value and in order, to one the core reads and compares exactly; the values
+  it merges can become equal, hence the relaxed comparisons. `Test.holds` decides the
+  exact answer, as for every match.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
+
+import orjson
 
 from app.rules import regex
 from app.rules.model import Pattern, Ref, Ruleset, Test, engine_field
@@ -34,7 +47,37 @@ SINK_RULE = "_sink"
 _NEVER = "_z"
 
 _DECIDED_IN_PYTHON = ("!=",)
-_COMPARISON = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+# Non-strict on purpose: numbers `core_number` merges may compare equal (see above).
+_COMPARISON = {"<": "$lte", "<=": "$lte", ">": "$gte", ">=": "$gte"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _readable(number: float) -> bool:
+    """Whether durable_rules reads this float as the service writes it (orjson for facts,
+    the json module for rules): it misreads an exponent without a decimal point."""
+    if 1e-4 <= abs(number) < 1e16:  # both print plain decimals here
+        return True
+    for text in (orjson.dumps(number).decode(), json.dumps(number)):
+        mantissa, exponent, _ = text.lower().partition("e")
+        if exponent and "." not in mantissa:
+            return False
+    return True
+
+
+def core_number(number: int | float) -> int | float:
+    """What the core is shown of a number (not a bool): an int64, or a float it reads and
+    compares exactly. Monotone in the value, and equal values map alike (2 and 2.0): whole
+    floats become ints, numbers past int64 are clamped, and the few tiny floats the core
+    cannot read move to the next lower float it can."""
+    if isinstance(number, int):
+        return min(max(number, INT64_MIN), INT64_MAX)
+    if number.is_integer():
+        if INT64_MIN <= number <= INT64_MAX:
+            return int(number)
+        return INT64_MAX if number > 0 else INT64_MIN
+    while not _readable(number):
+        number = math.nextafter(number, -math.inf)
+    return int(number) if number.is_integer() else number
 
 
 def rule_key(index: int) -> str:
@@ -44,6 +87,8 @@ def rule_key(index: int) -> str:
 def _operand(value: Any) -> Any:
     if isinstance(value, Ref):
         return {value.alias: engine_field(value.field)}
+    if type(value) is int or type(value) is float:
+        return core_number(value)
     return value
 
 
@@ -56,7 +101,7 @@ def _expression(test: Test) -> dict[str, Any]:
     if test.op in _COMPARISON:
         return {_COMPARISON[test.op]: {field: _operand(test.value)}}
     if test.op == "in":
-        options = [{field: option} for option in test.value]
+        options = [{field: _operand(option)} for option in test.value]
         return options[0] if len(options) == 1 else {"$or": options}
     if test.op == "matches":
         assert test.pattern is not None

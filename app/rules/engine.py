@@ -34,7 +34,7 @@ import durable_rules_engine as core
 
 from app import jsontext
 from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
-from app.rules.compiler import TAG, compile_ruleset, core_fields, rule_key
+from app.rules.compiler import TAG, compile_ruleset, core_fields, core_number, rule_key
 from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
 from app.schemas import DERIVED_DEPARTMENT, data_problems
 
@@ -122,22 +122,16 @@ def fact_problems(facts: Sequence[Any]) -> list[InvalidParam]:
 
 
 def core_view(fields: Mapping[str, Any]) -> EngineFact:
-    """What the C core may see of these fields: the strings, numbers and booleans.
-
-    A whole float is sent as an integer: the core's joins find 2 and 2.0 unequal.
-    """
-    view = {}
+    """What the C core may see of these fields: the strings, booleans and numbers, each
+    number as `core_number` shows it (the core misreads or miscompares some)."""
+    view: EngineFact = {}
     for key, value in fields.items():
         kind = type(value)
-        if kind is float and value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
-            view[key] = int(value)
-        elif kind in _SCALARS:
+        if kind is str or kind is bool:
             view[key] = value
+        elif kind is int or kind is float:
+            view[key] = core_number(value)
     return view
-
-
-_SCALARS = (str, int, float, bool)
-_EXACT_FLOAT_INTS = 2**53
 
 
 def register(ruleset: Ruleset) -> None:
