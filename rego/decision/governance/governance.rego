@@ -32,12 +32,31 @@ allow if {
 	every fact_type in _required {
 		_usable(fact_type)
 	}
+	_checks_pass
 	count(deny) == 0
 }
 
-_approved if catalog.actions[input.action.type]
+# An approved action type names the facts it needs, each one the catalog describes.
+_approved if {
+	needs := catalog.actions[input.action.type].needs
+	is_array(needs)
+	count(needs) > 0
+	every fact_type in needs {
+		_described(fact_type)
+	}
+}
 
-_label := catalog.actions[input.action.type].label
+_described(fact_type) if {
+	is_string(catalog.facts[fact_type].department)
+	is_object(catalog.facts[fact_type].fields)
+}
+
+default _label := "The action"
+
+_label := label if {
+	label := catalog.actions[input.action.type].label
+	is_string(label)
+}
 
 _request := id if {
 	id := input.action.params.request_id
@@ -58,7 +77,10 @@ _required contains "legal_review" if {
 	not _below_legal_threshold
 }
 
-_below_legal_threshold if _purchase.amount <= limits.legal_review_threshold
+_below_legal_threshold if {
+	is_number(limits.legal_review_threshold)
+	_purchase.amount <= limits.legal_review_threshold
+}
 
 # --- the facts: on file once, from their department, with the right types ---------------
 
@@ -114,11 +136,42 @@ _name_of(fact_type) := replace(fact_type, "_", " ")
 
 _department_of(fact_type) := catalog.facts[fact_type].department
 
+# What each kind of action must satisfy beyond its facts, stated positively: allow needs
+# it whether or not a denial below explains its absence.
+_checks_pass if not input.action.type in {"issue_purchase_order", "expedite_delivery"}
+
+_checks_pass if {
+	input.action.type == "issue_purchase_order"
+	_positive_amount
+	_within_budget
+	_legal_satisfied
+	_risk_acceptable
+	_vendor_screened
+	_distinct_people
+	every param, stated in _order_statements {
+		_states(param, stated)
+	}
+}
+
+_checks_pass if {
+	input.action.type == "expedite_delivery"
+	_vendor_screened
+	_states("vendor", _purchase.vendor)
+}
+
 # METADATA
 # description: Action types nobody approved are never dispatched.
 deny contains msg if {
+	not catalog.actions[input.action.type]
+	msg := sprintf("Action type %v is not on the list of approved actions.", [object.get(input.action, "type", "(none)")])
+}
+
+# METADATA
+# description: An approved action's catalog entry says which facts it needs.
+deny contains msg if {
+	catalog.actions[input.action.type]
 	not _approved
-	msg := sprintf("Action type %q is not on the list of approved actions.", [input.action.type])
+	msg := sprintf("Action type %v is approved, but its catalog entry does not name the facts it needs (needs: a list of fact types the catalog describes).", [input.action.type])
 }
 
 # METADATA
@@ -171,16 +224,16 @@ deny contains msg if {
 
 # --- purchase orders ---------------------------------------------------------------------
 
+_order_statements := {
+	"amount": _purchase.amount, "vendor": _purchase.vendor,
+	"requester": _purchase.requester, "approver": _budget.approver,
+}
+
 # METADATA
 # description: A purchase order states the amount, vendor and people of its request.
 deny contains msg if {
 	input.action.type == "issue_purchase_order"
-	_usable("purchase_request")
-	_usable("budget_check")
-	some param, stated in {
-		"amount": _purchase.amount, "vendor": _purchase.vendor,
-		"requester": _purchase.requester, "approver": _budget.approver,
-	}
+	some param, stated in _order_statements
 	not _states(param, stated)
 	msg := sprintf("Purchase order for %s: its %s is not the one on file (%v).", [_about, param, stated])
 }
@@ -207,7 +260,7 @@ deny contains msg if {
 	not _within_budget
 	msg := sprintf(
 		"Purchase order for %s (%s %v) exceeds the %s %v available in cost center %s.",
-		[_about, _currency, _purchase.amount, _currency, _budget.available, _budget.cost_center],
+		[_about, _currency, _purchase.amount, _currency, _budget.available, object.get(_budget, "cost_center", "(none)")],
 	)
 }
 
@@ -224,6 +277,10 @@ deny contains msg if {
 
 _legally_cleared if _legal.status == "cleared"
 
+_legal_satisfied if _below_legal_threshold
+
+_legal_satisfied if _legally_cleared
+
 # METADATA
 # description: Risk must have scored the vendor below the limit.
 deny contains msg if {
@@ -231,10 +288,17 @@ deny contains msg if {
 	_usable("risk_assessment")
 	not _risk_acceptable
 	msg := sprintf("Purchase order for %s: the risk score %v is not below %v.",
-		[_about, _risk.score, object.get(limits, "max_risk_score", "the limit (none is set)")])
+		[_about, _risk.score, _risk_limit])
 }
 
-_risk_acceptable if _risk.score < limits.max_risk_score
+default _risk_limit := "the limit (none is set, or it is not a number)"
+
+_risk_limit := limits.max_risk_score if is_number(limits.max_risk_score)
+
+_risk_acceptable if {
+	is_number(limits.max_risk_score)
+	_risk.score < limits.max_risk_score
+}
 
 # METADATA
 # description: Whoever requested a purchase may not also approve it.
@@ -242,14 +306,35 @@ deny contains msg if {
 	input.action.type == "issue_purchase_order"
 	_usable("purchase_request")
 	_usable("budget_check")
-	_person(_purchase.requester) == _person(_budget.approver)
+	not _distinct_people
 	msg := sprintf("%s requested %s and may not also approve it (segregation of duties).",
 		[_purchase.requester, _about])
 }
 
 # --- vendors -----------------------------------------------------------------------------
 
+_distinct_people if _person(_purchase.requester) != _person(_budget.approver)
+
 _vendor_actions := {"issue_purchase_order", "expedite_delivery"}
+
+# The vendor is screened: the list is a list of entries that can be compared, and no
+# entry is the vendor.
+_vendor_screened if {
+	_sanctions_comparable
+	not _sanctioned
+}
+
+_sanctions_comparable if {
+	is_array(sanctions.vendors)
+	every entry in sanctions.vendors {
+		_comparable(entry)
+	}
+}
+
+_sanctioned if {
+	some entry in sanctions.vendors
+	_company(entry.name) == _company(_purchase.vendor)
+}
 
 # METADATA
 # description: No order placed with, or expedited for, a sanctioned vendor.
@@ -258,8 +343,8 @@ deny contains msg if {
 	_usable("purchase_request")
 	some entry in sanctions.vendors
 	_company(entry.name) == _company(_purchase.vendor)
-	msg := sprintf("Vendor %s is on the %s sanctions list (reference %s): no order may be placed.",
-		[_purchase.vendor, entry.list, entry.reference])
+	msg := sprintf("Vendor %s is on the %v sanctions list (reference %v): no order may be placed.",
+		[_purchase.vendor, object.get(entry, "list", "a"), object.get(entry, "reference", "none")])
 }
 
 # METADATA
@@ -279,8 +364,20 @@ deny contains msg if {
 	some entry in sanctions.vendors
 	not _comparable(entry)
 	msg := sprintf("The sanctions list entry %v cannot be compared with vendor names; no order may be placed until it is fixed.",
-		[object.get(entry, "name", entry)])
+		[_entry_name(entry)])
 }
+
+# METADATA
+# description: Without a sanctions list no vendor can be screened.
+deny contains msg if {
+	input.action.type in _vendor_actions
+	not is_array(sanctions.vendors)
+	msg := "The sanctions list (data.decision.sanctions.vendors) is missing or not a list; no order may be placed until it is fixed."
+}
+
+_entry_name(entry) := object.get(entry, "name", "(no name)") if is_object(entry)
+
+_entry_name(entry) := entry if not is_object(entry)
 
 _comparable(entry) if _company(entry.name)
 
@@ -296,12 +393,17 @@ _threshold := limits.legal_review_threshold if is_number(limits.legal_review_thr
 #
 # Names are compared after folding (names/data.json, made by scripts/name-folding):
 # Unicode NFKC and case folding, accents dropped, look-alike letters of other scripts
-# (Cyrillic "о") made Latin, every space one space and invisible characters removed.
-# Then "&" reads "and", dots and apostrophes go, any other run of punctuation or space
-# separates words, and for companies legal suffixes (Ltd, Inc., GmbH, ...) are dropped.
-# The words are compared without the spaces between them. A name that is not a string,
-# is longer than 200 characters or has a character the table does not know is not a
-# name: it cannot be screened, so it denies.
+# (Cyrillic "о", Greek "Ν") made Latin, every space one space, invisible characters and
+# the marks ™ ® © removed; letters and digits of other scripts are kept as written, any
+# other punctuation or symbol separates words. Then "&" reads "and" and dots and
+# apostrophes go. A company is its words without legal suffixes (Ltd, Inc., GmbH, ...,
+# also when glued to the last word: "ShellCorp") or a leading "the", joined without
+# spaces, with 0 read as o and 1 and i as l (so "SheII" and "She11" are "Shell"). A person
+# is the set of their words without titles (Dr, Ms, ...) and initials, so "Smith, Bob"
+# and "Dr. Bob J. Smith" are "Bob Smith". A name that is not a string, is longer than 200
+# characters or holds a character that cannot be compared (a control character, an
+# unassigned code point) cannot be screened, so it denies. Screening is an exact match
+# after all that, not a fuzzy one: compare employee ids where the data has them.
 
 _folded(value) := concat("", folded) if {
 	is_string(value)
@@ -315,20 +417,46 @@ _fold(c) := names.fold[c]
 
 _fold(c) := lower(c) if {
 	not names.fold[c]
-	regex.match(`^[ -~]$`, c)
+	regex.match(`^[ -~\pL\pN]$`, c)
+}
+
+_fold(c) := " " if {
+	not names.fold[c]
+	not regex.match(`^[ -~\pL\pN]$`, c)
+	regex.match(`^[\pP\pS]$`, c)
 }
 
 _words(value) := [word |
-	some word in split(regex.replace(regex.replace(replace(_folded(value), "&", " and "), `[.']`, ""), `[^a-z0-9]+`, " "), " ")
+	some word in split(regex.replace(regex.replace(replace(_folded(value), "&", " and "), `[.']`, ""), `[^\pL\pN]+`, " "), " ")
 	word != ""
 ]
 
 _person(value) := key if {
-	key := concat("", _words(value))
+	words := {word | some word in _words(value); count(word) > 1; not word in {title | some title in names.titles}}
+	key := concat(" ", sort(words))
 	key != ""
 }
 
 _company(value) := key if {
-	key := concat("", [word | some word in _words(value); not word in {suffix | some suffix in names.legal_suffixes}])
+	words := [word | some i, word in _words(value); not _dropped_word(i, word)]
+	key := _skeleton(_unglued(concat("", words)))
 	key != ""
 }
+
+_dropped_word(_, word) if word in {suffix | some suffix in names.legal_suffixes}
+
+_dropped_word(0, "the")
+
+# A legal suffix of three letters or more glued to the last word, the longest that fits.
+_unglued(key) := trim_suffix(key, suffix) if {
+	glued := [s | some s in names.legal_suffixes; count(s) >= 3; endswith(key, s); count(key) > count(s)]
+	count(glued) > 0
+	longest := max([count(s) | some s in glued])
+	suffix := [s | some s in glued; count(s) == longest][0]
+}
+
+_unglued(key) := key if {
+	count([s | some s in names.legal_suffixes; count(s) >= 3; endswith(key, s); count(key) > count(s)]) == 0
+}
+
+_skeleton(key) := strings.replace_n({"0": "o", "1": "l", "i": "l"}, key)
