@@ -139,6 +139,8 @@ OPTIONS: tuple[Option, ...] = (
            "most live facts one department may hold about one subject"),
     Option("max_facts_per_type", "100", _positive_int,
            "most live facts of one type one department may hold about one subject"),
+    Option("max_facts_per_subject", "5000", _positive_int,
+           "most live facts all departments together may hold about one subject"),
 )
 
 DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
@@ -180,6 +182,7 @@ class Settings:
     max_batch: int
     max_facts_per_department: int
     max_facts_per_type: int
+    max_facts_per_subject: int
 
     @classmethod
     def load(

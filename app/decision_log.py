@@ -54,8 +54,9 @@ class IdempotencyClaim:
 # whole commit is one atomic step; on Redis Cluster those are written around the script,
 # in `DecisionLog.commit`'s order.
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
-#       7 its ttl s, 8 ruleset, 9 the failure (JSON; '' for a decision that ran: it clears
-#       the ruleset's failure), 10 number of actions to queue, then per action: id, outbox
+#       7 its ttl s, 8 ruleset, 9 the ruleset's standing on the subject: 'clear' (it was
+#       decided), 'keep' (a dry run or inline facts say nothing of the pool) or the failure
+#       (JSON), 10 number of actions to queue, then per action: id, outbox
 #       field, entry, schedule member; then the value of each archive entry.
 # Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
 # for each action an earlier decision on the subject already queued (it is not queued again).
@@ -92,9 +93,9 @@ redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl * 1000)
 redis.call('EXPIRE', KEYS[2], ttl)
-if ARGV[9] == '' then
+if ARGV[9] == 'clear' then
   redis.call('HDEL', KEYS[7], ARGV[8])
-else
+elseif ARGV[9] ~= 'keep' then
   redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
   redis.call('EXPIRE', KEYS[7], ttl)
 end
@@ -105,6 +106,17 @@ if #KEYS > 7 then
 end
 return result
 """
+
+
+def _standing(record: dict[str, Any]) -> str:
+    """What a decision says of its ruleset's standing on the subject: only one on the pool
+    as it is (no dry run, no inline facts) may mark it undecidable or decidable again."""
+    if record["dry_run"] or any(fact.get("inline") for fact in record["facts"]):
+        return "keep"
+    if record.get("error") is None:
+        return "clear"
+    return json.dumps({"decision_id": record["decision_id"], "failed_at": record["created_at"],
+                       **record["error"]})
 
 
 class DecisionLog:
@@ -155,9 +167,7 @@ class DecisionLog:
         text = jsontext.dumps(record)
         archive = archive or {}
         ttl = self.retention_seconds
-        failure = "" if record.get("error") is None else json.dumps({
-            "decision_id": decision_id, "failed_at": record["created_at"],
-            **record["error"]})
+        standing = _standing(record)
         script_keys = [keys.decision_record(subject, decision_id),
                        keys.subject_decisions(subject),
                        keys.decision_action_status(subject, decision_id),
@@ -165,7 +175,7 @@ class DecisionLog:
                        keys.subject_decision_failures(subject)]
         args: list[Any] = [subject, decision_id, text, ttl, int(self._clock() * 1000),
                            idem_value, self.idempotency_ttl_seconds, record["ruleset"]["name"],
-                           failure, len(enqueue)]
+                           standing, len(enqueue)]
         for action, (field, entry, member) in zip(enqueue, entries, strict=True):
             args += [action["id"], field, entry, member]
         with unavailable_on_outage():

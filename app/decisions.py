@@ -141,14 +141,14 @@ def failed_decision(error: DecisionServiceError, *, decision_id: str, subject: s
                     trigger: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The record of a decision the rules could not make: nothing fired, nothing proposed,
     and `error` says why. The facts are kept (up to what one evaluation may hold) so the
-    failure can be explained and replayed."""
-    kept = facts if len(facts) <= MAX_EVALUATION_FACTS else []
+    failure can be explained and replayed (past that, only the inline ones)."""
+    kept = facts if len(facts) <= MAX_EVALUATION_FACTS else [f for f in facts if f.get("inline")]
     return {
         **_header(decision_id=decision_id, subject=subject, created_at=created_at,
                   ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,
                   trigger=trigger),
         "facts": kept,
-        **({"facts_omitted": len(facts)} if len(kept) < len(facts) else {}),
+        **({"facts_omitted": len(facts) - len(kept)} if len(kept) < len(facts) else {}),
         "fired": [],
         "derived_facts": [],
         "actions": [],

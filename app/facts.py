@@ -61,7 +61,10 @@ local function meta(body)
 end
 local function bump(counts, department, fact_type, delta, with_department)
   local fields = {'t:' .. department .. ':' .. fact_type}
-  if with_department then fields[2] = 'd:' .. department end
+  if with_department then
+    fields[2] = 'd:' .. department
+    fields[3] = 'all'
+  end
   for _, field in ipairs(fields) do
     if redis.call('HINCRBY', counts, field, delta) <= 0 then redis.call('HDEL', counts, field) end
   end
@@ -91,15 +94,17 @@ end
 """
 
 # KEYS per fact: facts hash, expiry zset, counts hash[, owner key] (stride 4 with owner
-# keys, 3 without); ARGV: now_ms, stride, most facts per department, most per type, then
-# per fact: id, subject, department, type, JSON without version, expires_ms or "".
+# keys, 3 without); ARGV: now_ms, stride, most facts per department, most per type, most
+# per subject, then per fact: id, subject, department, type, JSON without version,
+# expires_ms or "".
 # Expired facts are purged first (they own nothing and count for nothing); then every
 # check runs before any write, so a batch is stored all or none.
 _PUT = _COUNTING + """
 local now, stride = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_department, max_type = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_subject = tonumber(ARGV[5])
 local n = #KEYS / stride
-local function arg(i, k) return ARGV[4 + 6 * i + k] end
+local function arg(i, k) return ARGV[5 + 6 * i + k] end
 local purged = {}
 for i = 0, n - 1 do
   local facts = KEYS[stride * i + 1]
@@ -137,6 +142,9 @@ for i = 0, n - 1 do
       changes[i] = old_type
     end
   else
+    if project(counts, 'all', 1) > max_subject then
+      return {'quota', 'subject', subject, department, fact_type, max_subject}
+    end
     if project(counts, 'd:' .. department, 1) > max_department then
       return {'quota', 'department', subject, department, fact_type, max_department}
     end
@@ -179,9 +187,13 @@ end
 return versions
 """
 
-# KEYS: facts hash, expiry zset, counts hash[, owner key]; ARGV: id, subject, now_ms.
-# Returns 1 if a live fact was retracted, 0 if there was none (or it had expired).
+# KEYS: facts hash, expiry zset, counts hash[, owner key]; ARGV: id, subject, now_ms, the
+# department the caller was allowed to retract for ('' for any). Returns 1 if a live fact
+# was retracted, 0 if there was none (or it had expired), -1 if the fact is now another
+# department's (it expired and was posted again since the caller was allowed).
 _RETRACT = _COUNTING + """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and ARGV[4] ~= '' and meta(old) ~= ARGV[4] then return -1 end
 if KEYS[4] then
   if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
   redis.call('DEL', KEYS[4])
@@ -200,10 +212,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Redis Cluster: KEYS: an owner key; ARGV: the subject claiming it, what the claimer saw
+# there ('' for nothing), how long the claim holds (ms) unless the write confirms it.
+# Returns 1 if claimed, 0 if someone else got there first.
+_CLAIM_OWNER = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[2] and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return 1
+"""
+
 # KEYS: facts hash, expiry zset, counts hash; ARGV: now_ms. Owner keys expire by themselves.
 _PURGE_EXPIRED = _COUNTING + """
 return purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
 """
+
+
+# How long a claim of a fact id on Redis Cluster holds before its write confirms it: a
+# writer that dies between the two leaves the id free again after this.
+CLAIM_HOLD_MS = 30_000
 
 
 def _new_fact_id() -> str:
@@ -216,6 +243,7 @@ class Quotas:
 
     per_department: int = int(DEFAULTS["max_facts_per_department"])
     per_type: int = int(DEFAULTS["max_facts_per_type"])
+    per_subject: int = int(DEFAULTS["max_facts_per_subject"])
 
 
 class FactPool:
@@ -228,6 +256,7 @@ class FactPool:
         self._retract = redis_client.register_script(_RETRACT)
         self._purge = redis_client.register_script(_PURGE_EXPIRED)
         self._forget_owner = redis_client.register_script(_FORGET_OWNER)
+        self._claim_owner = redis_client.register_script(_CLAIM_OWNER)
         self._cluster = is_cluster(redis_client)
 
     def put(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
@@ -270,7 +299,8 @@ class FactPool:
         return records
 
     def _limits(self, now_ms: int, stride: int) -> list[int]:
-        return [now_ms, stride, self.quotas.per_department, self.quotas.per_type]
+        return [now_ms, stride, self.quotas.per_department, self.quotas.per_type,
+                self.quotas.per_subject]
 
     def _put_all(self, records: list[FactRecord], args: list[list[Any]],
                  now_ms: int) -> list[int]:
@@ -283,22 +313,39 @@ class FactPool:
 
     def _put_per_subject(self, records: list[FactRecord], args: list[list[Any]],
                          now_ms: int) -> list[int]:
-        """Redis Cluster: claim the ids (a live fact of another subject is a Conflict and
-        nothing is stored), then one script per subject."""
+        """Redis Cluster, where the owner keys live in other hash slots than the facts:
+        claim the ids new to the subject (a live fact of another subject is a Conflict and
+        nothing is stored), then one script per subject, then confirm or release the
+        claims of that subject. A refused write leaves every owner key as it was; the
+        subjects before it in the batch stay written (atomic per subject)."""
         with self._redis.pipeline(transaction=False) as pipe:
             for record in records:
                 pipe.get(keys.fact_owner(record["id"]))
             owners = pipe.execute()
-        for record, owner in zip(records, owners, strict=True):
-            if owner is not None and owner != record["subject"] and self._redis.hexists(
-                    keys.subject_facts(owner), record["id"]):
-                raise Conflict(f"fact id {record['id']!r} already belongs to subject {owner!r}")
-        with self._redis.pipeline(transaction=False) as pipe:
-            for record, fact_args in zip(records, args, strict=True):
-                expires_ms = fact_args[-1]
-                pipe.set(keys.fact_owner(record["id"]), record["subject"],
-                         px=max(1, expires_ms - now_ms) if expires_ms else None)
-            pipe.execute()
+        claimed: list[str] = []
+        try:
+            for record, owner in zip(records, owners, strict=True):
+                if owner == record["subject"]:
+                    continue  # already the subject's: confirmed after its write
+                if owner is not None and self._redis.hexists(keys.subject_facts(owner),
+                                                             record["id"]):
+                    raise Conflict(f"fact id {record['id']!r} already belongs to subject "
+                                   f"{owner!r}")
+                if not self._claim_owner(keys=[keys.fact_owner(record["id"])],
+                                         args=[record["subject"], owner or "",
+                                               CLAIM_HOLD_MS]):
+                    raise Conflict(f"fact id {record['id']!r} was just taken by another post")
+                claimed.append(record["id"])
+            return self._write_subjects(records, args, now_ms, claimed)
+        except BaseException:
+            for record in records:
+                if record["id"] in claimed:
+                    self._forget_owner(keys=[keys.fact_owner(record["id"])],
+                                       args=[record["subject"]])
+            raise
+
+    def _write_subjects(self, records: list[FactRecord], args: list[list[Any]], now_ms: int,
+                        claimed: list[str]) -> list[int]:
         by_subject: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_subject.setdefault(record["subject"], []).append(index)
@@ -308,6 +355,14 @@ class FactPool:
                 *self._limits(now_ms, 3), *(value for i in indexes for value in args[i])])
             for index, version in zip(indexes, self._versions(result), strict=True):
                 versions[index] = version
+            with self._redis.pipeline(transaction=False) as pipe:  # the claims hold for good
+                for i in indexes:
+                    expires_ms = args[i][-1]
+                    pipe.set(keys.fact_owner(records[i]["id"]), subject,
+                             px=max(1, expires_ms - now_ms) if expires_ms else None)
+                    if records[i]["id"] in claimed:
+                        claimed.remove(records[i]["id"])
+                pipe.execute()
         return versions
 
     def _versions(self, result: list[Any]) -> list[int]:
@@ -320,14 +375,16 @@ class FactPool:
             raise Forbidden(reason, [reason])
         if result[0] == "quota":
             _, kind, subject, department, fact_type, limit = result
-            what = "facts" if kind == "department" else f"{fact_type} facts"
-            setting = ("DECISION_MAX_FACTS_PER_DEPARTMENT" if kind == "department"
-                       else "DECISION_MAX_FACTS_PER_TYPE")
+            setting = f"DECISION_MAX_FACTS_PER_{kind.upper()}"
+            holder = ("all departments together" if kind == "subject"
+                      else f"the {department} department")
+            what = f"{fact_type} facts" if kind == "type" else "facts"
             raise QuotaExceeded(
-                f"the {department} department may hold at most {limit} live {what} about "
+                f"{holder[0].upper()}{holder[1:]} may hold at most {limit} live {what} about "
                 f"subject {subject} ({setting}); retract some or let them expire",
                 {"name": setting, "value": int(limit), "subject": subject,
-                 "department": department, **({"type": fact_type} if kind == "type" else {})})
+                 **({"department": department} if kind != "subject" else {}),
+                 **({"type": fact_type} if kind == "type" else {})})
         return [int(v) for v in result[1:]]
 
     @staticmethod
@@ -357,6 +414,8 @@ class FactPool:
                           self._redis.hgetall(keys.subject_fact_counts(subject)))
         usage: dict[str, dict[str, Any]] = {}
         for field, count in sorted(counts.items()):
+            if field == "all":
+                continue
             kind, department, *fact_type = field.split(":")
             entry = usage.setdefault(department, {"facts": 0, "types": {}})
             if kind == "d":
@@ -378,19 +437,24 @@ class FactPool:
             raise NotFound(f"no fact with id {fact_id!r}")
         return record
 
-    def retract(self, fact_id: str) -> None:
-        """Remove a fact from the pool; `NotFound` if no live fact has this id."""
+    def retract(self, fact_id: str, *, department: str = "") -> None:
+        """Remove a fact from the pool; `NotFound` if no live fact has this id. With
+        `department` (the one the caller was allowed to retract for), only if the fact is
+        still that department's: `Conflict` if it changed hands meanwhile."""
         owner_key = keys.fact_owner(fact_id)
         with unavailable_on_outage():
             subject = cast(str | None, self._redis.get(owner_key))
             if subject is None:
                 raise NotFound(f"no fact with id {fact_id!r}")
             subject_keys = list(self._subject_keys(subject))
-            args: list[str | int] = [fact_id, subject, int(self._clock() * 1000)]
+            args: list[str | int] = [fact_id, subject, int(self._clock() * 1000), department]
             if self._cluster:  # the fact first: an owner key without its fact is ignored
                 removed = self._retract(keys=subject_keys, args=args)
                 self._forget_owner(keys=[owner_key], args=[subject])
             else:
                 removed = self._retract(keys=[*subject_keys, owner_key], args=args)
+        if removed == -1:
+            raise Conflict(f"fact {fact_id!r} was posted again by another department while "
+                           "it was being retracted; nothing was retracted")
         if not removed:
             raise NotFound(f"no fact with id {fact_id!r}")

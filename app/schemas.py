@@ -344,6 +344,9 @@ class DecisionRecordSchema(Schema):
         "description": "paths of the values replaced by DECISION_MASK_FIELDS"})
     error = fields.Dict(metadata={
         "description": "a decision the rules could not make: type, title, detail"})
+    ignored_facts = fields.List(fields.Dict(), metadata={
+        "description": "pooled facts left out because, as the rulesets now stand, their "
+                       "department may not post their type: id, type, department, reason"})
     facts_omitted = fields.Integer(metadata={
         "description": "a failed decision on more facts than one evaluation holds keeps "
                        "only their number"})
@@ -426,6 +429,7 @@ class FactListSchema(Schema):
 
 
 class QuotaSchema(Schema):
+    max_facts_per_subject = fields.Integer(required=True)
     max_facts_per_department = fields.Integer(required=True)
     max_facts_per_type = fields.Integer(required=True)
     used = fields.Dict(required=True, metadata={

@@ -40,6 +40,7 @@ from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
 from app.rules import Ruleset, RulesetRegistry, engine, parse_ruleset
+from app.rules.engine import MAX_EVALUATION_FACTS
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
@@ -83,10 +84,16 @@ class DecisionService:
         self.redis = redis_client
         self.facts = FactPool(redis_client, quotas=Quotas(
             per_department=settings.max_facts_per_department,
-            per_type=settings.max_facts_per_type))
+            per_type=settings.max_facts_per_type, per_subject=settings.max_facts_per_subject))
         self.rulesets = RulesetRegistry(settings.rules_dir,
                                         check_interval_seconds=settings.rules_reload_seconds)
         self.rulesets.reload()
+        if settings.max_facts_per_subject + settings.max_batch > MAX_EVALUATION_FACTS:
+            raise ConfigurationError(
+                f"DECISION_MAX_FACTS_PER_SUBJECT ({settings.max_facts_per_subject}) plus "
+                f"DECISION_MAX_BATCH ({settings.max_batch}) inline facts must fit in one "
+                f"evaluation ({MAX_EVALUATION_FACTS} facts), or a full subject could not "
+                "be decided")
         self.metrics = Metrics(redis_client)
         self.policy = PolicyGate(policy_engine(settings), governance_path=settings.policy_path,
                                  access_path=settings.access_policy_path, metrics=self.metrics)
@@ -155,7 +162,8 @@ class DecisionService:
         """What the pool holds about a subject, how much of each department's quota that is,
         and the rulesets whose last decision on it could not run."""
         return {"subject": subject, "facts": self.facts.facts_of(subject),
-                "quota": {"max_facts_per_department": self.facts.quotas.per_department,
+                "quota": {"max_facts_per_subject": self.facts.quotas.per_subject,
+                          "max_facts_per_department": self.facts.quotas.per_department,
                           "max_facts_per_type": self.facts.quotas.per_type,
                           "used": self.facts.usage(subject)},
                 "decision_failures": self.decisions.failures(subject)}
@@ -180,7 +188,8 @@ class DecisionService:
         self._check_owners(inline_facts)
         decision_id = str(uuid.uuid4())
         with log_context(decision_id=decision_id, subject=subject):
-            facts = snapshot(self.facts.facts_of(subject), inline_facts)
+            pooled, ignored = self.rulesets.ownership().admissible(self.facts.facts_of(subject))
+            facts = snapshot(pooled, inline_facts)
             created_at = rfc3339(system_clock())
             try:
                 decision = make_decision(
@@ -189,9 +198,12 @@ class DecisionService:
                     executors=self.executors, trigger=trigger)
             except EvaluationFailed as exc:
                 self._record_failure(exc, decision_id=decision_id, subject=subject,
-                                     ruleset=ruleset, facts=facts, caller=caller,
-                                     dry_run=dry_run, created_at=created_at, trigger=trigger)
+                                     ruleset=ruleset, facts=facts, ignored=ignored,
+                                     caller=caller, dry_run=dry_run, created_at=created_at,
+                                     trigger=trigger)
                 raise
+            if ignored:
+                decision.record["ignored_facts"] = ignored
             policies = self.policy.engine.policy_set
             if policies is not None and (
                     policies.revision != decision.record["policy"]["revision"]):
@@ -208,16 +220,19 @@ class DecisionService:
         return recorded
 
     def _record_failure(self, error: EvaluationFailed, *, decision_id: str, subject: str,
-                        ruleset: Ruleset, facts: list[dict[str, Any]], caller: Caller,
-                        dry_run: bool, created_at: str,
-                        trigger: Mapping[str, Any] | None) -> None:
+                        ruleset: Ruleset, facts: list[dict[str, Any]],
+                        ignored: list[dict[str, str]], caller: Caller, dry_run: bool,
+                        created_at: str, trigger: Mapping[str, Any] | None) -> None:
         """A decision the rules could not make is recorded too, and marks the subject as
-        not decidable by this ruleset until a decision runs again: the caller, the subject's
-        page and the log all say so. `error.decision_id` names the record."""
+        not decidable by this ruleset until a decision runs again (unless it was a dry run
+        or had inline facts: those say nothing of the pool): the caller, the subject's page
+        and the log all say so. `error.decision_id` names the record."""
         record = failed_decision(error, decision_id=decision_id, subject=subject,
                                  ruleset=ruleset, facts=facts, revision=self.policy.revision,
                                  caller=caller, dry_run=dry_run, created_at=created_at,
                                  trigger=trigger)
+        if ignored:
+            record["ignored_facts"] = ignored
         archive = self.archive.entries_for(ruleset, None)
         self.decisions.commit(self.masking.record(record), enqueue=[], archive=archive)
         self.archive.written(archive)

@@ -465,3 +465,133 @@ def test_a_domain_of_its_own_keeps_types_ids_and_quotas(lending: FlaskClient) ->
     full = lending.post("/v1/facts", json=loan("loan_application", "sales", amount=9),
                         headers=as_("sales"))
     assert (full.status_code, full.get_json()["limit"]["value"]) == (422, 2)
+
+
+# --- what a review of the above found, each closed ----------------------------------------
+
+
+def test_a_refused_takeover_leaves_the_owners_id_as_it_was(make_app: AppFactory) -> None:
+    """On Redis Cluster the id's owner key lives apart from the fact: a refused re-post
+    must not move or shorten it (it once did, and the fact was stuck for good)."""
+    client = make_app().test_client()
+    client.post("/v1/facts", json=fact("purchase_hold", "finance", id="hold-1"))
+    takeover = fact("purchase_hold", "legal", id="hold-1", ttl_seconds=1)
+    assert client.post("/v1/facts", json=takeover).status_code == 403
+    svc = service_of(client)
+    assert svc.redis.ttl("ds:fact:hold-1") == -1
+    assert svc.redis.get("ds:fact:hold-1") == "PR-1"
+    elsewhere = fact("purchase_hold", "legal", subject="PR-2", id="hold-1")
+    assert client.post("/v1/facts", json=elsewhere).status_code == 409
+    assert client.delete("/v1/facts/hold-1").status_code == 204
+
+
+def test_a_refused_batch_claims_no_new_id(make_app: AppFactory) -> None:
+    client = make_app(max_facts_per_type=1).test_client()
+    client.post("/v1/facts", json=fact("purchase_hold", "finance", subject="PR-2"))
+    batch = {"facts": [fact("purchase_hold", "legal", id="new-1"),
+                       fact("purchase_hold", "finance", subject="PR-2", id="new-2")]}
+    assert client.post("/v1/facts", json=batch).status_code == 422
+    svc = service_of(client)
+    assert svc.redis.get("ds:fact:new-2") is None
+    assert client.post("/v1/facts", json=fact("purchase_hold", "legal", subject="PR-3",
+                                              id="new-2")).status_code == 201
+
+
+def test_all_departments_together_hold_at_most_the_subject_quota(make_app: AppFactory) -> None:
+    client = make_app(max_facts_per_subject=3).test_client()
+    posted = [fact("purchase_hold", department) for department in ("finance", "legal", "risk")]
+    assert client.post("/v1/facts", json={"facts": posted}).status_code == 201
+    refused = client.post("/v1/facts", json=fact("purchase_hold", "procurement"))
+    assert refused.status_code == 422
+    assert refused.get_json()["limit"] == {"name": "DECISION_MAX_FACTS_PER_SUBJECT", "value": 3,
+                                           "subject": "PR-1"}
+    assert refused.get_json()["detail"].startswith(
+        "All departments together may hold at most 3 live facts about subject PR-1")
+
+
+def test_the_subject_quota_leaves_room_to_decide(make_app: AppFactory) -> None:
+    from app.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="DECISION_MAX_FACTS_PER_SUBJECT"):
+        make_app(max_facts_per_subject=9_500)
+
+
+def _runaway_app(make_app: AppFactory, tmp_path: Path) -> FlaskClient:
+    rules = tmp_path / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "runaway.yaml").write_text(textwrap.dedent(RUNAWAY_RULES))
+    return make_app(rules_dir=rules).test_client()
+
+
+def test_dry_runs_and_inline_facts_do_not_change_what_the_subject_says(
+        make_app: AppFactory, tmp_path: Path) -> None:
+    client = _runaway_app(make_app, tmp_path)
+    decide = {"subject": "S-1", "ruleset": "runaway"}
+    tick = {"type": "tick", "department": "ops", "data": {"n": "1"}}
+    # a dry run or inline facts that cannot be decided do not mark the subject
+    assert client.post("/v1/decisions", json={**decide, "dry_run": True,
+                                              "facts": [tick]}).status_code == 422
+    assert client.post("/v1/decisions", json={**decide, "facts": [tick]}).status_code == 422
+    assert pooled(client, "S-1")["decision_failures"] == []
+    # the pool itself does; a dry run that decides cannot hide it
+    client.post("/v1/facts", json={"subject": "S-1", "id": "t-1", **tick})
+    assert client.post("/v1/decisions", json=decide).status_code == 422
+    stand_in = {**tick, "id": "t-1", "type": "tick", "data": {"n": "2"}}
+    client.post("/v1/decisions", json={**decide, "dry_run": True, "facts": [stand_in]})
+    assert [f["ruleset"] for f in pooled(client, "S-1")["decision_failures"]] == ["runaway"]
+
+
+def test_pooled_facts_the_rulesets_no_longer_admit_are_left_out_and_named(
+        make_app: AppFactory, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "legacy.yaml").write_text(textwrap.dedent(LEGACY_RULES))
+    client = make_app(rules_dir=rules).test_client()
+    client.post("/v1/facts", json={"facts": [
+        fact("purchase_request", "finance", id="forged-req", amount=5),
+        fact("budget_check", "finance", id="bud", available=10)]})
+    owned = textwrap.dedent(LEGACY_RULES).replace(
+        "ruleset: legacy\n", "ruleset: legacy\nfacts:\n  purchase_request: {owners: "
+        "[procurement]}\n  budget_check: {owners: [finance]}\n")
+    (rules / "legacy.yaml").write_text(owned)
+    service_of(client).rulesets.reload(force=True)
+    record = client.post("/v1/decisions", json={"subject": "PR-1",
+                                                "ruleset": "legacy"}).get_json()
+    assert [f["id"] for f in record["facts"]] == ["bud"]
+    assert record["ignored_facts"] == [{
+        "id": "forged-req", "type": "purchase_request", "department": "finance",
+        "reason": "The finance department may not post purchase_request facts: only "
+                  "procurement may."}]
+    assert record["fired"] == []
+
+
+def test_a_retraction_removes_only_the_fact_it_was_allowed_to(make_app: AppFactory) -> None:
+    from app.errors import Conflict
+
+    client = make_app().test_client()
+    client.post("/v1/facts", json=fact("purchase_hold", "finance", id="hold-1"))
+    with pytest.raises(Conflict, match="posted again by another department"):
+        service_of(client).facts.retract("hold-1", department="legal")
+    assert [f["id"] for f in pooled(client)["facts"]] == ["hold-1"]
+
+
+UNPINNED = """\
+    ruleset: payouts
+    {facts}rules:
+      - name: pay
+        when:
+          x: {{department: finance}}
+        then:
+          - propose: {{action: pay_out}}
+"""
+
+
+def test_a_condition_that_does_not_name_its_type_cannot_escape_ownership() -> None:
+    from app.errors import RulesetInvalid
+    from app.rules import parse_ruleset
+
+    with pytest.raises(RulesetInvalid, match="alias x does not name its fact type"):
+        parse_ruleset(textwrap.dedent(UNPINNED.format(
+            facts="facts:\n      order: {owners: [sales]}\n    ")), "payouts.yaml")
+    legacy = parse_ruleset(textwrap.dedent(UNPINNED.format(facts="")), "payouts.yaml")
+    assert "alias x does not name its fact type" in legacy.warnings[0].message

@@ -9,6 +9,7 @@ so that a crash is a failed test rather than a dead test run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -45,7 +46,8 @@ SWEEP = textwrap.dedent("""
             "a": {"type": "a"}, "b": {"type": "b", "x": {op: "$a.x"}}},
             "then": [{"propose": {"action": "j", "params": {}}}]})
         for c, constant in enumerate(constants):
-            rules.append({"name": f"const_{o}_{c}", "when": {"a": {"type": "a", "x": {op: constant}}},
+            rules.append({"name": f"const_{o}_{c}",
+                          "when": {"a": {"type": "a", "x": {op: constant}}},
                           "then": [{"propose": {"action": "c", "params": {}}}]})
     ruleset = parse_ruleset(json.dumps({"ruleset": "numbers", "rules": rules}), "numbers.json")
     for a in values:
@@ -68,8 +70,8 @@ def expected(a: float, b: float) -> list[str]:
 
 
 def test_every_operator_and_join_answers_as_python_compares() -> None:
-    # Python's own json would write 1e+16 the way the core misreads it: the values travel
-    # as repr() text, which the child reads back exactly.
+    # The values travel as JSON text (1e+16, the form the core misreads), which the child
+    # reads back exactly.
     payload = json.dumps([VALUES, CONSTANTS, OPS])
     run = subprocess.run([sys.executable, "-c", SWEEP], input=payload, capture_output=True,
                          text=True, cwd=ROOT, timeout=300)
@@ -84,7 +86,7 @@ def test_every_operator_and_join_answers_as_python_compares() -> None:
 def test_core_number_keeps_order_and_maps_equal_values_alike() -> None:
     ordered = sorted(VALUES)
     shown = [core_number(v) for v in ordered]
-    assert all(x <= y for x, y in zip(shown, shown[1:], strict=False))
+    assert all(x <= y for x, y in itertools.pairwise(shown))
     assert core_number(2) == core_number(2.0) and core_number(I53) == core_number(float(I53))
     assert core_number(1e308) == INT64_MAX and core_number(-1e308) == INT64_MIN
     assert core_number(1e-7) < 1e-7 and "e" not in json.dumps(core_number(1e-7)).split(".")[0]

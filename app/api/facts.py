@@ -57,6 +57,7 @@ def subject_facts(subject: str) -> dict[str, Any]:
 def retract_fact(fact_id: str) -> tuple[str, int]:
     load(FactIdPathSchema, {"id": fact_id})
     pool = service().facts
-    authorize("facts.retract", departments=[pool.get(fact_id)["department"]])
-    pool.retract(fact_id)
+    department = pool.get(fact_id)["department"]
+    authorize("facts.retract", departments=[department])
+    pool.retract(fact_id, department=department)
     return "", 204

@@ -544,9 +544,22 @@ class _Checker:
         self.at_line = None
         warnings = []
         unowned = (ruleset.read_types | set(ruleset.triggers)) - derived - ruleset.fact_types.keys()
+        for rule in ruleset.rules:
+            for pattern in (*rule.when, *rule.unless):
+                if pattern.fact_types is not None:
+                    continue
+                message = (f"alias {pattern.alias} does not name its fact type (type: x, or "
+                           "type: {in: [x, y]}), so it could match a type no department "
+                           "owns: ownership is declared per type")
+                if declared:
+                    self.at_rule, self.at_line = rule.name, rule.line
+                    self.problem("", message)
+                else:
+                    warnings.append(RuleProblem(self.file, message, rule.name, rule.line))
         for fact_type in sorted(unowned):
             reader = next((rule for rule in ruleset.rules if any(
-                pattern.fact_type == fact_type for pattern in (*rule.when, *rule.unless))), None)
+                fact_type in (pattern.fact_types or ())
+                for pattern in (*rule.when, *rule.unless))), None)
             where = (RuleProblem(self.file, "", reader.name, reader.line) if reader is not None
                      else RuleProblem(self.file, "", None, None))
             if declared:

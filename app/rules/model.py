@@ -143,12 +143,19 @@ class Pattern:
 
     alias: str
     tests: tuple[Test, ...]
-    fact_type: str | None = None  # the type every match has, when a test pins it
+    fact_type: str | None = None  # the type every match has, when a test pins it to one
+    # The types a match may have when tests pin it (`type: x` or `type: {in: [x, y]}`);
+    # None when any type could match.
+    fact_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for test in self.tests:
             if test.field == "type" and test.op == "==" and isinstance(test.value, str):
                 object.__setattr__(self, "fact_type", test.value)
+                object.__setattr__(self, "fact_types", (test.value,))
+            elif test.field == "type" and test.op == "in" and self.fact_types is None and all(
+                    isinstance(option, str) for option in test.value):
+                object.__setattr__(self, "fact_types", tuple(test.value))
 
     def matches(self, fact: EngineFact, bindings: Bindings) -> bool:
         return all(test.holds(fact, bindings) for test in self.tests)
@@ -283,9 +290,9 @@ class Ruleset:
     @property
     def read_types(self) -> frozenset[str]:
         """The fact types the rules' conditions name."""
-        return frozenset(pattern.fact_type for rule in self.rules
+        return frozenset(fact_type for rule in self.rules
                          for pattern in (*rule.when, *rule.unless)
-                         if pattern.fact_type is not None)
+                         for fact_type in pattern.fact_types or ())
 
 
 REGEX_FLAGS = re.ASCII | re.DOTALL

@@ -4,17 +4,21 @@ A ruleset's `facts:` section names the departments that own each fact type it re
 the types its rules derive (`assert`) belong to the rules and nobody may post them.
 Over several rulesets the owners of a type are every department any of them names,
 and a type that any of them derives may not be posted at all. A type that no active
-ruleset declares is open to any department (`rules validate` warns about it).
+ruleset declares is open to any department (`rules validate` warns about it). Pooled
+facts are judged again when decided on: one posted before the rulesets gave its type to
+another department, or to the rules, is left out of the decision and named in its record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import RuleProblem
 from app.rules.model import Ruleset
+
+FactT = TypeVar("FactT", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,20 @@ class FactOwnership:
             return (f"The {department} department may not post {fact_type} facts: only "
                     f"{', '.join(sorted(owners))} may.")
         return None
+
+    def admissible(self, facts: Sequence[FactT]) -> tuple[list[FactT], list[dict[str, str]]]:
+        """The facts their departments may have posted as things stand, and the others
+        (posted before the rulesets said otherwise) with the reason each is left out."""
+        kept: list[FactT] = []
+        ignored: list[dict[str, str]] = []
+        for fact in facts:
+            reason = self.refusal(fact["type"], fact["department"])
+            if reason is None:
+                kept.append(fact)
+            else:
+                ignored.append({"id": fact["id"], "type": fact["type"],
+                                "department": fact["department"], "reason": reason})
+        return kept, ignored
 
     def refusals(self, facts: Sequence[Mapping[str, Any]]) -> list[str]:
         """Every distinct reason why these facts may not be posted as they are."""
