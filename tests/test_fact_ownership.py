@@ -362,12 +362,17 @@ RUNAWAY_RULES = """\
 """
 
 
+def _runaway_app(make_app: AppFactory, tmp_path: Path,
+                 rules_text: str = RUNAWAY_RULES) -> FlaskClient:
+    rules = tmp_path / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "runaway.yaml").write_text(textwrap.dedent(rules_text))
+    return make_app(rules_dir=rules).test_client()
+
+
 def test_a_decision_that_cannot_run_is_recorded_and_shown_on_the_subject(
         make_app: AppFactory, tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "runaway.yaml").write_text(textwrap.dedent(RUNAWAY_RULES))
-    client = make_app(rules_dir=rules).test_client()
+    client = _runaway_app(make_app, tmp_path)
     client.post("/v1/facts", json={"subject": "S-1", "type": "tick", "department": "ops",
                                    "id": "t-1", "data": {"n": "1"}})
     failed = client.post("/v1/decisions", json={"subject": "S-1", "ruleset": "runaway"})
@@ -390,11 +395,8 @@ def test_a_decision_that_cannot_run_is_recorded_and_shown_on_the_subject(
 
 def test_a_triggered_decision_that_cannot_run_is_recorded_once_not_retried(
         make_app: AppFactory, tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "runaway.yaml").write_text(textwrap.dedent(RUNAWAY_RULES.replace(
-        "    rules:", "    triggers: [tick]\n    rules:")))
-    client = make_app(rules_dir=rules).test_client()
+    client = _runaway_app(make_app, tmp_path, RUNAWAY_RULES.replace(
+        "    rules:", "    triggers: [tick]\n    rules:"))
     client.post("/v1/facts", json={"subject": "S-1", "type": "tick", "department": "ops",
                                    "data": {"n": "1"}})
     svc = service_of(client)
@@ -514,13 +516,6 @@ def test_the_subject_quota_leaves_room_to_decide(make_app: AppFactory) -> None:
 
     with pytest.raises(ConfigurationError, match="DECISION_MAX_FACTS_PER_SUBJECT"):
         make_app(max_facts_per_subject=9_500)
-
-
-def _runaway_app(make_app: AppFactory, tmp_path: Path) -> FlaskClient:
-    rules = tmp_path / "rules"
-    rules.mkdir(exist_ok=True)
-    (rules / "runaway.yaml").write_text(textwrap.dedent(RUNAWAY_RULES))
-    return make_app(rules_dir=rules).test_client()
 
 
 def test_dry_runs_and_inline_facts_do_not_change_what_the_subject_says(
