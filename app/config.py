@@ -141,6 +141,14 @@ OPTIONS: tuple[Option, ...] = (
            "most live facts of one type one department may hold about one subject"),
     Option("max_facts_per_subject", "5000", _positive_int,
            "most live facts all departments together may hold about one subject"),
+    Option("max_evaluation_facts", "10000", _positive_int,
+           "most facts one decision's rules may run over (pooled and inline); more is 422"),
+    Option("max_firings", "5000", _positive_int,
+           "most rule firings in one evaluation: a rule set that keeps firing stops (422)"),
+    Option("max_join_candidates", "200000", _positive_int,
+           "most candidate matches the rules' joins may build in one evaluation (422)"),
+    Option("max_evaluation_seconds", "2", _positive_float,
+           "longest one evaluation may run; past it the decision is a 503"),
 )
 
 DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
@@ -183,6 +191,10 @@ class Settings:
     max_facts_per_department: int
     max_facts_per_type: int
     max_facts_per_subject: int
+    max_evaluation_facts: int
+    max_firings: int
+    max_join_candidates: int
+    max_evaluation_seconds: float
 
     @classmethod
     def load(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,7 @@ from app.access import Caller
 from app.dispatch import QUEUED, Executors
 from app.errors import DecisionServiceError, Forbidden
 from app.policy.gate import ALLOW, HOLD, PolicyGate
-from app.rules import Ruleset, evaluate
-from app.rules.engine import MAX_EVALUATION_FACTS
+from app.rules import Evaluation, Ruleset
 
 DENIED, HELD, DRY_RUN, RECORDED = "denied", "held", "dry_run", "recorded"
 # queued -> dispatched | failed (see app.dispatch). `recorded`: allowed but not sent,
@@ -84,13 +83,18 @@ def _status(outcome: str, action_type: str, dry_run: bool,
     return RECORDED, {"not_sent": f"no executor is configured for {action_type}"}
 
 
+# How a decision runs its rules: `app.rules.evaluate` with the service's limits, or a
+# sandbox's for a candidate ruleset.
+Evaluator = Callable[[Ruleset, Sequence[Mapping[str, Any]]], Evaluation]
+
+
 def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                   facts: list[dict[str, Any]], gate: PolicyGate, caller: Caller,
                   dry_run: bool, created_at: str, executors: Executors,
-                  trigger: Mapping[str, Any] | None = None) -> Decision:
+                  evaluator: Evaluator, trigger: Mapping[str, Any] | None = None) -> Decision:
     """Evaluate the rules over `facts`, ask the policy gate about every proposed action (one
     round trip), and build the decision record."""
-    evaluation = evaluate(ruleset, facts)
+    evaluation = evaluator(ruleset, facts)
     decision_meta = {"id": decision_id, "ruleset": ruleset.name,
                      "ruleset_version": ruleset.version, "dry_run": dry_run,
                      "created_at": created_at}  # policies that need "now" read this: replayable
@@ -137,12 +141,12 @@ def _header(*, decision_id: str, subject: str, created_at: str, ruleset: Ruleset
 
 def failed_decision(error: DecisionServiceError, *, decision_id: str, subject: str,
                     ruleset: Ruleset, facts: list[dict[str, Any]], revision: str,
-                    caller: Caller, dry_run: bool, created_at: str,
+                    caller: Caller, dry_run: bool, created_at: str, max_facts: int,
                     trigger: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The record of a decision the rules could not make: nothing fired, nothing proposed,
     and `error` says why. The facts are kept (up to what one evaluation may hold) so the
     failure can be explained and replayed (past that, only the inline ones)."""
-    kept = facts if len(facts) <= MAX_EVALUATION_FACTS else [f for f in facts if f.get("inline")]
+    kept = facts if len(facts) <= max_facts else [f for f in facts if f.get("inline")]
     return {
         **_header(decision_id=decision_id, subject=subject, created_at=created_at,
                   ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,

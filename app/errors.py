@@ -17,7 +17,8 @@
     ├── EvaluationFailed            422: the rules could not decide the subject's facts
     └── ServiceUnavailable          503: a dependency is down; the request may be retried
         ├── StoreUnavailable        Redis did not answer in time
-        └── PolicyUnavailable       the policy engine did not decide (error, timeout, down)
+        ├── PolicyUnavailable       the policy engine did not decide (error, timeout, down)
+        └── EvaluationTimeout       the rules did not finish in time (a busy machine, perhaps)
 
 Third-party errors are translated at the edge (`raise StoreUnavailable(...) from exc`),
 so the views only ever see this tree. Views turn any of these into an RFC 9457
@@ -236,3 +237,12 @@ class StoreUnavailable(ServiceUnavailable):
 class PolicyUnavailable(ServiceUnavailable):
     slug = "policy-unavailable"
     title = "The policy engine did not decide"
+
+
+class EvaluationTimeout(ServiceUnavailable):
+    """The rules ran past DECISION_MAX_EVALUATION_SECONDS: stopped between two calls into
+    the rule engine, the worker free again. Time depends on the machine too, so unlike
+    EvaluationFailed it may pass on a retry."""
+
+    slug = "evaluation-timeout"
+    title = "The rules did not finish in time"

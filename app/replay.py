@@ -22,13 +22,13 @@ from typing import Any
 
 from app.access import Caller
 from app.archive import Archive
-from app.decisions import make_decision, snapshot
+from app.decisions import Evaluator, make_decision, snapshot
 from app.dispatch import Executors
 from app.errors import DecisionServiceError
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
-from app.rules import Ruleset, RulesetRegistry
+from app.rules import Ruleset, RulesetRegistry, evaluate
 
 _NO_EXECUTORS = Executors({})
 _FREEZE_EVERY = 1000
@@ -131,8 +131,9 @@ class Replayer:
     """Replays cases against their recorded versions or against `candidates`."""
 
     def __init__(self, *, archive: Archive, registry: RulesetRegistry, gate: PolicyGate,
-                 candidates: Candidates | None = None) -> None:
+                 evaluator: Evaluator, candidates: Candidates | None = None) -> None:
         self.archive = archive
+        self.evaluator = evaluator
         self.registry = registry
         self.gate = gate  # the live gate: the baseline of fact sets, and pinned when it matches
         self.candidates = candidates or Candidates()
@@ -166,7 +167,7 @@ class Replayer:
         return make_decision(decision_id=case.decision_id, subject=case.subject,
                              ruleset=ruleset, facts=case.facts, gate=gate, caller=case.caller,
                              dry_run=case.dry_run, created_at=case.created_at,
-                             executors=_NO_EXECUTORS).record
+                             executors=_NO_EXECUTORS, evaluator=self.evaluator).record
 
     def replay(self, case: ReplayCase) -> dict[str, Any]:
         """{decision_id, subject, changed, diff, versions} or {decision_id, error}."""
@@ -239,7 +240,7 @@ def outcomes_of_fact_sets(lines: Iterable[str], *, registry: RulesetRegistry, ga
         record = make_decision(decision_id=case.decision_id, subject=case.subject,
                                ruleset=registry.get(case.ruleset), facts=case.facts, gate=gate,
                                caller=case.caller, dry_run=False, created_at=created_at,
-                               executors=_NO_EXECUTORS).record
+                               executors=_NO_EXECUTORS, evaluator=evaluate).record
         result[case.subject] = outcome_view(record)
     return result
 

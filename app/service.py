@@ -39,8 +39,8 @@ from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicy
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
-from app.rules import Ruleset, RulesetRegistry, engine, parse_ruleset
-from app.rules.engine import MAX_EVALUATION_FACTS
+from app.rules import Evaluation, Ruleset, RulesetRegistry, engine, parse_ruleset
+from app.rules.engine import Limits, evaluate
 from app.store import EmbeddedRedis, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
@@ -88,12 +88,15 @@ class DecisionService:
         self.rulesets = RulesetRegistry(settings.rules_dir,
                                         check_interval_seconds=settings.rules_reload_seconds)
         self.rulesets.reload()
-        if settings.max_facts_per_subject + settings.max_batch > MAX_EVALUATION_FACTS:
+        self.limits = Limits(facts=settings.max_evaluation_facts, firings=settings.max_firings,
+                             join_candidates=settings.max_join_candidates,
+                             seconds=settings.max_evaluation_seconds)
+        if settings.max_facts_per_subject + settings.max_batch > self.limits.facts:
             raise ConfigurationError(
                 f"DECISION_MAX_FACTS_PER_SUBJECT ({settings.max_facts_per_subject}) plus "
                 f"DECISION_MAX_BATCH ({settings.max_batch}) inline facts must fit in one "
-                f"evaluation ({MAX_EVALUATION_FACTS} facts), or a full subject could not "
-                "be decided")
+                f"evaluation (DECISION_MAX_EVALUATION_FACTS, {self.limits.facts}), or a full "
+                "subject could not be decided")
         self.metrics = Metrics(redis_client)
         self.policy = PolicyGate(policy_engine(settings), governance_path=settings.policy_path,
                                  access_path=settings.access_policy_path, metrics=self.metrics)
@@ -153,6 +156,10 @@ class DecisionService:
         self.triggers.request(requests)
         return stored
 
+    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
+        """The rules over `facts`, within the configured limits."""
+        return evaluate(ruleset, facts, limits=self.limits)
+
     def _check_owners(self, facts: Sequence[Mapping[str, Any]]) -> None:
         refusals = self.rulesets.ownership().refusals(facts)
         if refusals:
@@ -195,7 +202,7 @@ class DecisionService:
                 decision = make_decision(
                     decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
                     gate=self.policy, caller=caller, dry_run=dry_run, created_at=created_at,
-                    executors=self.executors, trigger=trigger)
+                    executors=self.executors, evaluator=self.evaluate, trigger=trigger)
             except EvaluationFailed as exc:
                 self._record_failure(exc, decision_id=decision_id, subject=subject,
                                      ruleset=ruleset, facts=facts, ignored=ignored,
@@ -230,7 +237,7 @@ class DecisionService:
         record = failed_decision(error, decision_id=decision_id, subject=subject,
                                  ruleset=ruleset, facts=facts, revision=self.policy.revision,
                                  caller=caller, dry_run=dry_run, created_at=created_at,
-                                 trigger=trigger)
+                                 max_facts=self.limits.facts, trigger=trigger)
         if ignored:
             record["ignored_facts"] = ignored
         archive = self.archive.entries_for(ruleset, None)
@@ -323,7 +330,7 @@ class DecisionService:
 
     def replayer(self, candidates: Candidates | None = None) -> Replayer:
         return Replayer(archive=self.archive, registry=self.rulesets, gate=self.policy,
-                        candidates=candidates)
+                        evaluator=self.evaluate, candidates=candidates)
 
     def replay(self, cases: Sequence[ReplayCase],
                candidates: Candidates | None = None) -> dict[str, Any]:

@@ -367,7 +367,7 @@ def _runaway_app(make_app: AppFactory, tmp_path: Path,
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "runaway.yaml").write_text(textwrap.dedent(rules_text))
-    return make_app(rules_dir=rules).test_client()
+    return make_app(rules_dir=rules, max_firings=500).test_client()
 
 
 def test_a_decision_that_cannot_run_is_recorded_and_shown_on_the_subject(
@@ -379,7 +379,7 @@ def test_a_decision_that_cannot_run_is_recorded_and_shown_on_the_subject(
     assert failed.status_code == 422
     problem = failed.get_json()
     assert problem["type"] == "urn:decision-service:problem:evaluation-failed"
-    assert "did not come to rest within 1000 firings" in problem["detail"]
+    assert "did not come to rest within 500 firings (DECISION_MAX_FIRINGS" in problem["detail"]
     assert failed.headers["Location"] == f"/v1/decisions/{problem['decision_id']}"
     record = client.get(f"/v1/decisions/{problem['decision_id']}").get_json()
     assert record["error"]["detail"] == problem["detail"]

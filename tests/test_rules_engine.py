@@ -13,6 +13,7 @@ from rules_support import fact, procurement, purchase_case, ruleset
 from app.errors import EvaluationFailed, InvalidInput
 from app.rules import engine, evaluate
 from app.rules.compiler import compile_ruleset
+from app.rules.engine import Limits
 
 
 def action_types(facts: list[dict[str, Any]]) -> list[str]:
@@ -338,10 +339,10 @@ def test_a_rule_that_never_comes_to_rest_fails_and_the_engine_recovers() -> None
           - {name: grow, when: {a: {type: t}}, then: [{assert: {type: t, data: {s: "x$a.s"}}}]}
     """)
     with pytest.raises(EvaluationFailed, match="did not come to rest"):
-        evaluate(rs, [fact("f", "t", s="")], max_firings=50)
+        evaluate(rs, [fact("f", "t", s="")], limits=Limits(firings=50))
     assert len(evaluate(procurement(), purchase_case()).actions) == 1
     with pytest.raises(EvaluationFailed):
-        evaluate(rs, [fact("f", "t", s="")], max_firings=50)
+        evaluate(rs, [fact("f", "t", s="")], limits=Limits(firings=50))
 
 
 @pytest.mark.parametrize(("facts", "field"), [

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +34,37 @@ from typing import Any
 import durable_rules_engine as core
 
 from app import jsontext
-from app.errors import EvaluationFailed, InvalidInput, InvalidParam, RuleProblem, RulesetInvalid
+from app.errors import (
+    EvaluationFailed,
+    EvaluationTimeout,
+    InvalidInput,
+    InvalidParam,
+    RuleProblem,
+    RulesetInvalid,
+)
 from app.rules.compiler import TAG, compile_ruleset, core_fields, core_number, rule_key
 from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
 from app.schemas import DERIVED_DEPARTMENT, data_problems
 
-DEFAULT_MAX_FIRINGS = 1000
-MAX_EVALUATION_FACTS = 10_000
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one evaluation may take (settings DECISION_MAX_EVALUATION_FACTS,
+    DECISION_MAX_FIRINGS, DECISION_MAX_JOIN_CANDIDATES, DECISION_MAX_EVALUATION_SECONDS).
+
+    `join_candidates` bounds the partial matches the core may build, estimated before
+    each assert as the product of how many facts each alias could match: a join of 3,500
+    by 3,500 facts once grew a worker to 3.6 GB in the core, where nothing can stop it.
+    `seconds` is checked between calls into the core, which the join bound keeps short."""
+
+    facts: int = 10_000
+    firings: int = 5_000
+    join_candidates: int = 200_000
+    seconds: float = 2.0
+
+
+DEFAULT_LIMITS = Limits()
+MAX_EVALUATION_FACTS = DEFAULT_LIMITS.facts
 
 _SID = "0"
 _NOT_HANDLED, _OBSERVED = 1, 2
@@ -167,31 +192,33 @@ def _locate_refusal(ruleset: Ruleset, definition: dict[str, Any],
 
 
 def evaluate(ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
-             max_firings: int = DEFAULT_MAX_FIRINGS) -> Evaluation:
+             limits: Limits = DEFAULT_LIMITS) -> Evaluation:
     """Run `ruleset` over `facts` (each with id, type, department, data) to quiescence.
 
     Facts are asserted in the order given; the rules fire in priority order (lower
-    first, then file order). Raises InvalidInput for facts the engine may not see
-    and EvaluationFailed when the rules keep firing past `max_firings`.
+    first, then file order). Raises InvalidInput for facts the engine may not see,
+    EvaluationFailed past a limit that the same facts would meet again (facts, firings,
+    join candidates) and EvaluationTimeout past `limits.seconds`.
     """
-    if len(facts) > MAX_EVALUATION_FACTS:
-        raise EvaluationFailed(f"{len(facts)} facts about the subject; at most "
-                               f"{MAX_EVALUATION_FACTS} can be decided on at once")
+    if len(facts) > limits.facts:
+        raise EvaluationFailed(f"{len(facts)} facts about the subject; at most {limits.facts}"
+                               " can be decided on at once (DECISION_MAX_EVALUATION_FACTS)")
     problems = fact_problems(facts)
     if problems:
         raise InvalidInput.from_params(problems)
     register(ruleset)
     with _LOCK:
-        return _Run(ruleset, _HANDLES[ruleset.engine_name], max_firings).run(facts)
+        return _Run(ruleset, _HANDLES[ruleset.engine_name], limits).run(facts)
 
 
 class _Run:
     """One evaluation inside the lock: assert, fire to quiescence, retract everything."""
 
-    def __init__(self, ruleset: Ruleset, handle: int, max_firings: int) -> None:
+    def __init__(self, ruleset: Ruleset, handle: int, limits: Limits) -> None:
         self.ruleset = ruleset
         self.handle = handle
-        self.max_firings = max_firings
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.seconds
         self.rules = _RULES[ruleset.engine_name]
         self.core_fields = _FIELDS[ruleset.engine_name]
         self.tag = str(next(_TAGS))
@@ -219,6 +246,7 @@ class _Run:
     def run(self, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
         batch = [self._engine_fact(f["id"], f["type"], f["department"], f["data"])
                  for f in facts]
+        self._check_joins()
         try:
             if batch:
                 code, state = core.assert_facts(self.handle, jsontext.dumps(batch))
@@ -231,18 +259,45 @@ class _Run:
             self._retract_all()  # retracting a fact the core never took is harmless
         return self.result
 
+    def _check_joins(self) -> None:
+        """EvaluationFailed if a rule's joins could build more candidate matches than the
+        limit, as the facts stand now (before each assert: derived facts add to them)."""
+        total = 0
+        for rule in self.ruleset.rules:
+            if len(rule.when) < 2:
+                continue
+            product, work = 1, 0
+            for position, pattern in enumerate(rule.when):
+                product *= self._could_match(pattern.fact_types)
+                if position:
+                    work += product
+            total += work
+            if total > self.limits.join_candidates:
+                counts = ", ".join(f"{t}: {len(self._by_type.get(t, ()))}" for t in sorted(
+                    {t for p in rule.when for t in p.fact_types or ()}))
+                raise EvaluationFailed(
+                    f"rule {rule.name} could join these facts into {work:,} candidate matches "
+                    f"({counts or 'any type'}); at most {self.limits.join_candidates:,} are "
+                    "allowed in one evaluation (DECISION_MAX_JOIN_CANDIDATES)")
+
+    def _could_match(self, fact_types: tuple[str, ...] | None) -> int:
+        if fact_types is None:
+            return len(self.facts)
+        return sum(len(self._by_type.get(t, ())) for t in fact_types)
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise EvaluationTimeout(
+                f"ruleset {self.ruleset.name} did not finish within "
+                f"{self.limits.seconds:g} s (DECISION_MAX_EVALUATION_SECONDS)")
+
     def _fire_all(self, state: int) -> None:
         started = core.start_action_for_state(self.handle, state)
         message = started[1] if started else None
-        firings = 0
         try:
             while message:
+                self._check_time()
                 [(key, matched)] = jsontext.loads(message).items()
-                firings += 1
-                if firings > self.max_firings:
-                    raise EvaluationFailed(
-                        f"ruleset {self.ruleset.name} did not come to rest within"
-                        f" {self.max_firings} firings (last: rule {self.rules[key].name})")
                 bindings = {alias: self._by_engine_id[f["id"]] for alias, f in matched.items()}
                 self._fire(self.rules[key], bindings)
                 message = core.complete_and_start_action(self.handle, state)
@@ -254,6 +309,10 @@ class _Run:
     def _fire(self, rule: Rule, bindings: Bindings) -> None:
         if not rule.holds(bindings, self.facts, self._by_type):
             return  # the core's loose match, or an `unless` that a later fact made true
+        if len(self.result.fired) >= self.limits.firings:
+            raise EvaluationFailed(
+                f"ruleset {self.ruleset.name} did not come to rest within "
+                f"{self.limits.firings} firings (DECISION_MAX_FIRINGS; last: rule {rule.name})")
         self.result.fired.append(
             Firing(rule.name, {p.alias: bindings[p.alias]["_id"] for p in rule.when}))
         for step in rule.then:
@@ -283,8 +342,10 @@ class _Run:
         self.result.derived_facts.append({"id": fact_id, "type": step.type,
                                           "department": DERIVED_DEPARTMENT, "data": data,
                                           "rule": rule.name})
-        core.assert_fact(self.handle, jsontext.dumps(
-            self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)))
+        view = self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)
+        self._check_joins()
+        self._check_time()
+        core.assert_fact(self.handle, jsontext.dumps(view))
 
     def _retract_all(self) -> None:
         if self.facts:  # engine ids are "<tag>.<n>": no JSON escaping needed
