@@ -403,3 +403,30 @@ def test_a_server_that_lost_its_scripts_still_records_decisions(
     assert response.status_code == 201
     assert statuses(response.get_json()) == {"issue_purchase_order": "queued"}
     assert redis_client.zcard(keys.dispatch_due()) == 1
+
+
+def test_a_decision_past_an_evaluation_limit_is_a_clear_problem_and_recorded(
+        make_app: AppFactory) -> None:
+    app = make_app(max_join_candidates=50)
+    client = app.test_client()
+    requests = [{"subject": "PR-J", "type": "purchase_request", "department": "procurement",
+                 "data": {"request_id": "PR-J", "amount": n + 1}} for n in range(10)]
+    budgets = [{"subject": "PR-J", "type": "budget_check", "department": "finance",
+                "data": {"request_id": "PR-J", "available": 10 * n}} for n in range(10)]
+    assert client.post("/v1/facts", json={"facts": requests + budgets}).status_code == 201
+    refused = client.post("/v1/decisions", json={"subject": "PR-J", "ruleset": "procurement"})
+    assert refused.status_code == 422
+    problem = refused.get_json()
+    assert "DECISION_MAX_JOIN_CANDIDATES" in problem["detail"]
+    assert client.get(f"/v1/decisions/{problem['decision_id']}").get_json()["error"]
+    assert decide(client, "PR-2")["actions"] == []  # the next decision runs as ever
+
+
+def test_a_decision_past_its_time_is_a_503_that_names_the_setting(make_app: AppFactory) -> None:
+    app = make_app(max_evaluation_seconds=0.000001)
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case("PR-T")})
+    slow = client.post("/v1/decisions", json={"subject": "PR-T", "ruleset": "procurement"})
+    assert slow.status_code == 503
+    assert slow.headers["Retry-After"]
+    assert "DECISION_MAX_EVALUATION_SECONDS" in slow.get_json()["detail"]

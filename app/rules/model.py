@@ -9,7 +9,6 @@ is checked here before it counts, and `unless` is decided here alone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -85,7 +84,7 @@ class Test:
 
     field: str
     op: str  # one of OPERATORS
-    value: Any  # a JSON scalar, a Ref, a list (in), a compiled pattern (matches) or a bool
+    value: Any  # a JSON scalar, a Ref, a list (in), a compiled RE2 pattern (matches) or a bool
     pattern: str | None = None  # the source of a `matches` regex
     key: str = ""  # where the engine holds the field (set from `field`)
     # The commonest tests, equality with a string or with another fact's field, take a
@@ -294,5 +293,3 @@ class Ruleset:
                          for pattern in (*rule.when, *rule.unless)
                          for fact_type in pattern.fact_types or ())
 
-
-REGEX_FLAGS = re.ASCII | re.DOTALL
