@@ -62,13 +62,15 @@ def test_derived_facts_count_against_the_join_bound_as_they_come() -> None:
     rs = ruleset("""
         ruleset: fanout
         rules:
-          - {name: spread, when: {a: {type: seed}}, then: [{assert: {type: leaf, data: {n: "$a.n"}}}]}
+          - name: spread
+            when: {a: {type: seed}}
+            then: [{assert: {type: leaf, data: {n: "$a.n"}}}]
           - name: pairs
             when: {x: {type: leaf}, y: {type: leaf}, z: {type: leaf}}
             then: [{propose: {action: pair}}]
     """)
     seeds = [fact(f"s{n}", "seed", n=n) for n in range(100)]
-    with pytest.raises(EvaluationFailed, match="rule pairs could join these facts .*leaf: "):
+    with pytest.raises(EvaluationFailed, match=r"rule pairs could join these facts .*leaf: "):
         evaluate(rs, seeds, limits=Limits(join_candidates=50_000))
     _still_serves()
 
