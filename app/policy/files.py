@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from app.documents import load_json, load_yaml
 from app.errors import PolicyInvalid, PolicyProblem
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
@@ -65,8 +66,8 @@ def _mount_path(relative_dir: Path) -> str:
 def _parse_data(name: str, text: str) -> Any:
     try:
         if name.endswith(".json"):
-            return json.loads(text)
-        return yaml.safe_load(text)
+            return load_json(text)
+        return load_yaml(text)
     except json.JSONDecodeError as exc:
         raise PolicyInvalid([PolicyProblem(name, f"not valid JSON: {exc.msg}",
                                            exc.lineno)]) from exc
@@ -74,8 +75,10 @@ def _parse_data(name: str, text: str) -> Any:
         mark = exc.problem_mark
         raise PolicyInvalid([PolicyProblem(name, f"not valid YAML: {exc.problem}",
                                            mark.line + 1 if mark else None)]) from exc
-    except yaml.YAMLError as exc:
-        raise PolicyInvalid([PolicyProblem(name, f"not valid YAML: {exc}")]) from exc
+    except (yaml.YAMLError, ValueError) as exc:
+        raise PolicyInvalid([PolicyProblem(name, f"not valid data: {exc}")]) from exc
+    except RecursionError as exc:
+        raise PolicyInvalid([PolicyProblem(name, "nested too deeply")]) from exc
 
 
 def _revision(modules: Mapping[str, str], data: list[tuple[str, Any]]) -> str:

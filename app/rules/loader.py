@@ -1,9 +1,7 @@
 """Rule files in, validated `Ruleset`s out, or every problem with its file, line and rule.
 
-Rule files are data: YAML is read with a safe loader that also refuses anchors and
-aliases (no expansion bombs), duplicate keys (the last one would silently win) and
-YAML's implicit dates (a date stays the string it looks like). Nothing in a rule
-file can name Python code.
+Rule files are data, read as `app.documents` reads what others write (no YAML aliases,
+duplicate keys or implicit dates). Nothing in a rule file can name Python code.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from app.documents import DocumentLoader, load_json
 from app.errors import RuleProblem, RulesetInvalid
 from app.rules import regex
 from app.rules.model import (
@@ -74,34 +73,6 @@ def version_of(source: str) -> str:
 # --- reading ---------------------------------------------------------------------------
 
 
-class _RuleFileLoader(yaml.SafeLoader):
-    """SafeLoader without aliases, duplicate keys or implicit timestamps."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.MarkedYAMLError(
-                None, None, "anchors and aliases (*name) are not allowed in rule files",
-                event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.MarkedYAMLError(None, None, f"duplicate key {key!r}",
-                                           key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_RuleFileLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
 @dataclass
 class _Lines:
     """Where things start in a YAML rule file (JSON files have no such map)."""
@@ -121,25 +92,11 @@ def _lines_yaml(node: Any) -> _Lines:
     return lines
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _parse(source: str, file: str) -> tuple[Any, _Lines]:
     """The document and where its parts start (for YAML), or RulesetInvalid."""
     if file.endswith(".json"):
         try:
-            document = json.loads(source, object_pairs_hook=_no_duplicates,
-                                  parse_constant=_reject_constant)
+            document = load_json(source)
         except json.JSONDecodeError as exc:
             raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc.msg}",
                                               line=exc.lineno)]) from exc
@@ -147,7 +104,7 @@ def _parse(source: str, file: str) -> tuple[Any, _Lines]:
             raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc}")]) from exc
         return document, _Lines()
     try:
-        loader = _RuleFileLoader(source)  # refuses control characters already
+        loader = DocumentLoader(source)  # refuses control characters already
     except yaml.YAMLError as exc:
         raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
     try:
