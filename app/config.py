@@ -59,6 +59,10 @@ def _optional_boolean(raw: str) -> bool | None:
     return None if raw.lower() == "auto" else _boolean(raw)
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("json", "text"):
         raise ValueError("must be 'json' or 'text'")
@@ -108,6 +112,9 @@ OPTIONS: tuple[Option, ...] = (
            "policy document that decides who may call what (with API keys)"),
     Option("policy_reload_seconds", "2", _non_negative_float,
            "embedded OPA re-reads changed policy files this often, on use; 0: only at start"),
+    Option("policy_allowed_builtins", "", _names,
+           "built-ins reaching outside a policy (http.send, net.lookup_ip_addr, opa.runtime) "
+           "the service's own policies may call; candidate policies never may"),
     Option("opa_timeout_seconds", "0.25", _positive_float,
            "how long to wait for the OPA sidecar; past it the actions are held"),
     Option("rules_dir", "./rules", Path, "rule files (*.yaml, *.yml, *.json)"),
@@ -130,7 +137,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dispatch_backoff_max_seconds", "60", _positive_float, "longest retry delay"),
     Option("dispatch_lease_seconds", "30", _positive_float,
            "how long a worker holds a claimed delivery before another may take it over"),
-    Option("mask_fields", "", lambda raw: tuple(f.strip() for f in raw.split(",") if f.strip()),
+    Option("mask_fields", "", _names,
            "data fields masked in decision records: name or type.name, comma-separated"),
     Option("max_body_bytes", "2097152", _positive_int,
            "largest request body accepted (bytes); larger is 413"),
@@ -173,6 +180,7 @@ class Settings:
     policy_path: str
     access_policy_path: str
     policy_reload_seconds: float
+    policy_allowed_builtins: tuple[str, ...]
     opa_timeout_seconds: float
     rules_dir: Path
     rules_reload_seconds: float

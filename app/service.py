@@ -74,7 +74,8 @@ def _access_keys(settings: Settings) -> ApiKeys | None:
 def policy_engine(settings: Settings) -> PolicyEngine:
     if settings.opa_url:
         return SidecarPolicyEngine(settings.opa_url, timeout_seconds=settings.opa_timeout_seconds)
-    return EmbeddedPolicyEngine(settings.policy_dir, reload_seconds=settings.policy_reload_seconds)
+    return EmbeddedPolicyEngine(settings.policy_dir, reload_seconds=settings.policy_reload_seconds,
+                                allowed_builtins=frozenset(settings.policy_allowed_builtins))
 
 
 class DecisionService:

@@ -357,3 +357,24 @@ def test_an_undefined_document_on_the_sidecar_holds_the_action(opa: OpaStandIn) 
     [verdict] = gate.check(common(), [order()])
     assert verdict.outcome == HOLD
     assert "undefined" in verdict.reasons[0]
+
+
+OUTSIDE = """package decision.governance
+
+default allow := false
+
+allow if http.send({"method": "get", "url": "http://127.0.0.1:9/"}).status_code == 200
+"""
+
+
+def test_a_policy_that_reaches_outside_is_rejected_unless_allowed(policy_dir: Path) -> None:
+    engine = EmbeddedPolicyEngine(policy_dir, reload_seconds=0)
+    good = engine.revision
+    (policy_dir / GOVERNANCE).write_text(OUTSIDE)
+    [problem] = engine.reload(force=True)
+    assert problem.file == GOVERNANCE
+    assert problem.message.startswith("calls http.send, which reaches outside the policy")
+    assert engine.revision == good
+    allowed = EmbeddedPolicyEngine(policy_dir, reload_seconds=0,
+                                   allowed_builtins=frozenset({"http.send"}))
+    assert allowed.revision != good and not allowed.problems

@@ -106,11 +106,56 @@ class PolicyEngine(Protocol):
 # --- embedded --------------------------------------------------------------------------
 
 
-def compile_policy_set(policies: PolicySet, *, with_tests: bool = False) -> OpaEngine:
-    """A ready OPA engine for `policies`, or PolicyInvalid with file and line."""
+# The built-ins that reach outside the evaluation: the network, files (http.send's TLS
+# file options) and the process's environment. Policies may not call them: candidates
+# never, the service's own only those DECISION_POLICY_ALLOWED_BUILTINS names. (net.cidr_*
+# and the like only compute, so they stay.)
+OUTSIDE_BUILTINS = frozenset({"http.send", "net.lookup_ip_addr", "opa.runtime"})
+
+
+def _calls_outside(engine: OpaEngine, name: str, source: str,
+                   allowed: frozenset[str]) -> list[str]:
+    """The built-ins of OUTSIDE_BUILTINS (less `allowed`) a module refers to."""
+    try:
+        [row] = engine.eval_query("m := rego.parse_module(input.file, input.source)",
+                                  {"file": name, "source": source})
+    except OpaError:
+        return []  # it does not parse: compiling it says where
+    found: set[str] = set()
+    pending: list[Any] = [row["m"]]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            terms = node.get("value")
+            if node.get("type") == "ref" and isinstance(terms, list) and terms and \
+                    terms[0].get("type") == "var":
+                path = str(terms[0]["value"])
+                for term in terms[1:]:
+                    if term.get("type") != "string":
+                        break
+                    path += "." + str(term["value"])
+                    if path in OUTSIDE_BUILTINS and path not in allowed:
+                        found.add(path)
+            pending.extend(node.values())
+    return sorted(found)
+
+
+def compile_policy_set(policies: PolicySet, *, with_tests: bool = False,
+                       allowed_builtins: frozenset[str] = frozenset()) -> OpaEngine:
+    """A ready OPA engine for `policies`, or PolicyInvalid with file and line (also for a
+    module that calls a built-in of OUTSIDE_BUILTINS not in `allowed_builtins`)."""
     engine = OpaEngine()
     modules = {**policies.modules, **(policies.tests if with_tests else {})}
     try:
+        outside = [PolicyProblem(name, f"calls {builtin}, which reaches outside the policy "
+                                       "(network, files or the environment); policies here "
+                                       "may not")
+                   for name, source in sorted(policies.modules.items())
+                   for builtin in _calls_outside(engine, name, source, allowed_builtins)]
+        if outside:
+            raise PolicyInvalid(outside)
         for name, source in sorted(modules.items()):
             try:
                 engine.add_policy(name, source)
@@ -170,15 +215,18 @@ class EmbeddedPolicyEngine:
 
     def __init__(self, directory: Path | None, *, reload_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 policies: PolicySet | None = None) -> None:
+                 policies: PolicySet | None = None,
+                 allowed_builtins: frozenset[str] = frozenset()) -> None:
         self.directory = directory
+        self.allowed_builtins = allowed_builtins
         self._watch = ChangeWatch(reload_seconds if directory is not None else 0, clock)
         self._lock = threading.Lock()
         self._loaded: tuple[OpaEngine, PolicySet] | None = None
         self._signature: Signature | None = None
         self.problems: list[PolicyProblem] = []
         if policies is not None:
-            self._loaded = compile_policy_set(policies), policies
+            self._loaded = compile_policy_set(policies,
+                                              allowed_builtins=allowed_builtins), policies
         else:
             self.reload(force=True)
 
@@ -201,7 +249,7 @@ class EmbeddedPolicyEngine:
             self._signature = current
             try:
                 policies = load_policy_set(self.directory)
-                engine = compile_policy_set(policies)
+                engine = compile_policy_set(policies, allowed_builtins=self.allowed_builtins)
             except PolicyInvalid as exc:
                 self.problems = exc.problems
                 for problem in exc.problems:
