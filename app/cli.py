@@ -363,10 +363,13 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
             if not cases:
                 raise click.UsageError("nothing to replay: give --decision, --subject, "
                                        "--since/--until or --fact-sets")
-            replayer = service.replayer(candidates)
-            with click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
+            with service.replayer(candidates, per_call_budget=True) as replayer, \
+                    click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
                 results = list(replayer.run(bar))
+                failure = replayer.sandbox.failure if replayer.sandbox else None
         summary = summarize(results, candidates)
+        if failure:
+            summary["candidate_error"] = failure
         report: dict[str, Any] = {"generated_at": rfc3339(system_clock()),
                                   "summary": summary, "results": results}
     except (RulesetInvalid, PolicyInvalid) as exc:

@@ -156,6 +156,14 @@ OPTIONS: tuple[Option, ...] = (
            "most candidate matches the rules' joins may build in one evaluation (422)"),
     Option("max_evaluation_seconds", "2", _positive_float,
            "longest one evaluation may run; past it the decision is a 503"),
+    Option("whatif_seconds", "20", _positive_float,
+           "longest a what-if's candidate rules and policies may run, in their sandbox, for "
+           "one API request (the CLI gives each case this long)"),
+    Option("whatif_memory_mb", "512", _positive_int,
+           "most memory a what-if's sandbox may use"),
+    Option("whatif_concurrency", "1", _positive_int,
+           "most what-ifs with candidates running at once across the service (each holds "
+           "a web worker); more is 429"),
 )
 
 DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
@@ -203,6 +211,9 @@ class Settings:
     max_firings: int
     max_join_candidates: int
     max_evaluation_seconds: float
+    whatif_seconds: float
+    whatif_memory_mb: int
+    whatif_concurrency: int
 
     @classmethod
     def load(

@@ -15,6 +15,8 @@
     ├── Conflict                    409: the request contradicts what is stored
     ├── QuotaExceeded               422: a department's share of a subject's pool is full
     ├── EvaluationFailed            422: the rules could not decide the subject's facts
+    ├── CandidateFailed             422: a what-if's candidate ran out of its budget
+    ├── Busy                        429: a what-if is running already; come back later
     └── ServiceUnavailable          503: a dependency is down; the request may be retried
         ├── StoreUnavailable        Redis did not answer in time
         ├── PolicyUnavailable       the policy engine did not decide (error, timeout, down)
@@ -46,6 +48,7 @@ class DecisionServiceError(Exception):
     status = 500
     slug = "internal-error"
     title = "Internal error"
+    retry_after_seconds: int | None = None  # a Retry-After header when set
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -198,6 +201,24 @@ class EvaluationFailed(DecisionServiceError):
     status = 422
     slug = "evaluation-failed"
     title = "The rules could not decide"
+
+
+class CandidateFailed(DecisionServiceError):
+    """An analyst's candidate rules or policies ran past their time or memory budget, or
+    stopped their sandbox: an error of that candidate, reported as such."""
+
+    status = 422
+    slug = "candidate-failed"
+    title = "The candidate ran out of its budget"
+
+
+class Busy(DecisionServiceError):
+    """As many what-ifs run as the service lets run at once (each holds a web worker)."""
+
+    status = 429
+    slug = "busy"
+    title = "Too many what-ifs at once"
+    retry_after_seconds: int | None = 5
 
 
 class QuotaExceeded(DecisionServiceError):

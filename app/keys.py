@@ -94,6 +94,12 @@ def triggers_pending(member: str) -> str:
     return f"{PREFIX}:{{triggers}}:pending:{member}"
 
 
+def whatifs_running() -> str:
+    """Sorted set: token of a what-if running in a sandbox -> until when it holds its slot
+    (epoch ms), so that only so many hold web workers at once."""
+    return f"{PREFIX}:whatifs:running"
+
+
 def archived_ruleset(name: str, version: str) -> str:
     """String: the source of a ruleset version a decision used (for replay)."""
     return f"{PREFIX}:archive:ruleset:{name}:{version}"

@@ -29,6 +29,7 @@ from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset, RulesetRegistry, evaluate
+from app.sandbox import Sandbox, SandboxedPolicyEngine
 
 _NO_EXECUTORS = Executors({})
 _FREEZE_EVERY = 1000
@@ -128,22 +129,33 @@ def is_change(delta: Mapping[str, Any]) -> bool:
 
 
 class Replayer:
-    """Replays cases against their recorded versions or against `candidates`."""
+    """Replays cases against their recorded versions or against `candidates`, which run in
+    `sandbox` (see `app.sandbox`): only the versions the service itself ran run here."""
 
     def __init__(self, *, archive: Archive, registry: RulesetRegistry, gate: PolicyGate,
-                 evaluator: Evaluator, candidates: Candidates | None = None) -> None:
+                 evaluator: Evaluator, candidates: Candidates | None = None,
+                 sandbox: Sandbox | None = None,
+                 allowed_builtins: frozenset[str] = frozenset()) -> None:
         self.archive = archive
+        self.allowed_builtins = allowed_builtins  # of the service's own (archived) policies
         self.evaluator = evaluator
         self.registry = registry
         self.gate = gate  # the live gate: the baseline of fact sets, and pinned when it matches
         self.candidates = candidates or Candidates()
-        self._candidate_gate = self._gate_of(self.candidates.policies) \
-            if self.candidates.policies else None
+        self.sandbox = sandbox
+        if (self.candidates.rulesets or self.candidates.policies) and sandbox is None:
+            raise ValueError("candidates run in a sandbox")
+        self._candidate_gate = None
+        if self.candidates.policies is not None and sandbox is not None:
+            self._candidate_gate = PolicyGate(
+                SandboxedPolicyEngine(sandbox, self.candidates.policies.revision),
+                governance_path=gate.governance_path, access_path=gate.access_path)
         self._pinned_gates: dict[str, PolicyGate] = {}
         self._pinned_rulesets: dict[tuple[str, str], Ruleset] = {}
 
     def _gate_of(self, policies: PolicySet) -> PolicyGate:
-        return PolicyGate(EmbeddedPolicyEngine(None, policies=policies),
+        return PolicyGate(EmbeddedPolicyEngine(None, policies=policies,
+                                               allowed_builtins=self.allowed_builtins),
                           governance_path=self.gate.governance_path,
                           access_path=self.gate.access_path)
 
@@ -164,10 +176,12 @@ class Replayer:
         return self._pinned_rulesets[key]
 
     def _decide(self, case: ReplayCase, ruleset: Ruleset, gate: PolicyGate) -> dict[str, Any]:
+        candidate = self.candidates.rulesets.get(ruleset.name) is ruleset
+        evaluator = self.sandbox.evaluate if candidate and self.sandbox else self.evaluator
         return make_decision(decision_id=case.decision_id, subject=case.subject,
                              ruleset=ruleset, facts=case.facts, gate=gate, caller=case.caller,
                              dry_run=case.dry_run, created_at=case.created_at,
-                             executors=_NO_EXECUTORS, evaluator=self.evaluator).record
+                             executors=_NO_EXECUTORS, evaluator=evaluator).record
 
     def replay(self, case: ReplayCase) -> dict[str, Any]:
         """{decision_id, subject, changed, diff, versions} or {decision_id, error}."""

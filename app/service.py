@@ -7,11 +7,12 @@ opens one the same way, so both run exactly the same code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -39,9 +40,10 @@ from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicy
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
-from app.rules import Evaluation, Ruleset, RulesetRegistry, engine, parse_ruleset
+from app.rules import Evaluation, Ruleset, RulesetRegistry, parse_ruleset
 from app.rules.engine import Limits, evaluate
-from app.store import EmbeddedRedis, connect, unavailable_on_outage
+from app.sandbox import Budget, Sandbox
+from app.store import EmbeddedRedis, Slots, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
 
@@ -116,6 +118,11 @@ class DecisionService:
         self.triggers = TriggerQueue(redis_client)
         self.archive = Archive(redis_client)
         self.masking = Masking(settings.mask_fields)
+        self.whatifs = Slots(redis_client, keys.whatifs_running(),
+                             limit=settings.whatif_concurrency,
+                             hold_seconds=settings.whatif_seconds + 30,
+                             busy=f"{settings.whatif_concurrency} what-if(s) with candidate "
+                                  "rules or policies run already (DECISION_WHATIF_CONCURRENCY)")
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,
                               self._flush_metrics],
                              poll_seconds=settings.worker_poll_seconds)
@@ -288,14 +295,14 @@ class DecisionService:
     def candidates(self, *, rule_sources: Mapping[str, str] | None = None,
                    policy_sources: Mapping[str, str] | None = None,
                    policy_overlay: bool = True) -> Candidates:
-        """Candidate rulesets (file name -> text) and policies (path -> text), validated and
-        compiled: RulesetInvalid or PolicyInvalid say where they are wrong. With
-        `policy_overlay`, the given policy files replace (or, when empty, remove) the files of
-        the same path in the policies in use, so an analyst sends only what changed."""
+        """Candidate rulesets (file name -> text) and policies (path -> text), parsed and
+        validated here (RulesetInvalid or PolicyInvalid say where they are wrong); they are
+        compiled and run only in a sandbox (`replayer`). With `policy_overlay`, the given
+        policy files replace (or, when empty, remove) the files of the same path in the
+        policies in use, so an analyst sends only what changed."""
         rulesets = {}
         for file, source in (rule_sources or {}).items():
             ruleset = parse_ruleset(source, file)
-            engine.register(ruleset)
             rulesets[ruleset.name] = ruleset
         policies = None
         if policy_sources:
@@ -329,17 +336,42 @@ class DecisionService:
                   for number, fact_set in enumerate(fact_sets, start=1)]
         return cases[:limit] if limit is not None else cases
 
-    def replayer(self, candidates: Candidates | None = None) -> Replayer:
-        return Replayer(archive=self.archive, registry=self.rulesets, gate=self.policy,
-                        evaluator=self.evaluate, candidates=candidates)
+    @contextlib.contextmanager
+    def replayer(self, candidates: Candidates | None = None, *,
+                 per_call_budget: bool = False) -> Iterator[Replayer]:
+        """A Replayer; with candidates, they are loaded into a sandbox of their own (for the
+        job, or with `per_call_budget` for each call: a large CLI job) first, where they
+        are compiled: RulesetInvalid, PolicyInvalid or CandidateFailed if they fail."""
+        candidates = candidates or Candidates()
+        replayer = functools.partial(
+            Replayer, archive=self.archive, registry=self.rulesets, gate=self.policy,
+            evaluator=self.evaluate,
+            allowed_builtins=frozenset(self.settings.policy_allowed_builtins))
+        if not candidates.rulesets and candidates.policies is None:
+            yield replayer()
+            return
+        budget = Budget(seconds=self.settings.whatif_seconds,
+                        memory_mb=self.settings.whatif_memory_mb, per_call=per_call_budget)
+        with Sandbox.start(budget) as sandbox:
+            sandbox.load(candidates.rulesets, candidates.policies,
+                         governance_path=self.policy.governance_path,
+                         access_path=self.policy.access_path, limits=self.limits)
+            yield replayer(candidates=candidates, sandbox=sandbox)
 
     def replay(self, cases: Sequence[ReplayCase],
                candidates: Candidates | None = None) -> dict[str, Any]:
-        """{results, summary} of replaying `cases` (against `candidates`, if any)."""
+        """{results, summary} of replaying `cases` (against `candidates`, if any: one what-if
+        at a time per DECISION_WHATIF_CONCURRENCY, else Busy)."""
         candidates = candidates or Candidates()
-        with bulk():
-            results = list(self.replayer(candidates).run(cases))
-        return {"results": results, "summary": summarize(results, candidates)}
+        slot = self.whatifs.hold() if candidates.rulesets or candidates.policies else \
+            contextlib.nullcontext()
+        with slot, self.replayer(candidates) as replayer, bulk():
+            results = list(replayer.run(cases))
+            failure = replayer.sandbox.failure if replayer.sandbox else None
+        summary = summarize(results, candidates)
+        if failure:
+            summary["candidate_error"] = failure
+        return {"results": results, "summary": summary}
 
     # --- operations --------------------------------------------------------------------
 

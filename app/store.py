@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +31,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
-from app.errors import StoreUnavailable
+from app.errors import Busy, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +238,40 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# KEYS: the slots' sorted set; ARGV: now_ms, limit, until_ms, token. 1 if taken, 0 if full.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+class Slots:
+    """At most `limit` holders at once across every process, each for at most
+    `hold_seconds` (a holder that dies frees its slot then). Busy when all are taken."""
+
+    def __init__(self, redis_client: redis.Redis, key: str, *, limit: int,
+                 hold_seconds: float, busy: str) -> None:
+        self._redis = redis_client
+        self.key = key
+        self.limit = limit
+        self.hold_ms = int(hold_seconds * 1000)
+        self.busy = busy
+        self._take = redis_client.register_script(_TAKE_SLOT)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        token = uuid.uuid4().hex
+        now = int(time.time() * 1000)
+        with unavailable_on_outage():
+            taken = self._take(keys=[self.key], args=[now, self.limit, now + self.hold_ms, token])
+        if not taken:
+            raise Busy(self.busy)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                self._redis.zrem(self.key, token)

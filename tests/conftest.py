@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +82,25 @@ def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def app_factory(redis_url: str, redis_client: redis.Redis,
+                tmp_path: Path) -> Iterator[AppFactory]:
+    """Apps on the test Redis with the sample rules and policies and no background worker,
+    each with its own settings (`overrides`); closed at the end of the test."""
+    apps: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        app = create_app(Settings.load(environ={}, overrides={
+            "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
+            "policy_dir": ROOT / "rego", "background_worker": False, **overrides}))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["decision_service"].close()

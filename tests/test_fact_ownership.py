@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
-from flask import Flask
+from conftest import AppFactory
 from flask.testing import FlaskClient
 
-from app import create_app
 from app.access import hash_key
-from app.config import Settings
 from app.service import DecisionService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPARTMENTS = ("procurement", "finance", "risk", "legal", "operations")
 
-AppFactory = Callable[..., Flask]
 
 
 def key_of(name: str) -> str:
@@ -44,19 +39,8 @@ def write_keys(path: Path, departments: tuple[str, ...], rulesets: list[str]) ->
 
 
 @pytest.fixture
-def make_app(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator[AppFactory]:
-    apps: list[Flask] = []
-
-    def make(**overrides: Any) -> Flask:
-        app = create_app(Settings.load(environ={}, overrides={
-            "redis_url": redis_url, "data_dir": tmp_path, "rules_dir": ROOT / "rules",
-            "policy_dir": ROOT / "rego", "background_worker": False, **overrides}))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["decision_service"].close()
+def make_app(app_factory: AppFactory) -> AppFactory:
+    return app_factory
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def _service_error(exc: DecisionServiceError) -> Response:
         response.headers["Location"] = f"/v1/decisions/{exc.decision_id}"
     if isinstance(exc, ServiceUnavailable):
         log.warning("%s %s: %s", request.method, request.path, exc.detail)
+    if exc.retry_after_seconds is not None:
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
 

@@ -113,6 +113,15 @@ class Evaluation:
             "actions": [a.as_dict() for a in self.actions],
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
+        """The evaluation `as_dict` describes (as a sandbox sends it back)."""
+        return cls(data["ruleset"]["name"], data["ruleset"]["version"],
+                   fired=[Firing(f["rule"], dict(f["facts"])) for f in data["fired"]],
+                   derived_facts=list(data["derived_facts"]),
+                   actions=[ProposedAction(a["id"], a["type"], a["params"], a["rule"])
+                            for a in data["actions"]])
+
 
 def _content_id(prefix: str, kind: str, body: Any) -> str:
     canonical = json.dumps([kind, body], sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,338 @@
+"""Analysts' candidate rules and policies run here: in a child process of their own, with a
+time and a memory budget, so that a runaway or hostile candidate costs the serving worker
+nothing but the wait, and its registrations in the rule engine die with the child.
+
+    parent (a web worker, the CLI)               child (python -m app.sandbox)
+    Sandbox.start(budget)   one JSON line each way on stdin/stdout
+      .load(candidates)     ─▶ parse the rules, register them in its own C core, compile
+                               the policies (no built-in that reaches outside)
+      .evaluate(r, facts)   ─▶ app.rules.evaluate, within the evaluation limits
+      .decide(path, ...)    ─▶ the candidate policies' verdicts
+
+The child starts with a minimal environment, a lower priority than the worker, its own
+network namespace where the kernel allows one (no network even by accident) and an
+address-space ceiling as a backstop. The parent keeps the budget: it kills the child
+when an answer comes late or its resident memory passes the budget, and from then on
+every call fails at once with the reason (CandidateFailed), which a replay reports as
+that candidate's error. Nothing here reads Redis: the child sees only what it is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+from app import errors
+from app.errors import (
+    CandidateFailed,
+    DecisionServiceError,
+    InvalidParam,
+    PolicyProblem,
+    RuleProblem,
+)
+from app.policy.engines import UNDEFINED, Answer
+from app.policy.files import PolicySet
+from app.rules import Evaluation, Ruleset
+from app.rules.engine import Limits
+
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
+_PAGE = resource.getpagesize()
+# The Go runtime of embedded OPA reserves about 1 GB of address space as it starts: the
+# ceiling is only a backstop above the budget the parent watches.
+_ADDRESS_SPACE_HEADROOM = 2 * 2**30
+_WATCH_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one what-if may take: `seconds` for the whole job (the API's answer cannot
+    wait longer), or for each call (`per_call`: a large CLI job) and `memory_mb` of
+    resident memory in the child."""
+
+    seconds: float
+    memory_mb: int
+    per_call: bool = False
+
+
+# --- the parent's side -------------------------------------------------------------------
+
+
+class Sandbox:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.failure: str | None = None  # why it stopped, once it has
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "app.sandbox"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, env=_child_environment(),
+            preexec_fn=_confine(budget.memory_mb))
+        self._deadline = time.monotonic() + budget.seconds
+        self._buffer = b""
+        self._watching = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_memory, name="sandbox-memory",
+                                         daemon=True)
+        self._watcher.start()
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, budget: Budget) -> Iterator[Sandbox]:
+        sandbox = cls(budget)
+        try:
+            yield sandbox
+        finally:
+            sandbox.close()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    # the three calls
+
+    def load(self, rulesets: Mapping[str, Ruleset], policies: PolicySet | None, *,
+             governance_path: str, access_path: str, limits: Limits) -> None:
+        """The candidates, into the child: RulesetInvalid or PolicyInvalid if it refuses
+        them (the C core, OPA's compiler, a built-in that reaches outside)."""
+        self._call({"op": "load",
+                    "rulesets": {r.file: r.source for r in rulesets.values()},
+                    "policies": dict(policies.sources) if policies is not None else None,
+                    "governance_path": governance_path, "access_path": access_path,
+                    "limits": dataclasses.asdict(limits)})
+
+    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
+        """A candidate ruleset over `facts`: an `Evaluator` for `make_decision`."""
+        return Evaluation.from_dict(self._call(
+            {"op": "evaluate", "ruleset": ruleset.name, "facts": list(facts)}))
+
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer:
+        answer = self._call({"op": "decide", "path": path, "common": common, "items": items,
+                             "item_key": item_key})
+        return Answer([result.get("value", UNDEFINED) for result in answer["results"]],
+                      answer["revision"])
+
+    # the wire
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        if self.failure is not None:
+            raise CandidateFailed(f"not run: {self.failure}")
+        deadline = (time.monotonic() + self.budget.seconds if self.budget.per_call
+                    else self._deadline)
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(orjson.dumps(request) + b"\n")
+            self._process.stdin.flush()
+            line = self._read_line(deadline)
+        except (BrokenPipeError, OSError, EOFError):
+            line = None
+        if line is None:
+            self._stop(self.failure or self._exit_reason())
+            raise CandidateFailed(str(self.failure))
+        reply = orjson.loads(line)
+        if "error" in reply:
+            raise _error_from(reply["error"])
+        return reply["ok"]
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        """A line from the child, or None when it stops or the deadline passes (then the
+        failure says so)."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(stdout, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    self.failure = self.failure or (
+                        f"the candidate ran past its time budget of {self.budget.seconds:g} s"
+                        " (DECISION_WHATIF_SECONDS)")
+                    return None
+                chunk = os.read(stdout.fileno(), 1 << 20)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _watch_memory(self) -> None:
+        limit = self.budget.memory_mb * 2**20
+        while not self._watching.wait(_WATCH_SECONDS):
+            if self._process.poll() is not None:
+                return
+            if _resident_bytes(self._process.pid) > limit:
+                self._stop(f"the candidate used more than {self.budget.memory_mb} MB "
+                           "(DECISION_WHATIF_MEMORY_MB)")
+                return
+
+    def _exit_reason(self) -> str:
+        code = self._process.wait()
+        self._stderr.seek(0)
+        tail = self._stderr.read()[-300:].decode(errors="replace").strip()
+        return f"the sandbox stopped (exit code {code})" + (f": {tail}" if tail else "")
+
+    def _stop(self, reason: str) -> None:
+        if self.failure is None or self.failure == reason:
+            self.failure = reason
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+
+    def close(self) -> None:
+        self._watching.set()
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._stderr.close()
+        self._watcher.join(1)
+
+
+class SandboxedPolicyEngine:
+    """Candidate policies as a `PolicyEngine`: each decision asks the sandbox."""
+
+    kind = "sandbox"
+
+    def __init__(self, sandbox: Sandbox, revision: str) -> None:
+        self.sandbox = sandbox
+        self._revision = revision
+
+    @property
+    def revision(self) -> str:
+        return self._revision
+
+    @property
+    def policy_set(self) -> PolicySet | None:
+        return None  # candidates are never archived
+
+    def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
+               item_key: str = "action") -> Answer:
+        return self.sandbox.decide(path, common, items, item_key=item_key)
+
+    def readiness(self) -> str:
+        return self.sandbox.failure or "ok"
+
+
+def _resident_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _child_environment() -> dict[str, str]:
+    """What the child inherits: how to find Python and this package, the Go runtime's
+    settings, nothing else (no proxies, credentials or service settings)."""
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "GOGC", "GOMAXPROCS")
+    return {key: os.environ[key] for key in keep if key in os.environ} | {
+        "GOGC": os.environ.get("GOGC", "400"), "GOMAXPROCS": "1"}
+
+
+def _confine(memory_mb: int) -> Any:
+    def confine() -> None:  # runs in the child, between fork and exec
+        os.nice(10)
+        ceiling = memory_mb * 2**20 + _ADDRESS_SPACE_HEADROOM
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the worker
+            if libc.unshare(_CLONE_NEWNET) != 0:  # root; else a user namespace may
+                libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
+    return confine
+
+
+_ERRORS = {cls.__name__: cls for cls in (
+    errors.EvaluationFailed, errors.EvaluationTimeout, errors.PolicyUnavailable)}
+
+
+def _error_from(error: dict[str, Any]) -> DecisionServiceError:
+    kind, detail = error["class"], error["detail"]
+    if kind == "RulesetInvalid":
+        return errors.RulesetInvalid([RuleProblem(**p) for p in error["problems"]])
+    if kind == "PolicyInvalid":
+        return errors.PolicyInvalid([PolicyProblem(**p) for p in error["problems"]])
+    if kind == "InvalidInput":
+        return errors.InvalidInput(detail, [InvalidParam(**p) for p in error["params"]])
+    return _ERRORS.get(kind, CandidateFailed)(detail)
+
+
+# --- the child's side --------------------------------------------------------------------
+
+
+def _error_reply(exc: DecisionServiceError) -> dict[str, Any]:
+    error: dict[str, Any] = {"class": type(exc).__name__, "detail": exc.detail}
+    if isinstance(exc, errors.RulesetInvalid | errors.PolicyInvalid):
+        error["problems"] = [dataclasses.asdict(p) for p in exc.problems]
+    elif isinstance(exc, errors.InvalidInput):
+        error["params"] = [p.as_dict() for p in exc.invalid_params]
+    return {"error": error}
+
+
+class _Child:
+    """What the child holds between calls: the candidates, loaded."""
+
+    def __init__(self) -> None:
+        self.rulesets: dict[str, Ruleset] = {}
+        self.engine: Any = None
+        self.limits = Limits()
+
+    def load(self, request: dict[str, Any]) -> dict[str, Any]:
+        from app.policy.engines import EmbeddedPolicyEngine
+        from app.rules import engine, parse_ruleset
+
+        self.limits = Limits(**request["limits"])
+        for file, source in request["rulesets"].items():
+            ruleset = parse_ruleset(source, file)
+            engine.register(ruleset)
+            self.rulesets[ruleset.name] = ruleset
+        if request["policies"] is not None:
+            policies = PolicySet.from_sources(request["policies"])
+            self.engine = EmbeddedPolicyEngine(None, policies=policies)
+        return {"rulesets": {r.name: r.version for r in self.rulesets.values()}}
+
+    def evaluate(self, request: dict[str, Any]) -> dict[str, Any]:
+        from app.rules import evaluate
+
+        ruleset = self.rulesets[request["ruleset"]]
+        return evaluate(ruleset, request["facts"], limits=self.limits).as_dict()
+
+    def decide(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer = self.engine.decide(request["path"], request["common"], request["items"],
+                                    item_key=request["item_key"])
+        return {"results": [{} if r is UNDEFINED else {"value": r} for r in answer.results],
+                "revision": answer.revision}
+
+
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    child = _Child()
+    calls = {"load": child.load, "evaluate": child.evaluate, "decide": child.decide}
+    for line in stdin:
+        request = orjson.loads(line)
+        try:
+            reply = {"ok": calls[request["op"]](request)}
+        except DecisionServiceError as exc:
+            reply = _error_reply(exc)
+        stdout.write(orjson.dumps(reply) + b"\n")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
