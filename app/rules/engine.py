@@ -72,6 +72,11 @@ _LOCK = threading.RLock()
 _HANDLES: dict[str, int] = {}  # engine name -> handle, for the life of the process
 _FIELDS: dict[str, frozenset[str]] = {}  # engine name -> the fields its conditions read
 _RULES: dict[str, dict[str, Rule]] = {}  # engine name -> rule key -> rule
+# engine name -> per rule with a join: its name and, per alias, the types it could match
+# (None: any), for the join bound
+_JOINS: dict[str, list[tuple[str, tuple[tuple[str, ...] | None, ...]]]] = {}
+# engine name -> (fact type -> the joins a fact of it adds to, the joins any fact adds to)
+_JOINING: dict[str, tuple[dict[str, list[int]], list[int]]] = {}
 _TAGS = itertools.count(1)
 
 
@@ -179,6 +184,16 @@ def register(ruleset: Ruleset) -> None:
                 ruleset.engine_name, json.dumps(definition))
             _FIELDS[ruleset.engine_name] = core_fields(ruleset)
             _RULES[ruleset.engine_name] = {rule_key(r.index): r for r in ruleset.rules}
+            joins = [(rule.name, tuple(pattern.fact_types for pattern in rule.when))
+                     for rule in ruleset.rules if len(rule.when) > 1]
+            _JOINS[ruleset.engine_name] = joins
+            anything = [i for i, (_, aliases) in enumerate(joins) if None in aliases]
+            joining: dict[str, list[int]] = {}
+            for index, (_, aliases) in enumerate(joins):
+                for fact_type in {t for fact_types in aliases for t in fact_types or ()}:
+                    joining.setdefault(fact_type, []).append(index)
+            _JOINING[ruleset.engine_name] = (
+                {t: sorted({*found, *anything}) for t, found in joining.items()}, anything)
         except core.error as exc:
             raise RulesetInvalid(_locate_refusal(ruleset, definition, exc)) from exc
 
@@ -229,6 +244,11 @@ class _Run:
         self.limits = limits
         self.deadline = time.monotonic() + limits.seconds
         self.rules = _RULES[ruleset.engine_name]
+        self.joins = _JOINS[ruleset.engine_name]
+        self._join_work = [0] * len(self.joins)  # per join: its bound as the facts stand
+        self._join_total = 0
+        self._joining, self._joining_any = _JOINING[ruleset.engine_name]
+        self._counts: dict[str, int] = {}  # fact type -> facts of it so far
         self.core_fields = _FIELDS[ruleset.engine_name]
         self.tag = str(next(_TAGS))
         self.facts: list[EngineFact] = []
@@ -247,6 +267,7 @@ class _Run:
         engine_fact: EngineFact = {**data, **meta}
         self.facts.append(engine_fact)
         self._by_type.setdefault(fact_type, []).append(engine_fact)
+        self._counts[fact_type] = self._counts.get(fact_type, 0) + 1
         self._by_engine_id[engine_id] = engine_fact
         view = core_view({key: data[key] for key in self.core_fields & data.keys()})
         view.update(meta)
@@ -268,31 +289,30 @@ class _Run:
             self._retract_all()  # retracting a fact the core never took is harmless
         return self.result
 
-    def _check_joins(self) -> None:
-        """EvaluationFailed if a rule's joins could build more candidate matches than the
-        limit, as the facts stand now (before each assert: derived facts add to them)."""
-        total = 0
-        for rule in self.ruleset.rules:
-            if len(rule.when) < 2:
-                continue
+    def _check_joins(self, fact_type: str | None = None) -> None:
+        """EvaluationFailed if the rules' joins could build more candidate matches than the
+        limit, as the facts stand now: all of them before the first assert, then before
+        each derived fact those of the rules it joins (`fact_type`)."""
+        counts, everything = self._counts, len(self.facts)
+        indexes = range(len(self.joins)) if fact_type is None else self._joining.get(
+            fact_type, self._joining_any)
+        for index in indexes:
+            name, aliases = self.joins[index]
             product, work = 1, 0
-            for position, pattern in enumerate(rule.when):
-                product *= self._could_match(pattern.fact_types)
+            for position, fact_types in enumerate(aliases):
+                product *= everything if fact_types is None else sum(
+                    counts.get(t, 0) for t in fact_types)
                 if position:
                     work += product
-            total += work
-            if total > self.limits.join_candidates:
-                counts = ", ".join(f"{t}: {len(self._by_type.get(t, ()))}" for t in sorted(
-                    {t for p in rule.when for t in p.fact_types or ()}))
+            self._join_total += work - self._join_work[index]
+            self._join_work[index] = work
+            if self._join_total > self.limits.join_candidates:
+                types = sorted({t for fact_types in aliases for t in fact_types or ()})
                 raise EvaluationFailed(
-                    f"rule {rule.name} could join these facts into {work:,} candidate matches "
-                    f"({counts or 'any type'}); at most {self.limits.join_candidates:,} are "
-                    "allowed in one evaluation (DECISION_MAX_JOIN_CANDIDATES)")
-
-    def _could_match(self, fact_types: tuple[str, ...] | None) -> int:
-        if fact_types is None:
-            return len(self.facts)
-        return sum(len(self._by_type.get(t, ())) for t in fact_types)
+                    f"rule {name} could join these facts into {work:,} candidate matches "
+                    f"({', '.join(f'{t}: {counts.get(t, 0)}' for t in types) or 'any type'});"
+                    f" at most {self.limits.join_candidates:,} are allowed in one evaluation "
+                    "(DECISION_MAX_JOIN_CANDIDATES)")
 
     def _check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -352,7 +372,7 @@ class _Run:
                                           "department": DERIVED_DEPARTMENT, "data": data,
                                           "rule": rule.name})
         view = self._engine_fact(fact_id, step.type, DERIVED_DEPARTMENT, data)
-        self._check_joins()
+        self._check_joins(step.type)
         self._check_time()
         core.assert_fact(self.handle, jsontext.dumps(view))
 
