@@ -430,3 +430,19 @@ def test_a_decision_past_its_time_is_a_503_that_names_the_setting(make_app: AppF
     assert slow.status_code == 503
     assert slow.headers["Retry-After"]
     assert "DECISION_MAX_EVALUATION_SECONDS" in slow.get_json()["detail"]
+
+
+@pytest.mark.parametrize(("amount", "available", "fires"), [
+    (1e16, 1e20, "budget_confirmed"), (1e20, 1e16, "budget_shortfall"),
+    (1e308, 5e-324, "budget_shortfall"), (2**53 + 1, 2.0**53, "budget_shortfall"),
+    (2.0**53, 2**53, "budget_confirmed")])
+def test_numbers_the_rule_engine_misreads_decide_right_over_http(
+        make_app: AppFactory, amount: float, available: float, fires: str) -> None:
+    client = make_app().test_client()
+    facts = case("PR-N")
+    facts[0]["data"]["amount"], facts[1]["data"]["available"] = amount, available
+    assert client.post("/v1/facts", json={"facts": facts}).status_code == 201
+    record = decide(client, "PR-N")
+    fired = {f["rule"] for f in record["fired"]}
+    assert fires in fired and ({"budget_confirmed", "budget_shortfall"} - {fires}).isdisjoint(
+        fired)
