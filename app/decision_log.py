@@ -136,10 +136,15 @@ class DecisionLog:
             raw = self._redis.get(keys.idempotency(subject, claim.caller, claim.key))
         if raw is None:
             return None
-        remembered = json.loads(cast(str, raw))
-        if remembered["fingerprint"] != claim.fingerprint:
+        return self._earlier(cast(str, raw), claim)
+
+    def _earlier(self, remembered: str, claim: IdempotencyClaim) -> Recorded:
+        """The decision an Idempotency-Key remembers, if the request is the same; Conflict
+        if the key was used for a different one (also when two raced for it)."""
+        earlier = json.loads(remembered)
+        if earlier["fingerprint"] != claim.fingerprint:
             raise Conflict(f"Idempotency-Key {claim.key!r} was used for a different request")
-        return Recorded(self.get(remembered["decision_id"]), replayed=True)
+        return Recorded(self.get(earlier["decision_id"]), replayed=True)
 
     def commit(self, record: dict[str, Any], *, enqueue: list[dict[str, Any]],
                idempotency: IdempotencyClaim | None = None,
@@ -197,7 +202,8 @@ class DecisionLog:
                     [*script_keys, keys.decision_subject(decision_id), keys.dispatch_due(),
                      *archive], [*args, *archive.values()])], scripts=[self._commit])
         if result[0] == "replayed":
-            return Recorded(self.get(json.loads(result[1])["decision_id"]), replayed=True)
+            assert idempotency is not None
+            return self._earlier(result[1], idempotency)
         earlier = dict(zip(result[1::2], result[2::2], strict=True))
         if not earlier:
             return Recorded(record, replayed=False, text=text)

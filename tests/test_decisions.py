@@ -446,3 +446,36 @@ def test_numbers_the_rule_engine_misreads_decide_right_over_http(
     fired = {f["rule"] for f in record["fired"]}
     assert fires in fired and ({"budget_confirmed", "budget_shortfall"} - {fires}).isdisjoint(
         fired)
+
+
+def test_racing_requests_with_one_key_and_different_bodies_get_one_201_and_one_409(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both get past the first look for the key before either records: the commit script
+    must still compare the requests."""
+    import threading
+
+    import app.service
+
+    app_ = make_app()
+    both_deciding = threading.Barrier(2, timeout=10)
+    real = app.service.make_decision
+
+    def in_step(**kwargs: Any) -> Any:
+        both_deciding.wait()
+        return real(**kwargs)
+
+    monkeypatch.setattr(app.service, "make_decision", in_step)
+    answers: list[int] = []
+
+    def post(dry_run: bool) -> None:
+        response = app_.test_client().post(
+            "/v1/decisions", headers={"Idempotency-Key": "race-1"},
+            json={"subject": "PR-R", "ruleset": "procurement", "dry_run": dry_run})
+        answers.append(response.status_code)
+
+    threads = [threading.Thread(target=post, args=(flag,)) for flag in (False, True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [201, 409]
