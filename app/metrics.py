@@ -1,9 +1,11 @@
 """Metrics: counters and histograms kept per process, summed in Redis, shown at /metrics.
 
 Every process (each gunicorn worker, each `decision-service worker`) counts in memory
-and adds its counts to one Redis hash about once a second, in one round trip; the
-hash is what `/metrics` renders, so any worker answering a scrape shows the totals of
-all of them. Gauges (outbox depth, versions in use) are read when scraped.
+and adds its counts to one Redis hash about once a second, in one round trip, as it
+counts (a background thread is not needed for it); the hash is what `/metrics` renders,
+so any worker answering a scrape shows the totals of all of them. Counts are integers
+in Redis (HINCRBY) and on the page, exactly; sums of seconds are floats. Gauges (outbox
+depth, versions in use) are read when scraped.
 """
 
 from __future__ import annotations
@@ -64,28 +66,40 @@ class Metrics:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis_client
         self._lock = threading.Lock()
-        self._pending: dict[str, float] = {}
+        self._pending: dict[str, int | float] = {}  # counts are ints, sums of seconds floats
         self._flush_every = flush_every_seconds
         self._clock = clock
-        self._flushed_at = float("-inf")
+        self._flushed_at = clock()
 
-    def inc(self, name: str, labels: Mapping[str, str], value: float = 1.0) -> None:
-        field = _field(name, labels)
+    def _add(self, field: str, value: int | float) -> None:
         with self._lock:
-            self._pending[field] = self._pending.get(field, 0.0) + value
+            self._pending[field] = self._pending.get(field, 0) + value
+
+    def inc(self, name: str, labels: Mapping[str, str], value: int = 1) -> None:
+        self._add(_field(name, labels), value)
+        self._publish_when_due()
 
     def observe(self, name: str, labels: Mapping[str, str], seconds: float) -> None:
         bucket = BUCKETS[bisect.bisect_left(BUCKETS, seconds)] if seconds <= BUCKETS[-1] \
             else "+Inf"
-        with self._lock:
-            for field, value in ((_field(name + "_bucket", {**labels, "le": str(bucket)}), 1.0),
-                                 (_field(name + "_count", labels), 1.0),
-                                 (_field(name + "_sum", labels), seconds)):
-                self._pending[field] = self._pending.get(field, 0.0) + value
+        self._add(_field(name + "_bucket", {**labels, "le": str(bucket)}), 1)
+        self._add(_field(name + "_count", labels), 1)
+        self._add(_field(name + "_sum", labels), float(seconds))
+        self._publish_when_due()
+
+    def _publish_when_due(self) -> None:
+        """Counting publishes too, at most once a flush period: a process with no
+        background worker (or one that is busy) still adds its counts to the totals."""
+        if self._clock() - self._flushed_at < self._flush_every:
+            return
+        try:
+            self.flush()
+        except Exception as exc:  # counting never fails a request: the counts are kept
+            log.debug("metrics not published yet: %s", exc)
 
     def flush(self, *, force: bool = False) -> None:
-        """Add what this process counted to the shared totals (at most once a second, unless
-        forced)."""
+        """Add what this process counted to the shared totals (at most once a flush period,
+        unless forced): counts exactly, as integers; sums of seconds as floats."""
         if not force and self._clock() - self._flushed_at < self._flush_every:
             return
         self._flushed_at = self._clock()
@@ -96,12 +110,15 @@ class Metrics:
         try:
             with unavailable_on_outage(), self._redis.pipeline(transaction=False) as pipe:
                 for field, value in pending.items():
-                    pipe.hincrbyfloat(keys.metrics(), field, value)
+                    if isinstance(value, int):
+                        pipe.hincrby(keys.metrics(), field, value)
+                    else:
+                        pipe.hincrbyfloat(keys.metrics(), field, value)
                 pipe.execute()
         except Exception:
             with self._lock:  # keep them for the next flush
                 for field, value in pending.items():
-                    self._pending[field] = self._pending.get(field, 0.0) + value
+                    self._pending[field] = self._pending.get(field, 0) + value
             raise
 
     def render(self, gauges: Iterable[tuple[str, str, Mapping[str, str], float]]) -> str:
@@ -110,29 +127,45 @@ class Metrics:
         self.flush(force=True)
         with unavailable_on_outage():
             totals = cast(dict[str, str], self._redis.hgetall(keys.metrics()))
-        series: dict[str, list[tuple[str, float]]] = {}
+        series: dict[str, list[tuple[str, int | float]]] = {}
         for field, total in totals.items():
             name, _, labels = field.partition("|")
-            series.setdefault(name, []).append((labels, float(total)))
+            series.setdefault(name, []).append((labels, _number(total)))
         lines: list[str] = []
         for base, (kind, text) in HELP.items():
             lines += [f"# HELP {base} {text}", f"# TYPE {base} {kind}"]
             if kind == "counter":
-                lines += [f"{base}{_labels_text(pairs)} {total:g}"
+                lines += [f"{base}{_labels_text(pairs)} {_text(total)}"
                           for pairs, total in sorted(series.get(base, []))]
             else:
                 lines += _histogram(base, series)
         for gauge, gauge_help, gauge_labels, value in gauges:
             if f"# TYPE {gauge} gauge" not in lines:
                 lines += [f"# HELP {gauge} {gauge_help}", f"# TYPE {gauge} gauge"]
-            lines.append(f"{gauge}{_labels_text(_pairs(gauge_labels))} {value:g}")
+            lines.append(f"{gauge}{_labels_text(_pairs(gauge_labels))} {_text(value)}")
         return "\n".join(lines) + "\n"
 
 
-def _histogram(base: str, series: dict[str, list[tuple[str, float]]]) -> list[str]:
+def _number(text: str) -> int | float:
+    """A total as Redis holds it: an integer count, or a float sum."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _text(value: int | float) -> str:
+    """Exactly: an integer as its digits, a float as the shortest text that reads back the
+    same (never %g, which turned 1234567 into 1.23457e+06)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return str(value) if isinstance(value, int) else repr(value)
+
+
+def _histogram(base: str, series: dict[str, list[tuple[str, int | float]]]) -> list[str]:
     """Cumulative buckets from the per-bucket counts the processes add up."""
     lines: list[str] = []
-    by_labels: dict[str, dict[str, float]] = {}
+    by_labels: dict[str, dict[str, int | float]] = {}
     for labels, value in series.get(base + "_bucket", []):
         pairs = dict(pair.split("=", 1) for pair in labels.split(","))
         le = pairs.pop("le")
@@ -141,13 +174,13 @@ def _histogram(base: str, series: dict[str, list[tuple[str, float]]]) -> list[st
     sums = dict(series.get(base + "_sum", []))
     counts = dict(series.get(base + "_count", []))
     for labels in sorted(by_labels):
-        running = 0.0
+        running: int | float = 0
         for bound in [*map(str, BUCKETS), "+Inf"]:
-            running += by_labels[labels].get(bound, 0.0)
+            running += by_labels[labels].get(bound, 0)
             le = _labels_text(",".join(filter(None, [labels, f"le={bound}"])))
-            lines.append(f"{base}_bucket{le} {running:g}")
-        lines.append(f"{base}_sum{_labels_text(labels)} {sums.get(labels, 0.0):g}")
-        lines.append(f"{base}_count{_labels_text(labels)} {counts.get(labels, 0.0):g}")
+            lines.append(f"{base}_bucket{le} {_text(running)}")
+        lines.append(f"{base}_sum{_labels_text(labels)} {_text(sums.get(labels, 0.0))}")
+        lines.append(f"{base}_count{_labels_text(labels)} {_text(counts.get(labels, 0))}")
     return lines
 
 

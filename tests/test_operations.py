@@ -152,3 +152,30 @@ def test_traceparent_goes_to_the_opa_sidecar_and_the_executor(
         flask_app.extensions["decision_service"].close()
         opa.close()
         executor.stop()
+
+
+def test_counts_past_ten_million_are_exact(redis_client: redis.Redis) -> None:
+    from app.metrics import Metrics
+
+    metrics = Metrics(redis_client)
+    for value in (12_345_678, 2**53 + 1, 1):
+        metrics.inc("decision_decisions_total", {"ruleset": "big"}, value)
+    metrics.observe("decision_duration_seconds", {"ruleset": "big"}, 0.000123456789)
+    text = metrics.render([])
+    assert f'decision_decisions_total{{ruleset="big"}} {12_345_678 + 2**53 + 2}\n' in text
+    assert 'decision_duration_seconds_sum{ruleset="big"} 0.000123456789\n' in text
+    assert 'decision_duration_seconds_count{ruleset="big"} 1\n' in text
+    assert "e+" not in text
+
+
+def test_counts_are_published_without_a_background_worker(redis_client: redis.Redis) -> None:
+    from app.metrics import Metrics
+
+    now = [0.0]
+    counting = Metrics(redis_client, clock=lambda: now[0])
+    scraping = Metrics(redis_client)
+    counting.inc("decision_decisions_total", {"ruleset": "r"})
+    assert "decision_decisions_total{" not in scraping.render([])
+    now[0] = 1.5  # a second later this process counts again, and publishes as it does
+    counting.inc("decision_decisions_total", {"ruleset": "r"})
+    assert 'decision_decisions_total{ruleset="r"} 2\n' in scraping.render([])
