@@ -288,7 +288,10 @@ def actions_failed(limit: int) -> None:
 @click.argument("action_id", required=False)
 @click.option("--all", "everything", is_flag=True, help="every parked action")
 def actions_redrive(decision_id: str | None, action_id: str | None, everything: bool) -> None:
-    """Put a parked action (or --all) back into delivery, with its attempts reset."""
+    """Put a parked action (or --all) back into delivery, with its attempts reset, if the
+    policies now in force allow it (else it stays parked, the new verdict recorded)."""
+    from app.errors import RedriveRefused
+
     service = _open_service()
     try:
         if everything:
@@ -298,9 +301,14 @@ def actions_redrive(decision_id: str | None, action_id: str | None, everything: 
             targets = [(service.decisions.get(decision_id)["subject"], decision_id, action_id)]
         else:
             raise click.UsageError("give DECISION_ID ACTION_ID, or --all")
-        for subject, decision, action in targets:
-            service.outbox.redrive(subject, decision, action)
-        click.echo(f"{len(targets)} action(s) queued again")
+        queued = 0
+        for _, decision, action in targets:
+            try:
+                service.redrive(decision, action)
+                queued += 1
+            except RedriveRefused as exc:
+                click.echo(f"{decision} {action}: {exc.detail}", err=True)
+        click.echo(f"{queued} of {len(targets)} action(s) queued again")
     finally:
         service.close()
 

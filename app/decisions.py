@@ -95,13 +95,9 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
     """Evaluate the rules over `facts`, ask the policy gate about every proposed action (one
     round trip), and build the decision record."""
     evaluation = evaluator(ruleset, facts)
-    decision_meta = {"id": decision_id, "ruleset": ruleset.name,
-                     "ruleset_version": ruleset.version, "dry_run": dry_run,
-                     "created_at": created_at}  # policies that need "now" read this: replayable
-    # The gate judges on the departments' own facts, not on what the rules derived from them.
-    seen = [{key: fact[key] for key in ("id", "type", "department", "data")} for fact in facts]
-    common = {"subject": subject, "facts": seen, "decision": decision_meta,
-              "caller": {"id": caller.id, "departments": list(caller.departments)}}
+    common = _gate_input(decision_id=decision_id, subject=subject, ruleset=ruleset.name,
+                         version=ruleset.version, facts=facts, caller=caller.as_input(),
+                         dry_run=dry_run, created_at=created_at)
     proposed = [action.as_dict() for action in evaluation.actions]
     verdicts = gate.check(common, proposed)
     actions = []
@@ -122,6 +118,29 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
     to_enqueue = [{key: a[key] for key in ("id", "type", "params", "rule")}
                   for a in actions if a["status"] == QUEUED]
     return Decision(record, to_enqueue)
+
+
+def _gate_input(*, decision_id: str, subject: str, ruleset: str, version: str,
+                facts: Iterable[Mapping[str, Any]], caller: Mapping[str, Any], dry_run: bool,
+                created_at: str) -> dict[str, Any]:
+    """What the policy gate is given beside each action. It judges on the departments' own
+    facts, not on what the rules derived from them; `created_at` is the decision's time:
+    policies that need "now" read it, so that replays agree."""
+    return {"subject": subject,
+            "facts": [{key: fact[key] for key in ("id", "type", "department", "data")}
+                      for fact in facts],
+            "decision": {"id": decision_id, "ruleset": ruleset, "ruleset_version": version,
+                         "dry_run": dry_run, "created_at": created_at},
+            "caller": {"id": caller["id"], "departments": list(caller["departments"])}}
+
+
+def gate_input_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate's input of a recorded decision, to ask the policies again (a re-drive).
+    Fields masked in the record are masked here too."""
+    return _gate_input(decision_id=record["decision_id"], subject=record["subject"],
+                       ruleset=record["ruleset"]["name"], version=record["ruleset"]["version"],
+                       facts=record["facts"], caller=record["caller"],
+                       dry_run=record["dry_run"], created_at=record["created_at"])
 
 
 def _header(*, decision_id: str, subject: str, created_at: str, ruleset: Ruleset,

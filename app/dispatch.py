@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,12 +39,18 @@ from app.http_client import Endpoint
 from app.logs import log_context, traceparent
 from app.metrics import Metrics, label_value
 from app.schemas import invalid_params
-from app.store import Schedule, in_order, unavailable_on_outage
+from app.store import in_order, is_cluster, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 DELIVERY_THREADS = 8  # deliveries of one claimed batch in flight at once
+
+
+def lease_margin(lease_seconds: float) -> float:
+    """How long before its claim's lease an attempt must end, so that its outcome is
+    recorded while the claim still holds (the fence refuses it if it does not)."""
+    return min(1.0, lease_seconds / 10)
 DEFAULT_MAX_ATTEMPTS = 8
 # 4xx answers that a later attempt may turn around; any other 4xx parks the action at once.
 _RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
@@ -94,11 +101,12 @@ class Executors:
     def check_lease(self, lease_seconds: float) -> None:
         """A delivery must be able to finish within the lease that holds it."""
         for action, executor in self._by_type.items():
-            if executor.timeout_seconds >= lease_seconds:
+            if executor.timeout_seconds + lease_margin(lease_seconds) >= lease_seconds:
                 raise ConfigurationError(
                     f"DECISION_DISPATCH_LEASE_SECONDS ({lease_seconds:g}) must be longer than "
                     f"every executor's timeout_seconds ({executor.timeout_seconds:g} for "
-                    f"{action})")
+                    f"{action}) and a tenth more (at most 1 s), the time to record the "
+                    "outcome")
 
     def get(self, action_type: str) -> Executor | None:
         return self._by_type.get(action_type)
@@ -119,21 +127,87 @@ def parse_member(member: str) -> tuple[str, str, str]:
     return subject, decision_id, action_id
 
 
+# KEYS: the schedule, the fence counter; ARGV: now_ms, limit, lease_ms. Takes the due
+# members, pushes each one lease into the future so that no other worker takes it
+# meanwhile, and returns a new fencing token (a counter) first: every change this claim
+# makes must carry it, and a later claim's larger token makes it stale.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then return {} end
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
+end
+local token = redis.call('INCR', KEYS[2])
+table.insert(due, 1, tostring(token))
+return due
+"""
+
+# KEYS: the subject's outbox, its fences; ARGV: the entry's field, the claim's token.
+# The entry, now held by this token, unless it is gone or a later claim holds it.
+_ADOPT = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return false end
+local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if fence > tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return entry
+"""
+
+# KEYS: the subject's outbox, its fences, the decision's action statuses[, on a single
+# server also the schedule and the parked list: then the whole change is one step];
+# ARGV: field, token ('' for an operator, who holds no claim), action id, status JSON,
+# entry JSON ('' removes it), schedule move ('due', 'delivered' or 'parked'), its time
+# (ms), the schedule member. Returns 0, changing nothing, when the claim has moved on:
+# the entry is gone (delivered by another worker) or a later claim holds it.
+_CHANGE = """
+if ARGV[2] ~= '' then
+  if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+end
+if #KEYS > 3 then
+  local move, at, member = ARGV[6], ARGV[7], ARGV[8]
+  if move == 'due' then
+    redis.call('ZADD', KEYS[4], at, member)
+    redis.call('ZREM', KEYS[5], member)
+  elseif move == 'delivered' then
+    redis.call('ZREM', KEYS[4], member)
+  else
+    redis.call('ZADD', KEYS[5], at, member)
+    redis.call('ZREM', KEYS[4], member)
+  end
+end
+return 1
+"""
+
+
 class Outbox:
     """The Redis side of dispatch: entries, their schedule, their status in the decision.
 
     An entry lives in its subject's outbox hash; the schedule and the parked list live in
-    the dispatch hash slot. Each change below touches both, in one transaction on a single
-    Redis and in the order written on Redis Cluster (see `store.in_order`), chosen so that
-    a crash between two steps at worst delivers an entry again under the same
-    Idempotency-Key, one lease later."""
+    the dispatch hash slot. Every change by a dispatcher carries the fencing token of its
+    claim and is refused, inside the script, when a later claim holds the entry or the
+    entry is gone: a worker whose delivery outlived its lease cannot undo what the worker
+    that took over did. On a single Redis a change is one script; on Redis Cluster the
+    entry's part runs first and the schedule's after, in an order where a crash between
+    two steps at worst delivers an entry again under the same Idempotency-Key, one lease
+    later. Parked entries are removed with their decision, after the retention period."""
 
     def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock,
-                 hold_seconds: float = 30.0) -> None:
+                 hold_seconds: float = 30.0, retention_seconds: int = 2592000) -> None:
         self._redis = redis_client
         self._clock = clock
         self.hold_ms = int(hold_seconds * 1000)
-        self._schedule = Schedule(redis_client, keys.dispatch_due())
+        self.retention_ms = retention_seconds * 1000
+        self._claim = redis_client.register_script(_CLAIM)
+        self._adopt = redis_client.register_script(_ADOPT)
+        self._change_script = redis_client.register_script(_CHANGE)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -166,9 +240,22 @@ class Outbox:
         now = self._now_ms()
         return lambda r: r.zadd(keys.dispatch_due(), dict.fromkeys(members, now))
 
-    def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
-        return self._schedule.claim(now_ms=self._now_ms(), limit=limit,
-                                    lease_seconds=lease_seconds)
+    def claim(self, *, limit: int, lease_seconds: float) -> tuple[int, list[str]]:
+        """(the claim's fencing token, the due members it holds for `lease_seconds`)."""
+        with unavailable_on_outage():
+            claimed = cast(list[str], self._claim(
+                keys=[keys.dispatch_due(), keys.dispatch_fence()],
+                args=[self._now_ms(), limit, int(lease_seconds * 1000)]))
+        return (int(claimed[0]), claimed[1:]) if claimed else (0, [])
+
+    def adopt(self, member: str, token: int) -> dict[str, Any] | None:
+        """The member's entry, now held by this claim; None when it is gone (delivered, or
+        never written) or a later claim holds it."""
+        subject, decision_id, action_id = parse_member(member)
+        with unavailable_on_outage():
+            raw = self._adopt(keys=[keys.outbox(subject), keys.outbox_fences(subject)],
+                              args=[f"{decision_id}:{action_id}", token])
+        return None if raw is None else json.loads(cast(str, raw))
 
     def entry(self, member: str) -> dict[str, Any] | None:
         subject, decision_id, action_id = parse_member(member)
@@ -182,45 +269,62 @@ class Outbox:
         with unavailable_on_outage():
             self._redis.zrem(keys.dispatch_due(), member)
 
-    def _change(self, member: str, entry: dict[str, Any] | None, status: dict[str, Any],
-                schedule: list[Callable[[Any], Any]]) -> None:
-        """The entry (None: removed) and its status in the decision, then the schedule."""
+    def _change(self, member: str, token: int | None, entry: dict[str, Any] | None,
+                status: dict[str, Any], move: str, at_ms: int) -> bool:
+        """The entry (None: removed) and its status in the decision, then the schedule
+        (`move`: due at `at_ms`, delivered, or parked at `at_ms`): False, changing nothing,
+        if `token`'s claim has moved on (None: an operator's change, not fenced)."""
         subject, decision_id, action_id = parse_member(member)
-        field = f"{decision_id}:{action_id}"
-        status_key = keys.decision_action_status(subject, decision_id)
-        calls: list[Callable[[Any], Any]] = [
-            lambda r: r.hset(status_key, action_id, json.dumps(status)),
-            (lambda r: r.hdel(keys.outbox(subject), field)) if entry is None else
-            (lambda r: r.hset(keys.outbox(subject), field, json.dumps(entry))),
-            *schedule,
-        ]
+        subject_keys = [keys.outbox(subject), keys.outbox_fences(subject),
+                        keys.decision_action_status(subject, decision_id)]
+        args = [f"{decision_id}:{action_id}", "" if token is None else token, action_id,
+                json.dumps(status), "" if entry is None else json.dumps(entry), move, at_ms,
+                member]
         with unavailable_on_outage():
+            if not is_cluster(self._redis):
+                return bool(self._change_script(
+                    keys=[*subject_keys, keys.dispatch_due(), keys.dispatch_failed()],
+                    args=args))
+            if not self._change_script(keys=subject_keys, args=args):
+                return False
+            if move == "due":
+                calls: list[Callable[[Any], Any]] = [
+                    lambda r: r.zadd(keys.dispatch_due(), {member: at_ms}),
+                    lambda r: r.zrem(keys.dispatch_failed(), member)]
+            elif move == "delivered":
+                calls = [lambda r: r.zrem(keys.dispatch_due(), member)]
+            else:  # listed as parked first: a crash before the second step is repaired
+                calls = [lambda r: r.zadd(keys.dispatch_failed(), {member: at_ms}),
+                         lambda r: r.zrem(keys.dispatch_due(), member)]
             in_order(self._redis, calls)
+        return True
 
-    def delivered(self, member: str, entry: dict[str, Any], attempts: int) -> None:
-        self._change(member, None, {"status": DISPATCHED, "attempts": attempts,
-                                    "dispatched_at": rfc3339(self._clock())},
-                     [lambda r: r.zrem(keys.dispatch_due(), member)])
+    def delivered(self, member: str, token: int, attempts: int) -> bool:
+        return self._change(member, token, None,
+                            {"status": DISPATCHED, "attempts": attempts,
+                             "dispatched_at": rfc3339(self._clock())}, "delivered", 0)
 
-    def retry(self, member: str, entry: dict[str, Any], attempts: int, error: str,
-              delay_seconds: float) -> None:
+    def retry(self, member: str, token: int, entry: dict[str, Any], attempts: int, error: str,
+              delay_seconds: float) -> bool:
         due = self._now_ms() + int(delay_seconds * 1000)
-        self._change(member, {**entry, "attempts": attempts, "last_error": error},
-                     {"status": QUEUED, "attempts": attempts, "last_error": error},
-                     [lambda r: r.zadd(keys.dispatch_due(), {member: due})])
+        return self._change(member, token, {**entry, "attempts": attempts, "last_error": error},
+                            {"status": QUEUED, "attempts": attempts, "last_error": error},
+                            "due", due)
 
-    def park(self, member: str, entry: dict[str, Any], attempts: int, error: str) -> None:
-        """Parked: listed as failed first, then unscheduled, so that a crash between the two
-        leaves it in both and the next claim finishes the job (`Dispatcher._attempt`)."""
+    def park(self, member: str, token: int, entry: dict[str, Any], attempts: int,
+             error: str) -> bool:
+        """Parked until an operator re-drives it or its decision expires (the parked list is
+        ordered by when that is)."""
         now = self._now_ms()
-        self._change(member, {**entry, "attempts": attempts, "last_error": error,
-                              "failed_at": rfc3339(now / 1000)},
-                     {"status": FAILED, "attempts": attempts, "last_error": error},
-                     [lambda r: r.zadd(keys.dispatch_failed(), {member: now}),
-                      lambda r: r.zrem(keys.dispatch_due(), member)])
+        expires = _ms_of(entry.get("enqueued_at"), now) + self.retention_ms
+        return self._change(member, token, {**entry, "attempts": attempts, "last_error": error,
+                                            "failed_at": rfc3339(now / 1000)},
+                            {"status": FAILED, "attempts": attempts, "last_error": error},
+                            "parked", expires)
 
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:
         """Parked actions, oldest first, for an operator to inspect and re-drive."""
+        self.expire_parked()
         with unavailable_on_outage():
             members = cast(list[str], self._redis.zrange(keys.dispatch_failed(), 0, limit - 1))
         entries = []
@@ -233,20 +337,67 @@ class Outbox:
                     self._redis.zrem(keys.dispatch_failed(), member)
         return entries
 
-    def redrive(self, subject: str, decision_id: str, action_id: str) -> None:
-        """Put a parked action back in the schedule with its attempts reset."""
+    def expire_parked(self) -> int:
+        """Remove the parked entries whose decisions have expired; how many."""
+        with unavailable_on_outage():
+            members = cast(list[str], self._redis.zrangebyscore(
+                keys.dispatch_failed(), "-inf", self._now_ms(), start=0, num=500))
+            for member in members:
+                in_order(self._redis, _removal(member))
+        return len(members)
+
+    def parked(self, subject: str, decision_id: str, action_id: str) -> dict[str, Any]:
+        """A parked entry; NotFound if the action is not parked."""
         member = member_of(subject, decision_id, action_id)
         entry = self.entry(member)
         with unavailable_on_outage():
             parked = self._redis.zscore(keys.dispatch_failed(), member) is not None
         if entry is None or not parked:
             raise NotFound(f"no failed action {action_id!r} in decision {decision_id!r}")
-        entry = {key: value for key, value in entry.items() if key != "failed_at"}
+        return entry
+
+    def redrive(self, subject: str, decision_id: str, action_id: str,
+                verdict: dict[str, Any] | None = None) -> None:
+        """Put a parked action back in the schedule with its attempts reset (`verdict`: the
+        current policies' allow, recorded with it)."""
+        member = member_of(subject, decision_id, action_id)
+        entry = {k: v for k, v in self.parked(subject, decision_id, action_id).items()
+                 if k != "failed_at"}
         now = self._now_ms()
-        self._change(member, {**entry, "attempts": 0, "redriven_at": rfc3339(now / 1000)},
-                     {"status": QUEUED, "attempts": 0, "last_error": entry.get("last_error")},
-                     [lambda r: r.zadd(keys.dispatch_due(), {member: now}),
-                      lambda r: r.zrem(keys.dispatch_failed(), member)])
+        regated = {"regated": verdict} if verdict is not None else {}
+        self._change(member, None, {**entry, "attempts": 0, "redriven_at": rfc3339(now / 1000),
+                                    **regated},
+                     {"status": QUEUED, "attempts": 0, "last_error": entry.get("last_error"),
+                      **regated}, "due", now)
+
+    def refuse_redrive(self, subject: str, decision_id: str, action_id: str,
+                       verdict: dict[str, Any]) -> None:
+        """Keep a parked action parked, with the verdict that refused its re-drive recorded
+        beside the first one."""
+        member = member_of(subject, decision_id, action_id)
+        entry = self.parked(subject, decision_id, action_id)
+        refused = [*entry.get("redrive_refused", []), verdict]
+        with unavailable_on_outage():
+            score = self._redis.zscore(keys.dispatch_failed(), member)
+        self._change(member, None, {**entry, "redrive_refused": refused},
+                     {"status": FAILED, "attempts": entry["attempts"],
+                      "last_error": entry.get("last_error"), "redrive_refused": refused},
+                     "parked", int(score or self._now_ms()))
+
+
+def _removal(member: str) -> list[Callable[[Any], Any]]:
+    """The calls that remove a parked entry: its entry and fence, then its listing."""
+    subject, decision_id, action_id = parse_member(member)
+    field = f"{decision_id}:{action_id}"
+    return [lambda r: r.hdel(keys.outbox(subject), field),
+            lambda r: r.hdel(keys.outbox_fences(subject), field),
+            lambda r: r.zrem(keys.dispatch_failed(), member)]
+
+
+def _ms_of(moment: str | None, default: int) -> int:
+    if not moment:
+        return default
+    return int(datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def cloud_event(entry: dict[str, Any], now: float) -> dict[str, Any]:
@@ -294,15 +445,17 @@ class Dispatcher:
         return ceiling * (0.5 + 0.5 * self._jitter())
 
     def run_once(self) -> int:
-        """Attempt every due entry this dispatcher can claim; how many it claimed. An entry
-        whose attempt could not finish within the lease is left for the next claim, so two
-        dispatchers never attempt one entry at the same time."""
+        """Attempt every due entry this dispatcher can claim; how many it claimed. Each
+        attempt ends before the lease does (a total deadline, not only a socket timeout),
+        and its outcome is recorded only if no other dispatcher has taken the entry over."""
         lease_ends = self._clock() + self.lease_seconds
-        members = self.outbox.claim(limit=self.batch_size, lease_seconds=self.lease_seconds)
+        token, members = self.outbox.claim(limit=self.batch_size,
+                                           lease_seconds=self.lease_seconds)
         if len(members) == 1:
-            self._attempt(members[0], lease_ends)
+            self._attempt(members[0], token, lease_ends)
         else:  # side by side: a slow executor must not hold up the rest of the batch
-            list(self._threads.map(lambda member: self._attempt(member, lease_ends), members))
+            list(self._threads.map(lambda member: self._attempt(member, token, lease_ends),
+                                   members))
         return len(members)
 
     def close(self) -> None:
@@ -310,63 +463,75 @@ class Dispatcher:
         for endpoint in self._endpoints.values():
             endpoint.close()
 
-    def _attempt(self, member: str, lease_ends: float) -> None:
-        entry = self.outbox.entry(member)
-        if entry is None:
-            self.outbox.forget(member)
+    def _attempt(self, member: str, token: int, lease_ends: float) -> None:
+        entry = self.outbox.adopt(member, token)
+        if entry is None:  # delivered (or never written), or a later claim holds it
+            if self.outbox.entry(member) is None:
+                self.outbox.forget(member)
             return
         if "failed_at" in entry:  # parked by a worker that died before it unscheduled it
-            self.outbox.park(member, entry, entry["attempts"], entry.get("last_error", ""))
+            self.outbox.park(member, token, entry, entry["attempts"],
+                             entry.get("last_error", ""))
             return
-        executor = self.executors.get(entry["action"]["type"])
-        if executor is not None and self._clock() + executor.timeout_seconds >= lease_ends:
-            return  # comes due again when the lease runs out
         with log_context(decision_id=entry["decision_id"], subject=entry["subject"],
                          **({"traceparent": entry["traceparent"]}
                             if entry.get("traceparent") else {})):
-            self._deliver(member, entry)
+            self._deliver(member, token, entry,
+                          lease_ends - self._clock() - lease_margin(self.lease_seconds))
 
-    def _deliver(self, member: str, entry: dict[str, Any]) -> None:
+    def _deliver(self, member: str, token: int, entry: dict[str, Any],
+                 seconds_left: float) -> None:
         action = entry["action"]
         attempts = entry["attempts"] + 1
         executor = self.executors.get(action["type"])
         if executor is None:
-            self.outbox.park(member, entry, attempts,
+            self.outbox.park(member, token, entry, attempts,
                              f"no executor is configured for {action['type']}")
             return
-        error, permanent = self._post(executor, entry)
+        if seconds_left < executor.timeout_seconds:
+            return  # the attempt could outlive the claim: it comes due again with the lease
+        error, permanent = self._post(executor, entry, executor.timeout_seconds)
         labels = {"action": label_value(action["type"])}
         if error is None:
-            self.outbox.delivered(member, entry, attempts)
-            self._count({**labels, "result": "delivered"})
-            log.info("dispatched %s to %s", action["type"], executor.url)
+            recorded = self.outbox.delivered(member, token, attempts)
+            result = "delivered"
         elif permanent or attempts >= executor.max_attempts:
-            self.outbox.park(member, entry, attempts, error)
-            self._count({**labels, "result": "failed"})
-            log.error("parked %s after %d attempts: %s", action["type"], attempts, error)
+            recorded = self.outbox.park(member, token, entry, attempts, error)
+            result = "failed"
         else:
             delay = self.backoff(attempts)
-            self.outbox.retry(member, entry, attempts, error, delay)
-            self._count({**labels, "result": "retry"})
-            log.warning("delivery of %s failed (%s); retry %d in %.1fs", action["type"], error,
-                        attempts, delay)
+            recorded = self.outbox.retry(member, token, entry, attempts, error, delay)
+            result = "retry"
+        self._count({**labels, "result": result})
+        if not recorded:
+            log.warning("%s of %s not recorded: another dispatcher took the entry over "
+                        "(this claim's lease ran out)", result, action["type"])
+        elif error is None:
+            log.info("dispatched %s to %s", action["type"], executor.url)
+        elif result == "failed":
+            log.error("parked %s after %d attempts: %s", action["type"], attempts, error)
+        else:
+            log.warning("delivery of %s failed (%s); retry %d", action["type"], error,
+                        attempts)
 
     def _count(self, labels: dict[str, str]) -> None:
         if self.metrics is not None:
             self.metrics.inc("decision_dispatch_attempts_total", labels)
 
-    def _post(self, executor: Executor, entry: dict[str, Any]) -> tuple[str | None, bool]:
-        """(None, _) when delivered, else (why not, whether retrying is pointless)."""
+    def _post(self, executor: Executor, entry: dict[str, Any],
+              seconds: float) -> tuple[str | None, bool]:
+        """(None, _) when delivered within `seconds` in all, else (why not, whether
+        retrying is pointless)."""
         event = cloud_event(entry, self._clock())
         headers = {"Idempotency-Key": event["id"]}
         if entry.get("traceparent"):
             headers["traceparent"] = entry["traceparent"]
         try:
             response = self._endpoints[executor.url].request(
-                "POST", body=json.dumps(event).encode(), timeout=executor.timeout_seconds,
-                headers=headers)
+                "POST", body=json.dumps(event).encode(), timeout=seconds, headers=headers,
+                total=True)
         except requests.Timeout:
-            return f"no answer within {executor.timeout_seconds:g}s", False
+            return f"no answer within {seconds:g}s", False
         except requests.RequestException as exc:
             return f"could not reach the executor ({type(exc).__name__})", False
         if 200 <= response.status_code < 300:

@@ -13,6 +13,7 @@
     ├── NotFound                    404
     │   └── UnknownRuleset          no ruleset of that name (or version) is loaded
     ├── Conflict                    409: the request contradicts what is stored
+    │   └── RedriveRefused          the current policies no longer allow a parked action
     ├── QuotaExceeded               422: a department's share of a subject's pool is full
     ├── EvaluationFailed            422: the rules could not decide the subject's facts
     ├── CandidateFailed             422: a what-if's candidate ran out of its budget
@@ -241,6 +242,22 @@ class Conflict(DecisionServiceError):
     status = 409
     slug = "conflict"
     title = "The request conflicts with stored state"
+
+
+class RedriveRefused(Conflict):
+    """A parked action was asked about again and the policies now in force do not allow
+    it: it stays parked, with this verdict recorded beside the first."""
+
+    title = "The current policies do not allow the action"
+
+    def __init__(self, verdict: dict[str, Any]) -> None:
+        reasons = "; ".join(verdict["reasons"]) or verdict["outcome"]
+        super().__init__(f"re-drive refused by the policies now in force (revision "
+                         f"{verdict['policy_revision']}): {reasons}")
+        self.verdict = verdict
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"verdict": dict(self.verdict)}
 
 
 class ServiceUnavailable(DecisionServiceError):

@@ -3,8 +3,9 @@ retries inside requests, because each caller decides itself what a failure means
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -42,10 +43,36 @@ class Endpoint:
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def request(self, method: str, path: str = "", *, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None,
-                timeout: float) -> requests.Response:
+                headers: Mapping[str, str] | None = None, timeout: float,
+                total: bool = False) -> requests.Response:
         """`path` (with a query string, if any) is appended to the URL. Raises requests'
-        exceptions (a Timeout, a ConnectionError) as `Session.request` does."""
+        exceptions (a Timeout, a ConnectionError) as `Session.request` does.
+
+        `timeout` bounds each wait on the socket; with `total`, the whole call too (a peer
+        that answers a byte at a time cannot keep it going): past it the call raises a
+        Timeout and is abandoned to its own thread, where the socket timeout ends it."""
+        if not total:
+            return self._send(method, path, body, headers, timeout)
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def send() -> None:
+            try:
+                outcome.append(self._send(method, path, body, headers, timeout))
+            except BaseException as exc:  # handed to the caller below
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="http-attempt", daemon=True).start()
+        if not done.wait(timeout):
+            raise requests.Timeout(f"no complete answer within {timeout:g} s")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return cast(requests.Response, outcome[0])
+
+    def _send(self, method: str, path: str, body: bytes | None,
+              headers: Mapping[str, str] | None, timeout: float) -> requests.Response:
         template = self._prepared.get((method, path))
         if template is None:  # a handful: the policy paths asked about, or one for a POST
             template = requests.Request(method, f"{self.url}{path}",

@@ -72,6 +72,11 @@ def outbox(subject: str) -> str:
     return f"{PREFIX}:{{{subject}}}:outbox"
 
 
+def outbox_fences(subject: str) -> str:
+    """Hash: "<decision id>:<action id>" -> the fencing token of the claim that holds it."""
+    return f"{PREFIX}:{{{subject}}}:outbox-fences"
+
+
 # The dispatch schedule and the trigger queue each live in one slot of their own, so that
 # their scripts can claim work atomically on Redis Cluster too.
 def dispatch_due() -> str:
@@ -79,8 +84,13 @@ def dispatch_due() -> str:
     return f"{PREFIX}:{{dispatch}}:due"
 
 
+def dispatch_fence() -> str:
+    """Integer: the last fencing token handed to a dispatcher's claim."""
+    return f"{PREFIX}:{{dispatch}}:fence"
+
+
 def dispatch_failed() -> str:
-    """Sorted set: outbox member -> when it was parked as failed (epoch ms)."""
+    """Sorted set: outbox member parked as failed -> when its decision expires (epoch ms)."""
     return f"{PREFIX}:{{dispatch}}:failed"
 
 

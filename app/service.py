@@ -23,13 +23,20 @@ from app.archive import Archive
 from app.clock import rfc3339, system_clock
 from app.config import Settings
 from app.decision_log import DecisionLog, IdempotencyClaim, Recorded
-from app.decisions import failed_decision, make_decision, request_fingerprint, snapshot
+from app.decisions import (
+    failed_decision,
+    gate_input_of,
+    make_decision,
+    request_fingerprint,
+    snapshot,
+)
 from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import (
     ConfigurationError,
     DecisionServiceError,
     EvaluationFailed,
     Forbidden,
+    RedriveRefused,
     UnknownRuleset,
 )
 from app.facts import FactPool, FactRecord, Quotas
@@ -106,7 +113,8 @@ class DecisionService:
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
         self.executors.check_lease(settings.dispatch_lease_seconds)
-        self.outbox = Outbox(redis_client, hold_seconds=settings.dispatch_lease_seconds)
+        self.outbox = Outbox(redis_client, hold_seconds=settings.dispatch_lease_seconds,
+                             retention_seconds=settings.decision_retention_seconds)
         self.decisions = DecisionLog(redis_client, self.outbox,
                                      retention_seconds=settings.decision_retention_seconds,
                                      idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
@@ -124,7 +132,7 @@ class DecisionService:
                              busy=f"{settings.whatif_concurrency} what-if(s) with candidate "
                                   "rules or policies run already (DECISION_WHATIF_CONCURRENCY)")
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,
-                              self._flush_metrics],
+                              self._flush_metrics, self._expire_parked],
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
 
@@ -264,6 +272,25 @@ class DecisionService:
         for action in recorded.record["actions"]:
             self.metrics.inc("decision_actions_total", {
                 **labels, "action": label_value(action["type"]), "status": action["status"]})
+
+    def _expire_parked(self) -> int:
+        self.outbox.expire_parked()
+        return 0  # bookkeeping, like the metrics
+
+    def redrive(self, decision_id: str, action_id: str) -> dict[str, Any]:
+        """Ask the current policies about a parked action again: queued again when they
+        allow it, else it stays parked, the new verdict recorded beside the first
+        (RedriveRefused). Either way the verdict is returned."""
+        record = self.decisions.get(decision_id)
+        subject = record["subject"]
+        entry = self.outbox.parked(subject, decision_id, action_id)
+        [verdict] = self.policy.check(gate_input_of(record), [entry["action"]])
+        asked = {**verdict.as_dict(), "at": rfc3339(system_clock())}
+        if not verdict.allow:
+            self.outbox.refuse_redrive(subject, decision_id, action_id, asked)
+            raise RedriveRefused(asked)
+        self.outbox.redrive(subject, decision_id, action_id, verdict=asked)
+        return {"status": "queued", "verdict": asked}
 
     def _flush_metrics(self) -> int:
         self.metrics.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -479,3 +480,67 @@ def test_racing_requests_with_one_key_and_different_bodies_get_one_201_and_one_4
     for thread in threads:
         thread.join()
     assert sorted(answers) == [201, 409]
+
+
+def _parked_order(make_app: AppFactory, executor: Executor, tmp_path: Path,
+                  **overrides: Any) -> tuple[Flask, dict[str, Any], dict[str, Any]]:
+    app = make_app(executors_file=executors_file(tmp_path, executor.url, max_attempts=1),
+                   **overrides)
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    executor.statuses = [500]
+    record = decide(client)
+    drain(app)
+    [order] = client.get(f"/v1/decisions/{record['decision_id']}").get_json()["actions"]
+    assert order["status"] == "failed"
+    return app, record, order
+
+
+def test_a_redrive_asks_the_current_policies_again(make_app: AppFactory, executor: Executor,
+                                                  tmp_path: Path) -> None:
+    policies = tmp_path / "rego"
+    shutil.copytree(ROOT / "rego", policies)
+    app, record, order = _parked_order(make_app, executor, tmp_path, policy_dir=policies,
+                                       policy_reload_seconds=0.01)
+    client = app.test_client()
+    redrive = f"/v1/decisions/{record['decision_id']}/actions/{order['id']}/redrive"
+    # meanwhile compliance put the vendor on the sanctions list
+    sanctions = policies / "decision" / "sanctions" / "data.json"
+    sanctions.write_text(json.dumps({"vendors": [
+        {"name": "Globex", "list": "EU consolidated", "reference": "EU-2026-1"}]}))
+    time.sleep(0.05)
+    refused = client.post(redrive)
+    assert refused.status_code == 409
+    problem = refused.get_json()
+    assert problem["verdict"]["outcome"] == "deny"
+    assert "sanctions list" in problem["verdict"]["reasons"][0]
+    [still] = client.get("/v1/actions/failed").get_json()["failed"]
+    assert still["redrive_refused"][0]["reasons"] == problem["verdict"]["reasons"]
+    parked = client.get(f"/v1/decisions/{record['decision_id']}").get_json()["actions"][0]
+    assert parked["status"] == "failed"
+    assert parked["verdict"]["outcome"] == "allow"  # the first verdict stays as it was
+    assert parked["delivery"]["redrive_refused"][0]["outcome"] == "deny"
+    drain(app)
+    assert len(executor.deliveries) == 1
+    # lifted again: the re-drive goes through, with the verdict it was given
+    sanctions.write_text(json.dumps({"vendors": []}))
+    time.sleep(0.05)
+    allowed = client.post(redrive)
+    assert allowed.status_code == 202
+    assert allowed.get_json()["verdict"]["outcome"] == "allow"
+    drain(app)
+    assert statuses(client.get(f"/v1/decisions/{record['decision_id']}").get_json()) == {
+        "issue_purchase_order": "dispatched"}
+
+
+def test_parked_actions_expire_with_their_decision(make_app: AppFactory, executor: Executor,
+                                                  tmp_path: Path) -> None:
+    app, record, order = _parked_order(make_app, executor, tmp_path,
+                                       decision_retention_seconds=1)
+    service = service_of(app)
+    assert len(service.outbox.failed()) == 1
+    time.sleep(1.1)
+    assert service.outbox.failed() == []
+    assert service.redis.hlen(keys.outbox("PR-1")) == 0
+    assert app.test_client().post(f"/v1/decisions/{record['decision_id']}/actions/"
+                                  f"{order['id']}/redrive").status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 from executor_server import Executor
+from flask import Flask
 from test_decisions import AppFactory, case, executors_file, make_app, statuses  # noqa: F401
 
 from app import create_app, keys
@@ -218,3 +221,98 @@ def test_a_worker_says_once_that_redis_is_down_and_once_that_it_is_back(
     assert [r.getMessage() for r in caplog.records] == [
         "decision-worker: Redis did not answer; retrying every 0.25s",
         "decision-worker: working again"]
+
+
+def _queued(make_app: AppFactory, executor: Executor, tmp_path: Path,  # noqa: F811
+            **overrides: Any) -> tuple[Flask, str]:
+    """An app with one purchase order queued for delivery, and its outbox member."""
+    app = make_app(executors_file=executors_file(tmp_path, executor.url), **overrides)
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    record = client.post("/v1/decisions", json={"subject": "PR-1",
+                                                "ruleset": "procurement"}).get_json()
+    [action] = [a for a in record["actions"] if a["status"] == "queued"]
+    return app, member_of("PR-1", record["decision_id"], action["id"])
+
+
+def test_a_late_retry_cannot_undo_a_delivery_another_worker_made(
+        make_app: AppFactory, redis_client: redis.Redis, tmp_path: Path) -> None:  # noqa: F811
+    """Worker A claims, its delivery outlives the lease; worker B takes over and delivers;
+    A's retry then comes in late. It is refused by the fence: one delivery in all."""
+    executor = Executor()
+    try:
+        app, member = _queued(make_app, executor, tmp_path)
+        service = app.extensions["decision_service"]
+        token_a, [claimed] = service.outbox.claim(limit=1, lease_seconds=0.05)
+        entry_a = service.outbox.adopt(claimed, token_a)
+        assert claimed == member and entry_a is not None
+        time.sleep(0.1)  # A's lease runs out; B claims the entry and delivers it
+        assert service.dispatcher.run_once() == 1
+        assert len(executor.deliveries) == 1
+        assert not service.outbox.retry(member, token_a, entry_a, 1, "slow executor", 0.0)
+        assert not service.outbox.park(member, token_a, entry_a, 8, "slow executor")
+        assert service.outbox.entry(member) is None
+        assert redis_client.zcard(keys.dispatch_due()) == 0
+        assert redis_client.zcard(keys.dispatch_failed()) == 0
+        status = json.loads(redis_client.hget(keys.decision_action_status(
+            "PR-1", member.split("|")[1]), member.split("|")[2]))
+        assert status["status"] == "dispatched"
+        assert service.dispatcher.run_once() == 0
+        assert len(executor.deliveries) == 1
+    finally:
+        executor.stop()
+
+
+def test_a_stale_claim_cannot_even_adopt_an_entry_a_later_claim_holds(
+        make_app: AppFactory, tmp_path: Path) -> None:  # noqa: F811
+    executor = Executor()
+    try:
+        app, member = _queued(make_app, executor, tmp_path)
+        outbox = app.extensions["decision_service"].outbox
+        old, _ = outbox.claim(limit=1, lease_seconds=0.01)
+        time.sleep(0.02)
+        new, _ = outbox.claim(limit=1, lease_seconds=30)
+        assert new > old and outbox.adopt(member, new) is not None
+        assert outbox.adopt(member, old) is None
+        assert not outbox.retry(member, old, {}, 1, "late", 0.0)
+        assert outbox.retry(member, new, outbox.entry(member) or {}, 1, "on time", 0.0)
+    finally:
+        executor.stop()
+
+
+def test_an_attempt_ends_before_its_lease_however_slowly_the_executor_answers(
+        make_app: AppFactory, redis_client: redis.Redis, tmp_path: Path) -> None:  # noqa: F811
+    """An executor that sends its answer a byte at a time keeps each socket read short,
+    so a socket timeout alone never fires: the attempt's total deadline does."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def drip() -> None:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+            time.sleep(0.15)
+            with contextlib.suppress(OSError):
+                connection.send(bytes([byte]))
+        connection.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump({"issue_purchase_order": {"url": url,
+                                                             "timeout_seconds": 1}}))
+    app = make_app(executors_file=path, dispatch_lease_seconds=3)
+    client = app.test_client()
+    client.post("/v1/facts", json={"facts": case(urgency="normal")})
+    client.post("/v1/decisions", json={"subject": "PR-1", "ruleset": "procurement"})
+    started = time.monotonic()
+    assert app.extensions["decision_service"].dispatcher.run_once() == 1
+    assert time.monotonic() - started < 2.0  # not the 6 s the drip takes
+    [member] = redis_client.zrange(keys.dispatch_due(), 0, -1)
+    entry = app.extensions["decision_service"].outbox.entry(member)
+    assert entry is not None and entry["last_error"] == "no answer within 1s"
+    server.close()

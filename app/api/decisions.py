@@ -18,6 +18,7 @@ from app.schemas import (
     DecisionQuerySchema,
     DecisionRecordSchema,
     FailedActionsQuerySchema,
+    VerdictSchema,
     load,
 )
 
@@ -33,6 +34,8 @@ class FailedActionListSchema(Schema):
 
 class RedriveSchema(Schema):
     status = fields.String(required=True)
+    verdict = fields.Nested(VerdictSchema, required=True, metadata={
+        "description": "the current policies' verdict, asked again before re-driving"})
 
 
 def _idempotency_key() -> str | None:
@@ -101,7 +104,4 @@ def failed_actions() -> dict[str, Any]:
             responses={202: ("queued again", RedriveSchema)})
 def redrive_action(decision_id: str, action_id: str) -> tuple[dict[str, Any], int]:
     authorize("actions.operate")
-    svc = service()
-    subject = svc.decisions.get(decision_id)["subject"]
-    svc.outbox.redrive(subject, decision_id, action_id)
-    return {"status": "queued"}, 202
+    return service().redrive(decision_id, action_id), 202
