@@ -313,6 +313,49 @@ def actions_redrive(decision_id: str | None, action_id: str | None, everything: 
         service.close()
 
 
+@main.group()
+def triggers() -> None:
+    """Triggered decisions: inspect and re-drive the parked ones."""
+
+
+@triggers.command("parked")
+@click.option("--limit", default=100, show_default=True)
+def triggers_parked(limit: int) -> None:
+    """List triggered decisions parked because they cannot run as things are."""
+    service = _open_service()
+    try:
+        for parked in service.triggers.parked(limit):
+            click.echo(f"{parked['subject']} {parked['ruleset']} attempts="
+                       f"{parked.get('attempts', 0)} pending_facts={parked['pending_facts']} "
+                       f"decision={parked.get('decision_id', '-')} "
+                       f"reason={parked.get('reason')!r}")
+    finally:
+        service.close()
+
+
+@triggers.command("redrive")
+@click.argument("subject", required=False)
+@click.argument("ruleset", required=False)
+@click.option("--all", "everything", is_flag=True, help="every parked triggered decision")
+def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool) -> None:
+    """Make a parked triggered decision (or --all) due again, its attempts reset."""
+    service = _open_service()
+    try:
+        if everything:
+            targets = [(p["subject"], p["ruleset"]) for p in service.triggers.parked(100_000)]
+        elif subject and ruleset:
+            targets = [(subject, ruleset)]
+        else:
+            raise click.UsageError("give SUBJECT RULESET, or --all")
+        for target in targets:
+            service.triggers.redrive(*target)
+        click.echo(f"{len(targets)} triggered decision(s) due again")
+    except DecisionServiceError as exc:
+        raise click.ClickException(exc.detail) from exc
+    finally:
+        service.close()
+
+
 @main.command()
 @click.option("--decision", "decision_ids", multiple=True, help="a decision id (repeatable)")
 @click.option("--subject", help="every recorded decision of this subject")

@@ -135,6 +135,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dispatch_backoff_seconds", "0.5", _positive_float,
            "first retry delay of a failed delivery; doubles per attempt, with jitter"),
     Option("dispatch_backoff_max_seconds", "60", _positive_float, "longest retry delay"),
+    Option("trigger_max_attempts", "10", _positive_int,
+           "attempts of a triggered decision that fails for a passing reason (Redis, the "
+           "policy engine, time) before it is parked; backoff as for deliveries"),
     Option("dispatch_lease_seconds", "30", _positive_float,
            "how long a worker holds a claimed delivery before another may take it over"),
     Option("mask_fields", "", _names,
@@ -201,6 +204,7 @@ class Settings:
     dispatch_backoff_seconds: float
     dispatch_backoff_max_seconds: float
     dispatch_lease_seconds: float
+    trigger_max_attempts: int
     mask_fields: tuple[str, ...]
     max_body_bytes: int
     max_batch: int

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
@@ -34,8 +34,9 @@ import redis
 from app import jsontext, keys
 from app.clock import Clock, rfc3339, system_clock
 from app.config import DEFAULTS
-from app.errors import Conflict, Forbidden, NotFound, QuotaExceeded
+from app.errors import Conflict, DecisionServiceError, Forbidden, NotFound, QuotaExceeded
 from app.store import is_cluster, unavailable_on_outage
+from app.triggers import member_of as trigger_member
 
 
 class FactRecord(TypedDict):
@@ -94,17 +95,20 @@ end
 """
 
 # KEYS per fact: facts hash, expiry zset, counts hash[, owner key] (stride 4 with owner
-# keys, 3 without); ARGV: now_ms, stride, most facts per department, most per type, most
-# per subject, then per fact: id, subject, department, type, JSON without version,
-# expires_ms or "".
+# keys, 3 without); then per triggered decision the subject's pending list of it; then,
+# on a single server, the trigger schedule. ARGV: now_ms, stride, most facts per
+# department, most per type, most per subject, number of facts, of triggers, then per
+# fact: id, subject, department, type, JSON without version, expires_ms or ""; then per
+# trigger: the triggering fact (JSON), the schedule member.
 # Expired facts are purged first (they own nothing and count for nothing); then every
-# check runs before any write, so a batch is stored all or none.
+# check runs before any write, so a batch is stored all or none, and the decisions its
+# facts trigger are asked for in the same step.
 _PUT = _COUNTING + """
 local now, stride = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_department, max_type = tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_subject = tonumber(ARGV[5])
-local n = #KEYS / stride
-local function arg(i, k) return ARGV[5 + 6 * i + k] end
+local n, triggers = tonumber(ARGV[6]), tonumber(ARGV[7])
+local function arg(i, k) return ARGV[7 + 6 * i + k] end
 local purged = {}
 for i = 0, n - 1 do
   local facts = KEYS[stride * i + 1]
@@ -184,6 +188,12 @@ for i = 0, n - 1 do
   end
   versions[#versions + 1] = version
 end
+local schedule = KEYS[stride * n + triggers + 1]
+for t = 0, triggers - 1 do
+  local base = 7 + 6 * n + 2 * t
+  redis.call('RPUSH', KEYS[stride * n + t + 1], ARGV[base + 1])
+  if schedule then redis.call('ZADD', schedule, 'NX', now, ARGV[base + 2]) end
+end
 return versions
 """
 
@@ -233,6 +243,28 @@ return purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
 CLAIM_HOLD_MS = 30_000
 
 
+# How far ahead a trigger is held on Redis Cluster before the facts that ask for it are
+# written (a writer that dies between leaves it due then, finding nothing new).
+TRIGGER_HOLD_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A decision a stored fact asks for: its pending list, the fact as it is noted there
+    (JSON), the schedule member."""
+
+    pending_key: str
+    fact: str
+    member: str
+
+
+def _trigger(record: FactRecord, ruleset: str) -> Trigger:
+    return Trigger(keys.subject_trigger_pending(record["subject"], ruleset),
+                   json.dumps({"id": record["id"], "type": record["type"],
+                               "department": record["department"]}),
+                   trigger_member(record["subject"], ruleset))
+
+
 def _new_fact_id() -> str:
     return str(uuid.uuid4())
 
@@ -259,8 +291,10 @@ class FactPool:
         self._claim_owner = redis_client.register_script(_CLAIM_OWNER)
         self._cluster = is_cluster(redis_client)
 
-    def put(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
-        """Store validated facts (see `app.schemas.FactInSchema`) all or none.
+    def put(self, facts: Sequence[dict[str, Any]], *,
+            triggers: Mapping[str, Sequence[str]] | None = None) -> list[FactRecord]:
+        """Store validated facts (see `app.schemas.FactInSchema`) all or none, and ask, in
+        the same step, for the decisions they trigger (`triggers`: fact type -> rulesets).
 
         A fact whose id is already stored replaces it with the next version. Nothing is
         stored when an id is stored under another subject (`Conflict`), when it belongs to
@@ -289,30 +323,38 @@ class FactPool:
             args.append([record["id"], record["subject"], record["department"],
                          record["type"], jsontext.dumps(body), expires_ms or ""])
             records.append(record)
+        asked = [(index, _trigger(record, ruleset))
+                 for index, record in enumerate(records)
+                 for ruleset in (triggers or {}).get(record["type"], ())]
         with unavailable_on_outage():
             if self._cluster:
-                versions = self._put_per_subject(records, args, now_ms)
+                versions = self._put_per_subject(records, args, asked, now_ms)
             else:
-                versions = self._put_all(records, args, now_ms)
+                versions = self._put_all(records, args, asked, now_ms)
         for record, version in zip(records, versions, strict=True):
             record["version"] = int(version)
         return records
 
-    def _limits(self, now_ms: int, stride: int) -> list[int]:
+    def _header(self, now_ms: int, stride: int, facts: int, triggers: int) -> list[int]:
         return [now_ms, stride, self.quotas.per_department, self.quotas.per_type,
-                self.quotas.per_subject]
+                self.quotas.per_subject, facts, triggers]
 
     def _put_all(self, records: list[FactRecord], args: list[list[Any]],
-                 now_ms: int) -> list[int]:
-        """One script: the ids checked and claimed with the facts, atomically."""
+                 asked: list[tuple[int, Trigger]], now_ms: int) -> list[int]:
+        """One script: the ids checked and claimed with the facts, and their triggers
+        asked for, atomically."""
         script_keys = [key for r in records for key in (
             *self._subject_keys(r["subject"]), keys.fact_owner(r["id"]))]
+        script_keys += [trigger.pending_key for _, trigger in asked]
+        script_keys += [keys.triggers_due()] if asked else []
         result = self._put(keys=script_keys, args=[
-            *self._limits(now_ms, 4), *(value for fact in args for value in fact)])
+            *self._header(now_ms, 4, len(records), len(asked)),
+            *(value for fact in args for value in fact),
+            *(value for _, trigger in asked for value in (trigger.fact, trigger.member))])
         return self._versions(result)
 
     def _put_per_subject(self, records: list[FactRecord], args: list[list[Any]],
-                         now_ms: int) -> list[int]:
+                         asked: list[tuple[int, Trigger]], now_ms: int) -> list[int]:
         """Redis Cluster, where the owner keys live in other hash slots than the facts:
         claim the ids new to the subject (a live fact of another subject is a Conflict and
         nothing is stored), then one script per subject, then confirm or release the
@@ -336,7 +378,7 @@ class FactPool:
                                                CLAIM_HOLD_MS]):
                     raise Conflict(f"fact id {record['id']!r} was just taken by another post")
                 claimed.append(record["id"])
-            return self._write_subjects(records, args, now_ms, claimed)
+            return self._write_subjects(records, args, asked, now_ms, claimed)
         except BaseException:
             for record in records:
                 if record["id"] in claimed:
@@ -344,17 +386,35 @@ class FactPool:
                                        args=[record["subject"]])
             raise
 
-    def _write_subjects(self, records: list[FactRecord], args: list[list[Any]], now_ms: int,
+    def _write_subjects(self, records: list[FactRecord], args: list[list[Any]],
+                        asked: list[tuple[int, Trigger]], now_ms: int,
                         claimed: list[str]) -> list[int]:
+        """Per subject: its triggers held one lease ahead in the schedule (a crash before
+        the facts are written leaves a trigger that finds nothing new), the facts and the
+        pending triggers in one script, then the triggers made due (see TriggerQueue)."""
         by_subject: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_subject.setdefault(record["subject"], []).append(index)
         versions = [0] * len(records)
         for subject, indexes in by_subject.items():
-            result = self._put(keys=list(self._subject_keys(subject)) * len(indexes), args=[
-                *self._limits(now_ms, 3), *(value for i in indexes for value in args[i])])
-            for index, version in zip(indexes, self._versions(result), strict=True):
+            mine = [trigger for index, trigger in asked if index in indexes]
+            held = self._hold_triggers({t.member for t in mine}, now_ms)
+            result = self._put(
+                keys=[*list(self._subject_keys(subject)) * len(indexes),
+                      *(t.pending_key for t in mine)],
+                args=[*self._header(now_ms, 3, len(indexes), len(mine)),
+                      *(value for i in indexes for value in args[i]),
+                      *(value for t in mine for value in (t.fact, t.member))])
+            try:
+                stored = self._versions(result)
+            except DecisionServiceError:
+                if held:  # refused: nothing asks for them
+                    self._redis.zrem(keys.triggers_due(), *held)
+                raise
+            for index, version in zip(indexes, stored, strict=True):
                 versions[index] = version
+            if held:
+                self._redis.zadd(keys.triggers_due(), dict.fromkeys(held, now_ms), xx=True)
             with self._redis.pipeline(transaction=False) as pipe:  # the claims hold for good
                 for i in indexes:
                     expires_ms = args[i][-1]
@@ -386,6 +446,15 @@ class FactPool:
                  **({"department": department} if kind != "subject" else {}),
                  **({"type": fact_type} if kind == "type" else {})})
         return [int(v) for v in result[1:]]
+
+    def _hold_triggers(self, members: set[str], now_ms: int) -> list[str]:
+        """Schedule the members not scheduled yet one lease ahead; those it scheduled."""
+        held = []
+        for member in sorted(members):
+            if self._redis.zadd(keys.triggers_due(), {member: now_ms + TRIGGER_HOLD_MS},
+                                nx=True):
+                held.append(member)
+        return held
 
     @staticmethod
     def _subject_keys(subject: str) -> tuple[str, str, str]:

@@ -99,9 +99,23 @@ def triggers_due() -> str:
     return f"{PREFIX}:{{triggers}}:due"
 
 
-def triggers_pending(member: str) -> str:
-    """List: the triggering facts (JSON each) of "<subject>|<ruleset>" not yet decided on."""
-    return f"{PREFIX}:{{triggers}}:pending:{member}"
+def subject_trigger_pending(subject: str, ruleset: str) -> str:
+    """List: the facts (JSON each) that asked for a decision of `ruleset` on the subject and
+    have not been decided on yet; in the subject's slot, so that they are written with the
+    facts."""
+    return f"{PREFIX}:{{{subject}}}:triggers:{ruleset}"
+
+
+def triggers_parked() -> str:
+    """Sorted set: "<subject>|<ruleset>" whose triggered decision cannot run -> since when
+    (epoch ms), for an operator."""
+    return f"{PREFIX}:{{triggers}}:parked"
+
+
+def triggers_attempts() -> str:
+    """Hash: "<subject>|<ruleset>" -> its triggered decision's failed attempts and the last
+    error (JSON), while it retries or is parked."""
+    return f"{PREFIX}:{{triggers}}:attempts"
 
 
 def whatifs_running() -> str:

@@ -36,8 +36,9 @@ from app.errors import (
     DecisionServiceError,
     EvaluationFailed,
     Forbidden,
+    InvalidInput,
+    NotFound,
     RedriveRefused,
-    UnknownRuleset,
 )
 from app.facts import FactPool, FactRecord, Quotas
 from app.logs import log_context
@@ -123,7 +124,8 @@ class DecisionService:
                                      backoff_max_seconds=settings.dispatch_backoff_max_seconds,
                                      lease_seconds=settings.dispatch_lease_seconds,
                                      metrics=self.metrics)
-        self.triggers = TriggerQueue(redis_client)
+        self.triggers = TriggerQueue(redis_client, max_attempts=settings.trigger_max_attempts,
+                                     backoff=self.dispatcher.backoff)
         self.archive = Archive(redis_client)
         self.masking = Masking(settings.mask_fields)
         self.whatifs = Slots(redis_client, keys.whatifs_running(),
@@ -158,19 +160,15 @@ class DecisionService:
     # --- facts -------------------------------------------------------------------------
 
     def post_facts(self, facts: Sequence[dict[str, Any]]) -> list[FactRecord]:
-        """Store facts, then ask for the decisions their types trigger. Forbidden when a fact
-        is of a type its department does not own (or one the rules derive)."""
+        """Store facts and, in the same step, ask for the decisions their types trigger.
+        Forbidden when a fact is of a type its department does not own (or one the rules
+        derive)."""
         self._check_owners(facts)
-        stored = self.facts.put(facts)
-        requests: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        triggers: dict[str, list[str]] = {}
         for ruleset in self.rulesets.active():
-            for record in stored:
-                if record["type"] in ruleset.triggers:
-                    requests.setdefault((record["subject"], ruleset.name), []).append(
-                        {"id": record["id"], "type": record["type"],
-                         "department": record["department"]})
-        self.triggers.request(requests)
-        return stored
+            for fact_type in ruleset.triggers:
+                triggers.setdefault(fact_type, []).append(ruleset.name)
+        return self.facts.put(facts, triggers=triggers)
 
     def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
         """The rules over `facts`, within the configured limits."""
@@ -297,7 +295,9 @@ class DecisionService:
         return 0  # bookkeeping, not work: an idle worker keeps polling slowly
 
     def run_triggers_once(self) -> int:
-        """Make the triggered decisions that are due; how many were claimed."""
+        """Make the triggered decisions that are due; how many were claimed. One that cannot
+        run as things are is parked with its reason; one that failed for a passing reason
+        is tried again later (and parked after the last attempt)."""
         members = self.triggers.claim(limit=TRIGGER_BATCH, lease_seconds=TRIGGER_LEASE_SECONDS)
         for member in members:
             subject, ruleset = parse_member(member)
@@ -307,13 +307,15 @@ class DecisionService:
                 self.decide(subject=subject, ruleset_name=ruleset, caller=caller,
                             idempotency_key=idempotency_key(member, triggering),
                             trigger={"facts": triggering})
-            except UnknownRuleset as exc:
-                log.error("triggered decision on %s dropped: %s", subject, exc.detail)
-            except EvaluationFailed:
-                pass  # recorded, and shown on the subject: the same facts would fail again
+            except (EvaluationFailed, InvalidInput, NotFound) as exc:
+                log.error("triggered decision on %s parked: %s", subject, exc.detail)
+                self.triggers.park(member, exc.detail, decision_id=exc.decision_id)
+                continue
             except DecisionServiceError as exc:
-                log.warning("triggered decision on %s deferred: %s", subject, exc.detail)
-                continue  # the lease expires and a worker tries again
+                parked = self.triggers.retry(member, exc.detail)
+                log.warning("triggered decision on %s %s: %s", subject,
+                            "parked" if parked else "deferred", exc.detail)
+                continue
             self.triggers.done(member, len(triggering))
         return len(members)
 
@@ -420,13 +422,16 @@ class DecisionService:
             pipe.zcard(keys.dispatch_due())
             pipe.zcard(keys.dispatch_failed())
             pipe.zcard(keys.triggers_due())
-            due, failed, triggers = pipe.execute()
+            pipe.zcard(keys.triggers_parked())
+            due, failed, triggers, parked = pipe.execute()
         gauges = [
             ("decision_outbox_depth", "allowed actions waiting for delivery", {}, float(due)),
             ("decision_outbox_failed", "actions parked after their last attempt", {},
              float(failed)),
             ("decision_triggers_pending", "subjects waiting for a triggered decision", {},
              float(triggers)),
+            ("decision_triggers_parked", "triggered decisions parked: they cannot run as "
+             "things are (an operator re-drives them)", {}, float(parked)),
             ("decision_policy_info", "the policy revision this process evaluates",
              {"revision": label_value(self.policy.revision)}, 1.0),
             ("decision_rule_files_rejected", "rule files this process rejected at its last "

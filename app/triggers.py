@@ -1,54 +1,75 @@
 """Decisions triggered by facts: a ruleset names the fact types that should decide it.
 
-Posting such a fact asks for a decision on (subject, ruleset); the worker makes it
-soon after and records the triggering facts with it. Requests coalesce: while one is
-pending, more facts for the same subject and ruleset join it, so a batch of reports
-becomes one decision. A request is removed only after its decision is recorded, and
-facts that arrive meanwhile schedule the next one. A decision retried after a worker
-died carries the same Idempotency-Key, so it is recorded once.
+Posting such a fact asks for a decision on (subject, ruleset) in the same step that stores
+it (`FactPool.put`): the fact is noted in the subject's pending list for the ruleset and
+the pair is scheduled. A worker claims the pair with a lease, decides, and only then
+removes the facts it decided on; facts that arrive meanwhile schedule the next decision.
+Requests coalesce: while one is pending, more facts join it, so a batch of reports
+becomes one decision. A decision retried after a worker died carries the same
+Idempotency-Key, so it is recorded once.
+
+A decision that cannot run for a reason that will not pass by itself (the rules do not
+come to rest, invalid facts, an unknown ruleset) is parked with its reason, for an
+operator to list and re-drive; new facts for the pair try it again. Other failures (Redis
+or the policy engine down, an evaluation out of time) are retried with exponential backoff,
+and parked after `max_attempts`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 
 from app import keys
-from app.clock import Clock, system_clock
-from app.store import Schedule, unavailable_on_outage
-
-# KEYS: due zset, then each member's pending list (all in the trigger queue's hash slot);
-# ARGV: now_ms, then per member: member, number of facts, the facts (JSON).
-_REQUEST = """
-local at = 2
-for k = 2, #KEYS do
-  local member, count = ARGV[at], tonumber(ARGV[at + 1])
-  local first, last = at + 2, at + 1 + count
-  for i = first, last, 500 do  -- in slices: unpack has a stack limit
-    redis.call('RPUSH', KEYS[k], unpack(ARGV, i, math.min(i + 499, last)))
-  end
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], member)
-  at = last + 1
-end
-"""
-
-# KEYS: due zset, the member's pending list; ARGV: member, how many facts were decided on,
-# now_ms. Facts that came in meanwhile stay, and schedule the next decision at once.
-_DONE = """
-redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
+from app.clock import Clock, rfc3339, system_clock
+from app.errors import NotFound
+from app.store import Schedule, in_order, is_cluster, unavailable_on_outage
 
 # One decision names at most this many triggering facts; the rest trigger the next one.
 MAX_TRIGGERING_FACTS = 500
+DEFAULT_MAX_ATTEMPTS = 10
+
+# A single server: KEYS: the pending list, the schedule, the parked list, the attempts;
+# ARGV: member, how many facts were decided on, now_ms. The pair is settled: its facts
+# decided on are removed, it is no longer parked, and it is scheduled again at once if
+# facts came in meanwhile.
+_DONE = """
+redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: the schedule, the parked list, the attempts; ARGV: member, now_ms, state (JSON),
+# what to do: 'park' (off the schedule, onto the parked list), or a time to retry at.
+_FAIL = """
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+if ARGV[4] == 'park' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+end
+"""
+
+# KEYS: the schedule, the parked list, the attempts; ARGV: member, now_ms. 1 if it was
+# parked and is due again now.
+_REDRIVE = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
 
 
 def member_of(subject: str, ruleset: str) -> str:
@@ -66,30 +87,26 @@ def idempotency_key(member: str, facts: list[dict[str, Any]]) -> str:
     return "trigger-" + digest.hexdigest()[:32]
 
 
+def _pending_key(member: str) -> str:
+    return keys.subject_trigger_pending(*parse_member(member))
+
+
 class TriggerQueue:
-    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock) -> None:
+    def __init__(self, redis_client: redis.Redis, *, clock: Clock = system_clock,
+                 backoff: Callable[[int], float] = lambda attempts: 2.0 ** attempts,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self._redis = redis_client
         self._clock = clock
-        self._request = redis_client.register_script(_REQUEST)
+        self.backoff = backoff
+        self.max_attempts = max_attempts
         self._done = redis_client.register_script(_DONE)
+        self._fail = redis_client.register_script(_FAIL)
+        self._redrive = redis_client.register_script(_REDRIVE)
         self._schedule = Schedule(redis_client, keys.triggers_due())
+        self._settled = [keys.triggers_due(), keys.triggers_parked(), keys.triggers_attempts()]
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-    def request(self, requests: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-        """Ask for a decision on each (subject, ruleset), naming the facts that triggered it;
-        all in one round trip (a batch of facts can trigger many)."""
-        if not requests:
-            return
-        script_keys: list[str] = [keys.triggers_due()]
-        args: list[str | int] = [self._now_ms()]
-        for (subject, ruleset), facts in requests.items():
-            member = member_of(subject, ruleset)
-            script_keys.append(keys.triggers_pending(member))
-            args += [member, len(facts), *(json.dumps(f) for f in facts)]
-        with unavailable_on_outage():
-            self._request(keys=script_keys, args=args)
 
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         return self._schedule.claim(now_ms=self._now_ms(), limit=limit,
@@ -98,11 +115,82 @@ class TriggerQueue:
     def pending(self, member: str) -> list[dict[str, Any]]:
         """The oldest facts waiting for the member's decision (at most MAX_TRIGGERING_FACTS)."""
         with unavailable_on_outage():
-            raw = self._redis.lrange(keys.triggers_pending(member), 0,
-                                     MAX_TRIGGERING_FACTS - 1)
+            raw = self._redis.lrange(_pending_key(member), 0, MAX_TRIGGERING_FACTS - 1)
         return [json.loads(fact) for fact in cast(list[str], raw)]
 
     def done(self, member: str, decided_on: int) -> None:
+        """The member's decision is recorded: its facts decided on are settled."""
+        now, pending = self._now_ms(), _pending_key(member)
         with unavailable_on_outage():
-            self._done(keys=[keys.triggers_due(), keys.triggers_pending(member)],
-                       args=[member, decided_on, self._now_ms()])
+            if not is_cluster(self._redis):
+                self._done(keys=[pending, *self._settled], args=[member, decided_on, now])
+                return
+            # Redis Cluster, the pending list apart from the schedule: trimmed first; then
+            # off the schedule when nothing is left, and back on it if a fact came in
+            # between (its poster schedules it too, but may have done so before the ZREM).
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.ltrim(pending, decided_on, -1)
+                pipe.llen(pending)
+                left = pipe.execute()[1]
+            in_order(self._redis, [lambda r: r.zrem(keys.triggers_parked(), member),
+                                   lambda r: r.hdel(keys.triggers_attempts(), member)])
+            if left == 0:
+                self._redis.zrem(keys.triggers_due(), member)
+                if self._redis.llen(pending):
+                    self._redis.zadd(keys.triggers_due(), {member: now})
+            else:
+                self._redis.zadd(keys.triggers_due(), {member: now})
+
+    def _state(self, member: str) -> dict[str, Any]:
+        with unavailable_on_outage():
+            raw = self._redis.hget(keys.triggers_attempts(), member)
+        return json.loads(cast(str, raw)) if raw else {"attempts": 0}
+
+    def retry(self, member: str, error: str) -> bool:
+        """A failure that may pass: due again after a backoff, or parked after the last
+        attempt (True then)."""
+        state = self._state(member)
+        attempts = state["attempts"] + 1
+        state = {"attempts": attempts, "last_error": error, "at": rfc3339(self._clock())}
+        if attempts >= self.max_attempts:
+            self.park(member, f"{error} (after {attempts} attempts)", state=state)
+            return True
+        with unavailable_on_outage():
+            self._fail(keys=self._settled, args=[
+                member, self._now_ms(), json.dumps(state),
+                self._now_ms() + int(self.backoff(attempts) * 1000)])
+        return False
+
+    def park(self, member: str, reason: str, *, decision_id: str | None = None,
+             state: dict[str, Any] | None = None) -> None:
+        """A decision that cannot run as things are: off the schedule until an operator
+        re-drives it or new facts for it come in."""
+        state = {**(state or self._state(member)), "reason": reason,
+                 "parked_at": rfc3339(self._clock()),
+                 **({"decision_id": decision_id} if decision_id else {})}
+        with unavailable_on_outage():
+            self._fail(keys=self._settled, args=[member, self._now_ms(), json.dumps(state),
+                                                 "park"])
+
+    def parked(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The parked triggered decisions, oldest first: subject, ruleset, why, when, how
+        many facts wait for them, and the recorded decision that failed (if it ran)."""
+        with unavailable_on_outage():
+            members = cast(list[str], self._redis.zrange(keys.triggers_parked(), 0,
+                                                         limit - 1))
+            states = cast(list[str | None], self._redis.hmget(keys.triggers_attempts(),
+                                                              members)) if members else []
+            waiting = [self._redis.llen(_pending_key(m)) for m in members]
+        listed = []
+        for member, state, count in zip(members, states, waiting, strict=True):
+            subject, ruleset = parse_member(member)
+            listed.append({"subject": subject, "ruleset": ruleset, "pending_facts": count,
+                           **(json.loads(state) if state else {})})
+        return listed
+
+    def redrive(self, subject: str, ruleset: str) -> None:
+        """Due again now, attempts reset; NotFound if it is not parked."""
+        with unavailable_on_outage():
+            if not self._redrive(keys=self._settled,
+                                 args=[member_of(subject, ruleset), self._now_ms()]):
+                raise NotFound(f"no parked triggered decision of {ruleset} on {subject}")

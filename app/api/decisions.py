@@ -105,3 +105,32 @@ def failed_actions() -> dict[str, Any]:
 def redrive_action(decision_id: str, action_id: str) -> tuple[dict[str, Any], int]:
     authorize("actions.operate")
     return service().redrive(decision_id, action_id), 202
+
+
+class ParkedTriggerListSchema(Schema):
+    parked = fields.List(fields.Dict(), required=True, metadata={
+        "description": "triggered decisions that cannot run as things are: subject, ruleset, "
+                       "reason, parked_at, attempts, pending_facts, decision_id (if one ran)"})
+
+
+class TriggerRedriveSchema(Schema):
+    status = fields.String(required=True)
+
+
+@bp.get("/v1/triggers/parked")
+@documented(summary="Triggered decisions parked because they cannot run as things are",
+            tag="operations", query=FailedActionsQuerySchema,
+            responses={200: ("the parked triggered decisions", ParkedTriggerListSchema)})
+def parked_triggers() -> dict[str, Any]:
+    query = load(FailedActionsQuerySchema, request.args.to_dict())
+    authorize("triggers.operate")
+    return {"parked": service().triggers.parked(query["limit"])}
+
+
+@bp.post("/v1/subjects/<subject>/triggers/<ruleset>/redrive")
+@documented(summary="Try a parked triggered decision again", tag="operations",
+            responses={202: ("due again", TriggerRedriveSchema)})
+def redrive_trigger(subject: str, ruleset: str) -> tuple[dict[str, Any], int]:
+    authorize("triggers.operate")
+    service().triggers.redrive(subject, ruleset)
+    return {"status": "due"}, 202

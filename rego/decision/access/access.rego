@@ -20,7 +20,7 @@ allow if {
 _operations := {
 	"facts.write", "facts.read", "facts.retract",
 	"decisions.create", "decisions.read",
-	"replays.create", "rulesets.read", "actions.operate",
+	"replays.create", "rulesets.read", "actions.operate", "triggers.operate",
 }
 
 _known_operation if input.request.operation in _operations
@@ -81,9 +81,9 @@ deny contains msg if {
 }
 
 # METADATA
-# description: Re-driving failed deliveries needs the operator grant.
+# description: Re-driving failed deliveries and parked triggers needs the operator grant.
 deny contains msg if {
-	input.request.operation == "actions.operate"
+	input.request.operation in {"actions.operate", "triggers.operate"}
 	not _granted("operator")
 	msg := sprintf("%v needs the operator grant to re-drive actions.", [_caller])
 }
