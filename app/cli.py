@@ -409,8 +409,9 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
         candidates = service.candidates(rule_sources=rule_sources,
                                         policy_sources=policy_sources, policy_overlay=False)
         with bulk():
-            cases = service.replay_cases(decision_ids=decision_ids, subject=subject,
-                                         since_ms=ms(since), until_ms=ms(until), fact_sets=sets)
+            cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
+                                            since_ms=ms(since), until_ms=ms(until),
+                                            fact_sets=sets)
             if not cases:
                 raise click.UsageError("nothing to replay: give --decision, --subject, "
                                        "--since/--until or --fact-sets")

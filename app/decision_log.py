@@ -50,14 +50,15 @@ class IdempotencyClaim:
 # A commit in one script. KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent
 # actions, 5 outbox, 6 Idempotency-Key (ARGV[6] '' when none), 7 the subject's decision
 # failures: the subject's keys, which share its hash slot. On a single server also 8 the
-# decision id -> subject pointer, 9 the dispatch schedule and 10... archive entries, so the
-# whole commit is one atomic step; on Redis Cluster those are written around the script,
-# in `DecisionLog.commit`'s order.
+# decision id -> subject pointer, 9 the dispatch schedule, 10 the time index and 11...
+# archive entries, so the whole commit is one atomic step; on Redis Cluster those are
+# written around the script, in `DecisionLog.commit`'s order.
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
 #       7 its ttl s, 8 ruleset, 9 the ruleset's standing on the subject: 'clear' (it was
 #       decided), 'keep' (a dry run or inline facts say nothing of the pool) or the failure
 #       (JSON), 10 number of actions to queue, then per action: id, outbox
-#       field, entry, schedule member; then the value of each archive entry.
+#       field, entry, schedule member; then the time index's member and the oldest member
+#       it keeps; then the value of each archive entry.
 # Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
 # for each action an earlier decision on the subject already queued (it is not queued again).
 _COMMIT = """
@@ -102,7 +103,10 @@ end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', tonumber(ARGV[7])) end
 if #KEYS > 7 then
   redis.call('SET', KEYS[8], ARGV[1], 'EX', ttl)
-  for k = 10, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 1 + 4 * n], 'NX') end
+  local at = 11 + 4 * n
+  redis.call('ZADD', KEYS[10], 0, ARGV[at])
+  redis.call('ZREMRANGEBYLEX', KEYS[10], '-', '(' .. ARGV[at + 1])
+  for k = 11, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 2 + 4 * n], 'NX') end
 end
 return result
 """
@@ -178,7 +182,9 @@ class DecisionLog:
                        keys.decision_action_status(subject, decision_id),
                        keys.subject_sent_actions(subject), keys.outbox(subject), idem_key,
                        keys.subject_decision_failures(subject)]
-        args: list[Any] = [subject, decision_id, text, ttl, int(self._clock() * 1000),
+        now_ms = int(self._clock() * 1000)
+        indexed, oldest = _time_member(now_ms, decision_id), _time_member(now_ms - ttl * 1000, "")
+        args: list[Any] = [subject, decision_id, text, ttl, now_ms,
                            idem_value, self.idempotency_ttl_seconds, record["ruleset"]["name"],
                            standing, len(enqueue)]
         for action, (field, entry, member) in zip(enqueue, entries, strict=True):
@@ -188,6 +194,8 @@ class DecisionLog:
                 members = [member for _, _, member in entries]
                 calls: list[Callable[[Any], Any]] = [
                     lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
+                    lambda r: r.zadd(keys.decisions_by_time(), {indexed: 0}),
+                    lambda r: r.zremrangebylex(keys.decisions_by_time(), "-", f"({oldest}"),
                     *((lambda r, k=key, v=value: r.set(k, v, nx=True))
                       for key, value in archive.items()),
                     *([self._outbox.hold(members)] if members else []),
@@ -200,7 +208,8 @@ class DecisionLog:
                 [result] = in_order(self._redis, [lambda r: run_script(
                     r, self._commit,
                     [*script_keys, keys.decision_subject(decision_id), keys.dispatch_due(),
-                     *archive], [*args, *archive.values()])], scripts=[self._commit])
+                     keys.decisions_by_time(), *archive],
+                    [*args, indexed, oldest, *archive.values()])], scripts=[self._commit])
         if result[0] == "replayed":
             assert idempotency is not None
             return self._earlier(result[1], idempotency)
@@ -281,16 +290,40 @@ class DecisionLog:
                     yield json.loads(raw)
 
     def ids_of(self, subject: str, *, since_ms: int | None = None,
-               until_ms: int | None = None) -> list[str]:
-        """A subject's decision ids in a time range, oldest first."""
+               until_ms: int | None = None, limit: int | None = None) -> list[str]:
+        """A subject's decision ids in a time range, oldest first (the first `limit`)."""
         with unavailable_on_outage():
             return cast(list[str], self._redis.zrangebyscore(
                 keys.subject_decisions(subject), "-inf" if since_ms is None else since_ms,
-                "+inf" if until_ms is None else until_ms))
+                "+inf" if until_ms is None else until_ms,
+                start=None if limit is None else 0, num=limit))
 
-    def all_ids(self) -> Iterator[str]:
-        """Every recorded decision id (for export), in no particular order."""
-        prefix = keys.decision_subject("")
+    def ids_between(self, *, since_ms: int | None = None, until_ms: int | None = None,
+                    after: str | None = None, limit: int) -> tuple[list[str], str | None]:
+        """Up to `limit` decision ids recorded in a time range, oldest first, starting after
+        the cursor `after`; and the cursor of the next page (None: this was the last)."""
+        low = f"({after}" if after else f"[{_time_member(since_ms or 0, '')}"
+        high = f"({_time_member(until_ms + 1, '')}" if until_ms is not None else "+"
         with unavailable_on_outage():
-            for key in self._redis.scan_iter(match=prefix + "*", count=500):
-                yield cast(str, key)[len(prefix):]
+            members = cast(list[str], self._redis.zrangebylex(
+                keys.decisions_by_time(), low, high, start=0, num=limit + 1))
+        page = members[:limit]
+        ids = [member.split(":", 1)[1] for member in page]
+        return ids, (page[-1] if len(members) > limit else None)
+
+    def all_ids(self, *, since_ms: int | None = None, until_ms: int | None = None,
+                page: int = 500) -> Iterator[str]:
+        """Every recorded decision id in a time range (for export), oldest first, a page of
+        the index at a time."""
+        after = None
+        while True:
+            ids, after = self.ids_between(since_ms=since_ms, until_ms=until_ms, after=after,
+                                          limit=page)
+            yield from ids
+            if after is None:
+                return
+
+
+def _time_member(epoch_ms: int, decision_id: str) -> str:
+    """The time index's member: its time first, fixed-width, so members sort as times."""
+    return f"{max(0, epoch_ms):013d}:{decision_id}"

@@ -42,6 +42,12 @@ def decision_subject(decision_id: str) -> str:
     return f"{PREFIX}:decision:{decision_id}"
 
 
+def decisions_by_time() -> str:
+    """Sorted set, all scores 0: "<created epoch ms, 13 digits>:<decision id>" of every
+    decision, so that a time range is a range of members, paged with a cursor."""
+    return f"{PREFIX}:{{log}}:decisions-by-time"
+
+
 def decision_record(subject: str, decision_id: str) -> str:
     """String: the decision record (JSON), written once and never changed."""
     return f"{PREFIX}:{{{subject}}}:decision:{decision_id}"

@@ -395,7 +395,12 @@ class ReplayInSchema(Schema):
                            metadata={"description": "policy files (path -> Rego or data text) "
                                                     "replacing those in use; empty removes"})
     limit = fields.Integer(load_default=MAX_REPLAY_CASES,
-                           validate=validate.Range(min=1, max=MAX_REPLAY_CASES))
+                           validate=validate.Range(min=1, max=MAX_REPLAY_CASES), metadata={
+                               "description": "most recorded decisions a subject or a time "
+                                              "range selects in one request"})
+    cursor = fields.String(validate=validate.Regexp(r"^\d{13}:[A-Za-z0-9-]{1,64}$"),
+                           metadata={"description": "a time range's next page: the "
+                                                    "summary's next_cursor of the last one"})
 
     @validates_schema
     def _selects_something(self, data: Mapping[str, Any], **_: Any) -> None:

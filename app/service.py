@@ -47,7 +47,7 @@ from app.metrics import Metrics, label_value
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
-from app.replay import Candidates, ReplayCase, Replayer, bulk, summarize
+from app.replay import Candidates, ReplayCase, Replayer, summarize
 from app.rules import Evaluation, Ruleset, RulesetRegistry, parse_ruleset
 from app.rules.engine import Limits, evaluate
 from app.sandbox import Budget, Sandbox
@@ -343,27 +343,31 @@ class DecisionService:
 
     def replay_cases(self, *, decision_ids: Sequence[str] = (), subject: str | None = None,
                      since_ms: int | None = None, until_ms: int | None = None,
-                     fact_sets: Sequence[Mapping[str, Any]] = (),
-                     limit: int | None = None) -> list[ReplayCase]:
+                     fact_sets: Sequence[Mapping[str, Any]] = (), limit: int | None = None,
+                     cursor: str | None = None) -> tuple[list[ReplayCase], str | None]:
         """The cases a selection names: recorded decisions (by id, by subject, by time),
-        oldest first, then fact sets."""
+        oldest first, then fact sets; at most `limit` of the recorded ones selected by
+        subject or time, read a page of the log at a time, starting after `cursor`. Also
+        the cursor of the next page (None: there is none)."""
         ids = list(decision_ids)
+        next_cursor = None
         if subject is not None:
-            ids += self.decisions.ids_of(subject, since_ms=since_ms, until_ms=until_ms)
+            ids += self.decisions.ids_of(subject, since_ms=since_ms, until_ms=until_ms,
+                                         limit=limit)
         elif since_ms is not None or until_ms is not None:
-            ids += list(self.decisions.all_ids())
-        low = rfc3339(since_ms / 1000) if since_ms is not None else ""
-        high = rfc3339(until_ms / 1000) if until_ms is not None else "~"
-        records = list(self.decisions.records(dict.fromkeys(ids)))
-        found = {record["decision_id"] for record in records}
-        cases = [ReplayCase.of_record(record) for record in records
-                 if subject is not None or low <= record["created_at"] <= high]
-        cases.sort(key=lambda case: case.created_at)
-        cases = [ReplayCase.missing(i) for i in decision_ids if i not in found] + cases
+            if limit is None:
+                ids += self.decisions.all_ids(since_ms=since_ms, until_ms=until_ms)
+            else:
+                page, next_cursor = self.decisions.ids_between(
+                    since_ms=since_ms, until_ms=until_ms, after=cursor, limit=limit)
+                ids += page
+        records = {r["decision_id"]: r for r in self.decisions.records(dict.fromkeys(ids))}
+        cases = [ReplayCase.of_record(records[i]) if i in records else ReplayCase.missing(i)
+                 for i in dict.fromkeys(ids) if i in records or i in decision_ids]
         now = rfc3339(system_clock())
         cases += [ReplayCase.of_fact_set(fact_set, number, now)
                   for number, fact_set in enumerate(fact_sets, start=1)]
-        return cases[:limit] if limit is not None else cases
+        return cases, next_cursor
 
     @contextlib.contextmanager
     def replayer(self, candidates: Candidates | None = None, *,
@@ -394,7 +398,7 @@ class DecisionService:
         candidates = candidates or Candidates()
         slot = self.whatifs.hold() if candidates.rulesets or candidates.policies else \
             contextlib.nullcontext()
-        with slot, self.replayer(candidates) as replayer, bulk():
+        with slot, self.replayer(candidates) as replayer:
             results = list(replayer.run(cases))
             failure = replayer.sandbox.failure if replayer.sandbox else None
         summary = summarize(results, candidates)

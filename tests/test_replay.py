@@ -314,3 +314,38 @@ def test_golden_fact_sets_still_decide_as_recorded() -> None:
                 f"{fact_sets.name}: {subject} decides differently now; if that is intended, "
                 "run scripts/update-golden and review the diff")
         assert set(actual) == set(expected)
+
+
+def test_a_time_range_is_replayed_a_page_at_a_time(app: Flask,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log is read a page at a time, the limit first: a request never loads more
+    records than it replays, and never calls the process-wide collector."""
+    import gc
+
+    from app.decision_log import DecisionLog
+
+    client = app.test_client()
+    ids = [record(client, f"PR-T{n}", case(f"PR-T{n}")) for n in range(7)]
+    fetched: list[int] = []
+    real = DecisionLog.records
+
+    def counting(self: DecisionLog, decision_ids: Any, **kwargs: Any) -> Any:
+        wanted = list(decision_ids)
+        fetched.append(len(wanted))
+        return real(self, wanted, **kwargs)
+
+    monkeypatch.setattr(DecisionLog, "records", counting)
+    for name in ("collect", "freeze"):
+        monkeypatch.setattr(gc, name, lambda *_, n=name: pytest.fail(f"gc.{n} from a request"))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        report = replay(client, since="2000-01-01T00:00:00Z", limit=3,
+                        **({"cursor": cursor} if cursor else {}))
+        seen += [r["decision_id"] for r in report["results"]]
+        assert not any(r["changed"] for r in report["results"])
+        cursor = report["summary"]["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    assert fetched == [3, 3, 1]

@@ -35,8 +35,10 @@ def create_replay() -> dict[str, Any]:
         raise InvalidInput.from_params([InvalidParam(
             "ruleset.source", f"declares ruleset {next(iter(candidates.rulesets))!r}, not "
                               f"{body['ruleset']['name']!r}")])
-    cases = svc.replay_cases(decision_ids=body.get("decision_ids", []),
-                             subject=body.get("subject"), since_ms=_ms(body.get("since")),
-                             until_ms=_ms(body.get("until")),
-                             fact_sets=body.get("fact_sets", []), limit=body["limit"])
-    return svc.replay(cases, candidates)
+    cases, next_cursor = svc.replay_cases(
+        decision_ids=body.get("decision_ids", []), subject=body.get("subject"),
+        since_ms=_ms(body.get("since")), until_ms=_ms(body.get("until")),
+        fact_sets=body.get("fact_sets", []), limit=body["limit"], cursor=body.get("cursor"))
+    report = svc.replay(cases, candidates)
+    report["summary"]["next_cursor"] = next_cursor
+    return report
