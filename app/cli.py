@@ -419,7 +419,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
                     click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
                 results = list(replayer.run(bar))
                 failure = replayer.sandbox.failure if replayer.sandbox else None
-        summary = summarize(results, candidates)
+                loaded = replayer.candidates
+        summary = summarize(results, loaded)
         if failure:
             summary["candidate_error"] = failure
         report: dict[str, Any] = {"generated_at": rfc3339(system_clock()),

@@ -159,6 +159,10 @@ OPTIONS: tuple[Option, ...] = (
            "most candidate matches the rules' joins may build in one evaluation (422)"),
     Option("max_evaluation_seconds", "2", _positive_float,
            "longest one evaluation may run; past it the decision is a 503"),
+    Option("max_actions", "100", _positive_int,
+           "most actions one evaluation may propose (422)"),
+    Option("max_gate_pairs", "50000", _positive_int,
+           "most (action, fact) pairs the policy gate may judge for one decision (422)"),
     Option("whatif_seconds", "20", _positive_float,
            "longest a what-if's candidate rules and policies may run, in their sandbox, for "
            "one API request (the CLI gives each case this long)"),
@@ -215,6 +219,8 @@ class Settings:
     max_firings: int
     max_join_candidates: int
     max_evaluation_seconds: float
+    max_actions: int
+    max_gate_pairs: int
     whatif_seconds: float
     whatif_memory_mb: int
     whatif_concurrency: int

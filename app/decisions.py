@@ -15,9 +15,10 @@ from typing import Any
 
 from app.access import Caller
 from app.dispatch import QUEUED, Executors
-from app.errors import DecisionServiceError, Forbidden
+from app.errors import DecisionServiceError, EvaluationFailed, Forbidden
 from app.policy.gate import ALLOW, HOLD, PolicyGate
 from app.rules import Evaluation, Ruleset
+from app.rules.engine import Limits
 
 DENIED, HELD, DRY_RUN, RECORDED = "denied", "held", "dry_run", "recorded"
 # queued -> dispatched | failed (see app.dispatch). `recorded`: allowed but not sent,
@@ -86,15 +87,23 @@ def _status(outcome: str, action_type: str, dry_run: bool,
 # How a decision runs its rules: `app.rules.evaluate` with the service's limits, or a
 # sandbox's for a candidate ruleset.
 Evaluator = Callable[[Ruleset, Sequence[Mapping[str, Any]]], Evaluation]
+DEFAULT_GATE_PAIRS = Limits().gate_pairs
 
 
 def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                   facts: list[dict[str, Any]], gate: PolicyGate, caller: Caller,
                   dry_run: bool, created_at: str, executors: Executors,
-                  evaluator: Evaluator, trigger: Mapping[str, Any] | None = None) -> Decision:
+                  evaluator: Evaluator, trigger: Mapping[str, Any] | None = None,
+                  gate_pairs: int = DEFAULT_GATE_PAIRS) -> Decision:
     """Evaluate the rules over `facts`, ask the policy gate about every proposed action (one
-    round trip), and build the decision record."""
+    round trip), and build the decision record. EvaluationFailed when the gate would judge
+    more than `gate_pairs` (action, fact) pairs."""
     evaluation = evaluator(ruleset, facts)
+    if len(evaluation.actions) * len(facts) > gate_pairs:
+        raise EvaluationFailed(
+            f"the policy gate would judge {len(evaluation.actions)} actions against "
+            f"{len(facts)} facts ({len(evaluation.actions) * len(facts):,} pairs); at most "
+            f"{gate_pairs:,} are allowed (DECISION_MAX_GATE_PAIRS)")
     common = _gate_input(decision_id=decision_id, subject=subject, ruleset=ruleset.name,
                          version=ruleset.version, facts=facts, caller=caller.as_input(),
                          dry_run=dry_run, created_at=created_at)

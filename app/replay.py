@@ -17,19 +17,19 @@ import gc
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.access import Caller
 from app.archive import Archive
-from app.decisions import Evaluator, make_decision, snapshot
+from app.decisions import DEFAULT_GATE_PAIRS, Evaluator, make_decision, snapshot
 from app.dispatch import Executors
 from app.errors import DecisionServiceError
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset, RulesetRegistry, evaluate
-from app.sandbox import Sandbox, SandboxedPolicyEngine
+from app.sandbox import Candidates, Sandbox, SandboxedPolicyEngine
 
 _NO_EXECUTORS = Executors({})
 _FREEZE_EVERY = 1000
@@ -67,16 +67,6 @@ class ReplayCase:
         departments = tuple(sorted({fact["department"] for fact in facts}))
         return cls(f"fact-set-{number}", fact_set["subject"], fact_set["ruleset"], facts,
                    Caller("replay", departments), False, created_at)
-
-
-@dataclass(frozen=True)
-class Candidates:
-    rulesets: Mapping[str, Ruleset] = field(default_factory=dict)
-    policies: PolicySet | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {"rulesets": {name: r.version for name, r in self.rulesets.items()},
-                "policies": self.policies.revision if self.policies else None}
 
 
 def _compact(action: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,20 +125,22 @@ class Replayer:
     def __init__(self, *, archive: Archive, registry: RulesetRegistry, gate: PolicyGate,
                  evaluator: Evaluator, candidates: Candidates | None = None,
                  sandbox: Sandbox | None = None,
-                 allowed_builtins: frozenset[str] = frozenset()) -> None:
+                 allowed_builtins: frozenset[str] = frozenset(),
+                 gate_pairs: int = DEFAULT_GATE_PAIRS) -> None:
         self.archive = archive
+        self.gate_pairs = gate_pairs
         self.allowed_builtins = allowed_builtins  # of the service's own (archived) policies
         self.evaluator = evaluator
         self.registry = registry
         self.gate = gate  # the live gate: the baseline of fact sets, and pinned when it matches
         self.candidates = candidates or Candidates()
         self.sandbox = sandbox
-        if (self.candidates.rulesets or self.candidates.policies) and sandbox is None:
+        if (self.candidates.rulesets or self.candidates.policy_revision) and sandbox is None:
             raise ValueError("candidates run in a sandbox")
         self._candidate_gate = None
-        if self.candidates.policies is not None and sandbox is not None:
+        if self.candidates.policy_revision is not None and sandbox is not None:
             self._candidate_gate = PolicyGate(
-                SandboxedPolicyEngine(sandbox, self.candidates.policies.revision),
+                SandboxedPolicyEngine(sandbox, self.candidates.policy_revision),
                 governance_path=gate.governance_path, access_path=gate.access_path)
         self._pinned_gates: dict[str, PolicyGate] = {}
         self._pinned_rulesets: dict[tuple[str, str], Ruleset] = {}
@@ -181,7 +173,8 @@ class Replayer:
         return make_decision(decision_id=case.decision_id, subject=case.subject,
                              ruleset=ruleset, facts=case.facts, gate=gate, caller=case.caller,
                              dry_run=case.dry_run, created_at=case.created_at,
-                             executors=_NO_EXECUTORS, evaluator=evaluator).record
+                             executors=_NO_EXECUTORS, evaluator=evaluator,
+                             gate_pairs=self.gate_pairs).record
 
     def replay(self, case: ReplayCase) -> dict[str, Any]:
         """{decision_id, subject, changed, diff, versions} or {decision_id, error}."""

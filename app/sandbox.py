@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
@@ -57,6 +57,34 @@ _PAGE = resource.getpagesize()
 # ceiling is only a backstop above the budget the parent watches.
 _ADDRESS_SPACE_HEADROOM = 2 * 2**30
 _WATCH_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class CandidateSources:
+    """What an analyst sends: candidate rule files (file name -> text, and the ruleset name
+    each should declare, if the analyst said) and the candidate policy files in full (path
+    -> text; None: the policies in use). Only a sandbox parses and runs them."""
+
+    rules: Mapping[str, str] = field(default_factory=dict)
+    policies: Mapping[str, str] | None = None
+    declared: Mapping[str, str] = field(default_factory=dict)  # file -> ruleset name
+
+    @property
+    def empty(self) -> bool:
+        return not self.rules and self.policies is None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidates as their sandbox loaded them: each ruleset by name (its rules run only
+    in the sandbox) and the candidate policies' revision."""
+
+    rulesets: Mapping[str, Ruleset] = field(default_factory=dict)
+    policy_revision: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"rulesets": {name: r.version for name, r in self.rulesets.items()},
+                "policies": self.policy_revision}
 
 
 @dataclass(frozen=True)
@@ -104,15 +132,25 @@ class Sandbox:
 
     # the three calls
 
-    def load(self, rulesets: Mapping[str, Ruleset], policies: PolicySet | None, *,
-             governance_path: str, access_path: str, limits: Limits) -> None:
-        """The candidates, into the child: RulesetInvalid or PolicyInvalid if it refuses
-        them (the C core, OPA's compiler, a built-in that reaches outside)."""
-        self._call({"op": "load",
-                    "rulesets": {r.file: r.source for r in rulesets.values()},
-                    "policies": dict(policies.sources) if policies is not None else None,
-                    "governance_path": governance_path, "access_path": access_path,
-                    "limits": dataclasses.asdict(limits)})
+    def load(self, sources: CandidateSources, *, governance_path: str, access_path: str,
+             limits: Limits) -> Candidates:
+        """The candidates, parsed, validated and compiled in the child, within the budget:
+        RulesetInvalid or PolicyInvalid if they are wrong (the file and line, a built-in
+        that reaches outside), CandidateFailed past the budget."""
+        loaded = self._call({"op": "load", "rulesets": dict(sources.rules),
+                             "policies": None if sources.policies is None
+                             else dict(sources.policies),
+                             "governance_path": governance_path, "access_path": access_path,
+                             "limits": dataclasses.asdict(limits)})
+        rulesets = {}
+        for file, (name, version) in loaded["rulesets"].items():
+            declared = sources.declared.get(file)
+            if declared is not None and declared != name:
+                raise errors.RulesetInvalid([RuleProblem(
+                    file, f"declares ruleset {name!r}, not {declared!r}")])
+            rulesets[name] = Ruleset(name=name, version=version, source=sources.rules[file],
+                                     file=file, rules=())  # its rules run only in the child
+        return Candidates(rulesets, loaded["policy_revision"])
 
     def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
         """A candidate ruleset over `facts`: an `Evaluator` for `make_decision`."""
@@ -299,14 +337,18 @@ class _Child:
         from app.rules import engine, parse_ruleset
 
         self.limits = Limits(**request["limits"])
+        files = {}
         for file, source in request["rulesets"].items():
             ruleset = parse_ruleset(source, file)
             engine.register(ruleset)
             self.rulesets[ruleset.name] = ruleset
+            files[file] = (ruleset.name, ruleset.version)
+        revision = None
         if request["policies"] is not None:
             policies = PolicySet.from_sources(request["policies"])
             self.engine = EmbeddedPolicyEngine(None, policies=policies)
-        return {"rulesets": {r.name: r.version for r in self.rulesets.values()}}
+            revision = policies.revision
+        return {"rulesets": files, "policy_revision": revision}
 
     def evaluate(self, request: dict[str, Any]) -> dict[str, Any]:
         from app.rules import evaluate

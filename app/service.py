@@ -45,12 +45,11 @@ from app.logs import log_context
 from app.masking import Masking
 from app.metrics import Metrics, label_value
 from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
-from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
-from app.replay import Candidates, ReplayCase, Replayer, summarize
-from app.rules import Evaluation, Ruleset, RulesetRegistry, parse_ruleset
+from app.replay import ReplayCase, Replayer, summarize
+from app.rules import Evaluation, Ruleset, RulesetRegistry
 from app.rules.engine import Limits, evaluate
-from app.sandbox import Budget, Sandbox
+from app.sandbox import Budget, CandidateSources, Sandbox
 from app.store import EmbeddedRedis, Slots, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
 from app.worker import Worker
@@ -101,7 +100,8 @@ class DecisionService:
         self.rulesets.reload()
         self.limits = Limits(facts=settings.max_evaluation_facts, firings=settings.max_firings,
                              join_candidates=settings.max_join_candidates,
-                             seconds=settings.max_evaluation_seconds)
+                             seconds=settings.max_evaluation_seconds,
+                             actions=settings.max_actions, gate_pairs=settings.max_gate_pairs)
         if settings.max_facts_per_subject + settings.max_batch > self.limits.facts:
             raise ConfigurationError(
                 f"DECISION_MAX_FACTS_PER_SUBJECT ({settings.max_facts_per_subject}) plus "
@@ -216,7 +216,8 @@ class DecisionService:
                 decision = make_decision(
                     decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
                     gate=self.policy, caller=caller, dry_run=dry_run, created_at=created_at,
-                    executors=self.executors, evaluator=self.evaluate, trigger=trigger)
+                    executors=self.executors, evaluator=self.evaluate, trigger=trigger,
+                    gate_pairs=self.limits.gate_pairs)
             except EvaluationFailed as exc:
                 self._record_failure(exc, decision_id=decision_id, subject=subject,
                                      ruleset=ruleset, facts=facts, ignored=ignored,
@@ -323,23 +324,20 @@ class DecisionService:
 
     def candidates(self, *, rule_sources: Mapping[str, str] | None = None,
                    policy_sources: Mapping[str, str] | None = None,
-                   policy_overlay: bool = True) -> Candidates:
-        """Candidate rulesets (file name -> text) and policies (path -> text), parsed and
-        validated here (RulesetInvalid or PolicyInvalid say where they are wrong); they are
-        compiled and run only in a sandbox (`replayer`). With `policy_overlay`, the given
-        policy files replace (or, when empty, remove) the files of the same path in the
-        policies in use, so an analyst sends only what changed."""
-        rulesets = {}
-        for file, source in (rule_sources or {}).items():
-            ruleset = parse_ruleset(source, file)
-            rulesets[ruleset.name] = ruleset
+                   policy_overlay: bool = True,
+                   declared: Mapping[str, str] | None = None) -> CandidateSources:
+        """Candidate rule files (file name -> text; `declared`: the ruleset each should be)
+        and policy files (path -> text), as a sandbox will load them. With
+        `policy_overlay`, the given policy files replace (or, when empty, remove) the files
+        of the same path in the policies in use, so an analyst sends only what changed.
+        Nothing is parsed here: the sandbox does, within the what-if's budget."""
         policies = None
         if policy_sources:
             current = self.policy.engine.policy_set
             files = dict(current.sources) if policy_overlay and current is not None else {}
             files.update(policy_sources)
-            policies = PolicySet.from_sources({k: v for k, v in files.items() if v})
-        return Candidates(rulesets, policies)
+            policies = {k: v for k, v in files.items() if v}
+        return CandidateSources(dict(rule_sources or {}), policies, dict(declared or {}))
 
     def replay_cases(self, *, decision_ids: Sequence[str] = (), subject: str | None = None,
                      since_ms: int | None = None, until_ms: int | None = None,
@@ -370,38 +368,36 @@ class DecisionService:
         return cases, next_cursor
 
     @contextlib.contextmanager
-    def replayer(self, candidates: Candidates | None = None, *,
+    def replayer(self, sources: CandidateSources | None = None, *,
                  per_call_budget: bool = False) -> Iterator[Replayer]:
-        """A Replayer; with candidates, they are loaded into a sandbox of their own (for the
-        job, or with `per_call_budget` for each call: a large CLI job) first, where they
-        are compiled: RulesetInvalid, PolicyInvalid or CandidateFailed if they fail."""
-        candidates = candidates or Candidates()
+        """A Replayer; with candidates, they are loaded into a sandbox of their own first (a
+        budget for the job, or with `per_call_budget` for each call: a large CLI job),
+        where they are parsed and compiled: RulesetInvalid, PolicyInvalid or
+        CandidateFailed if they fail."""
         replayer = functools.partial(
             Replayer, archive=self.archive, registry=self.rulesets, gate=self.policy,
-            evaluator=self.evaluate,
+            evaluator=self.evaluate, gate_pairs=self.limits.gate_pairs,
             allowed_builtins=frozenset(self.settings.policy_allowed_builtins))
-        if not candidates.rulesets and candidates.policies is None:
+        if sources is None or sources.empty:
             yield replayer()
             return
         budget = Budget(seconds=self.settings.whatif_seconds,
                         memory_mb=self.settings.whatif_memory_mb, per_call=per_call_budget)
         with Sandbox.start(budget) as sandbox:
-            sandbox.load(candidates.rulesets, candidates.policies,
-                         governance_path=self.policy.governance_path,
-                         access_path=self.policy.access_path, limits=self.limits)
+            candidates = sandbox.load(sources, governance_path=self.policy.governance_path,
+                                      access_path=self.policy.access_path, limits=self.limits)
             yield replayer(candidates=candidates, sandbox=sandbox)
 
     def replay(self, cases: Sequence[ReplayCase],
-               candidates: Candidates | None = None) -> dict[str, Any]:
-        """{results, summary} of replaying `cases` (against `candidates`, if any: one what-if
+               sources: CandidateSources | None = None) -> dict[str, Any]:
+        """{results, summary} of replaying `cases` (against candidates, if any: one what-if
         at a time per DECISION_WHATIF_CONCURRENCY, else Busy)."""
-        candidates = candidates or Candidates()
-        slot = self.whatifs.hold() if candidates.rulesets or candidates.policies else \
-            contextlib.nullcontext()
-        with slot, self.replayer(candidates) as replayer:
+        what_if = sources is not None and not sources.empty
+        with self.whatifs.hold() if what_if else contextlib.nullcontext(), \
+                self.replayer(sources) as replayer:
             results = list(replayer.run(cases))
             failure = replayer.sandbox.failure if replayer.sandbox else None
-        summary = summarize(results, candidates)
+        summary = summarize(results, replayer.candidates)
         if failure:
             summary["candidate_error"] = failure
         return {"results": results, "summary": summary}

@@ -217,7 +217,7 @@ def test_replay_never_dispatches(redis_url: str, redis_client: redis.Redis, live
     ({"subject": "PR-1", "ruleset": {"name": "other", "source": "ruleset: procurement\n"
                                      "rules: [{name: r, when: {a: {type: t}}, "
                                      "then: [{assert: {type: u}}]}]"}},
-     "ruleset.source", "declares ruleset 'procurement'"),
+     "other.yaml", "declares ruleset 'procurement'"),
     ({"subject": "PR-1", "ruleset": {"name": "procurement", "source": "ruleset: procurement\n"
                                      "rules:\n  - {name: r, when: {a: {x: {'~': 1}}}}\n"}},
      "procurement.yaml:3 rule r", "unknown operator"),

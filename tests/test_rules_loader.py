@@ -59,7 +59,7 @@ MALFORMED = [
     ("yaml syntax", "bad.yaml", "ruleset: x\nrules: [\n  {name: a\n", 4, None,
      "not valid YAML"),
     ("control character", "bad.yaml", "\x92ruleset: x\n", None, None,
-     "special characters are not allowed"),
+     "control characters are not allowed"),
     ("json syntax", "bad.json", '{"ruleset": "x",\n "rules": [}', 2, None, "not valid JSON"),
     ("not a mapping", "bad.yaml", "- ruleset: x\n", None, None, "a rule file is a mapping"),
     ("missing ruleset name", "bad.yaml", f"rules: [{GOOD_RULE}]\n", None, None,

@@ -170,7 +170,7 @@ def test_hostile_candidate_data_is_refused_fast(app_factory: AppFactory) -> None
         response = whatif(client, policies={name: text})
         assert response.status_code == 422
         assert response.get_json()["invalid-params"][0]["name"].startswith(name)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 5  # a sandbox's start, and no more
 
 
 def test_candidate_rules_that_would_run_away_are_errors_of_their_case(
@@ -199,14 +199,16 @@ def test_the_sandbox_has_a_network_of_its_own() -> None:
 
 
 def test_a_stopped_sandbox_says_why_on_every_later_call() -> None:
-    from app.rules import parse_ruleset
     from app.rules.engine import Limits
+    from app.sandbox import CandidateSources
 
     with Sandbox.start(Budget(seconds=5, memory_mb=256)) as sandbox:
-        ruleset = parse_ruleset("ruleset: s\nrules:\n  - {name: r, when: {a: {type: t}}, "
-                                "then: [{propose: {action: x}}]}\n", "s.yaml")
-        sandbox.load({"s": ruleset}, None, governance_path="decision/governance",
-                     access_path="decision/access", limits=Limits())
+        source = ("ruleset: s\nrules:\n"
+                  "  - {name: r, when: {a: {type: t}}, then: [{propose: {action: x}}]}\n")
+        loaded = sandbox.load(CandidateSources({"s.yaml": source}),
+                              governance_path="decision/governance",
+                              access_path="decision/access", limits=Limits())
+        ruleset = loaded.rulesets["s"]
         os.kill(sandbox.pid, 9)
         with pytest.raises(CandidateFailed, match="the sandbox stopped"):
             sandbox.evaluate(ruleset, [])

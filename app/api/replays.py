@@ -8,7 +8,6 @@ from flask import Blueprint
 
 from app.api.openapi import documented
 from app.api.request_context import authorize, json_body, service
-from app.errors import InvalidInput, InvalidParam
 from app.schemas import ReplayInSchema, ReplayReportSchema, load
 
 bp = Blueprint("replays", __name__)
@@ -26,15 +25,13 @@ def create_replay() -> dict[str, Any]:
     body = load(ReplayInSchema, json_body())
     authorize("replays.create")
     svc = service()
-    rule_sources = {}
+    rule_sources, declared = {}, {}
     if "ruleset" in body:
         candidate = body["ruleset"]
-        rule_sources[f"{candidate['name']}.yaml"] = candidate["source"]
-    candidates = svc.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"))
-    if "ruleset" in body and body["ruleset"]["name"] not in candidates.rulesets:
-        raise InvalidInput.from_params([InvalidParam(
-            "ruleset.source", f"declares ruleset {next(iter(candidates.rulesets))!r}, not "
-                              f"{body['ruleset']['name']!r}")])
+        file = f"{candidate['name']}.yaml"
+        rule_sources[file], declared[file] = candidate["source"], candidate["name"]
+    candidates = svc.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"),
+                                declared=declared)
     cases, next_cursor = svc.replay_cases(
         decision_ids=body.get("decision_ids", []), subject=body.get("subject"),
         since_ms=_ms(body.get("since")), until_ms=_ms(body.get("until")),

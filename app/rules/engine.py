@@ -50,17 +50,22 @@ from app.schemas import DERIVED_DEPARTMENT, data_problems
 @dataclass(frozen=True)
 class Limits:
     """How much one evaluation may take (settings DECISION_MAX_EVALUATION_FACTS,
-    DECISION_MAX_FIRINGS, DECISION_MAX_JOIN_CANDIDATES, DECISION_MAX_EVALUATION_SECONDS).
+    DECISION_MAX_FIRINGS, DECISION_MAX_JOIN_CANDIDATES, DECISION_MAX_EVALUATION_SECONDS,
+    DECISION_MAX_ACTIONS, DECISION_MAX_GATE_PAIRS).
 
     `join_candidates` bounds the partial matches the core may build, estimated before
     each assert as the product of how many facts each alias could match: a join of 3,500
     by 3,500 facts once grew a worker to 3.6 GB in the core, where nothing can stop it.
-    `seconds` is checked between calls into the core, which the join bound keeps short."""
+    `seconds` is checked between calls into the core, which the join bound keeps short.
+    `gate_pairs` bounds what the policy gate is then asked: it judges every action against
+    every fact, in OPA, where nothing can stop it either (about 25 µs a pair here)."""
 
     facts: int = 10_000
     firings: int = 5_000
     join_candidates: int = 200_000
     seconds: float = 2.0
+    actions: int = 100
+    gate_pairs: int = 50_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -355,6 +360,10 @@ class _Run:
         action_id = _content_id("act", step.action, params)
         if action_id in self._action_ids:
             return  # the same proposal from another match: one action
+        if len(self._action_ids) >= self.limits.actions:
+            raise EvaluationFailed(
+                f"ruleset {self.ruleset.name} proposed more than {self.limits.actions} "
+                f"actions (DECISION_MAX_ACTIONS; last: rule {rule.name})")
         self._action_ids.add(action_id)
         self.result.actions.append(ProposedAction(action_id, step.action, params, rule.name))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from app.documents import DocumentLoader, load_json
+from app.documents import compose_yaml, construct_yaml, load_json
 from app.errors import RuleProblem, RulesetInvalid
 from app.rules import regex
 from app.rules.model import (
@@ -104,21 +104,15 @@ def _parse(source: str, file: str) -> tuple[Any, _Lines]:
             raise RulesetInvalid([RuleProblem(file, f"not valid JSON: {exc}")]) from exc
         return document, _Lines()
     try:
-        loader = DocumentLoader(source)  # refuses control characters already
-    except yaml.YAMLError as exc:
-        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
-    try:
-        node = loader.get_single_node()
-        document = loader.construct_document(node) if node is not None else None
+        node = compose_yaml(source)
+        document = construct_yaml(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(part for part in (exc.context, exc.problem) if part)
         raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {reason}",
                                           line=mark.line + 1 if mark else None)]) from exc
-    except (yaml.YAMLError, RecursionError) as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
-    finally:
-        loader.dispose()
     return document, _lines_yaml(node)
 
 

@@ -84,10 +84,16 @@ _below_legal_threshold if {
 
 # --- the facts: on file once, from their department, with the right types ---------------
 
-_on_file(fact_type) := [fact |
+# The facts about this action's request, found once per action (a subject may hold
+# thousands of facts; each check below looks only at these).
+_about_request := [fact |
 	some fact in input.facts
-	fact.type == fact_type
 	fact.data.request_id == _request
+]
+
+_on_file(fact_type) := [fact |
+	some fact in _about_request
+	fact.type == fact_type
 ]
 
 _usable(fact_type) if {
