@@ -88,7 +88,7 @@ def test_an_evaluation_past_its_time_stops_between_calls_into_the_core() -> None
     facts += [fact(f"u{n}", "u", s="xy" * 50) for n in range(300)]
     started = time.monotonic()
     with pytest.raises(EvaluationTimeout, match=r"within 0.2 s \(DECISION_MAX_EVALUATION_SEC"):
-        evaluate(rs, facts, limits=Limits(seconds=0.2))
+        evaluate(rs, facts, limits=Limits(seconds=0.2, actions=10_000))
     assert time.monotonic() - started < 1.5
     _still_serves()
 

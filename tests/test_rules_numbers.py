@@ -92,3 +92,66 @@ def test_core_number_keeps_order_and_maps_equal_values_alike() -> None:
     assert core_number(1e-7) < 1e-7 and "e" not in json.dumps(core_number(1e-7)).split(".")[0]
     assert core_number(100.5) == 100.5 and core_number(I63 * 4) == INT64_MAX
     assert not math.isnan(core_number(-5e-324))
+
+
+TEXTS = ["", "a", "A", "ab", "a b", "a!", "a\t", "a\n", "2026-01-01", "2026-01-01 00:00",
+         "2026-01-01T00:00", "café", "cafe", "日本", "😀", "\x7f", "Globex\"Corp", "Globex.Corp",
+         "x]a", "]", "xax", "aax", "a\\b", "  "]
+PATTERNS = [".", ".{1,2}[^a]", "[]a]", "Globex.Corp", "caf.", "a\\sb", "\\d{4}-\\d{2}-\\d{2}"]
+
+TEXT_SWEEP = textwrap.dedent("""
+    import json, sys
+    from app.rules import evaluate, parse_ruleset
+    texts, patterns, ops = json.loads(sys.stdin.read())
+    rules = []
+    for o, op in enumerate(ops):
+        rules.append({"name": f"join_{o}", "when": {
+            "a": {"type": "a"}, "b": {"type": "b", "x": {op: "$a.x"}}},
+            "then": [{"propose": {"action": "j", "params": {}}}]})
+        for c, constant in enumerate(["2026-01-01", "café", "a", "日本"]):
+            rules.append({"name": f"const_{o}_{c}",
+                          "when": {"a": {"type": "a", "x": {op: constant}}},
+                          "then": [{"propose": {"action": "c", "params": {}}}]})
+    for p, pattern in enumerate(patterns):
+        rules.append({"name": f"matches_{p}",
+                      "when": {"a": {"type": "a", "x": {"matches": pattern}}},
+                      "then": [{"propose": {"action": "m", "params": {}}}]})
+    rules.append({"name": "in_list",
+                  "when": {"a": {"type": "a", "x": {"in": ["café", "日本", "a b"]}}},
+                  "then": [{"propose": {"action": "i", "params": {}}}]})
+    ruleset = parse_ruleset(json.dumps({"ruleset": "texts", "rules": rules}), "texts.json")
+    for a in texts:
+        for b in texts:
+            facts = [{"id": "fa", "type": "a", "department": "d", "data": {"x": a}},
+                     {"id": "fb", "type": "b", "department": "d", "data": {"x": b}}]
+            fired = sorted(f.rule for f in evaluate(ruleset, facts).fired)
+            print(json.dumps([a, b, fired]))
+""")
+
+
+def expected_texts(a: str, b: str) -> list[str]:
+    import re
+
+    fired = [f"join_{o}" for o, op in enumerate(OPS) if PYTHON[op](b, a)]
+    fired += [f"const_{o}_{c}" for o, op in enumerate(OPS)
+              for c, constant in enumerate(["2026-01-01", "café", "a", "日本"])
+              if PYTHON[op](a, constant)]
+    fired += [f"matches_{p}" for p, pattern in enumerate(PATTERNS)
+              if re.fullmatch(pattern.replace("\\s", "[\\t\\n\\f\\r ]"), a, re.DOTALL)]
+    fired += ["in_list"] if a in ("café", "日本", "a b") else []
+    return sorted(fired)
+
+
+def test_text_comparisons_and_patterns_answer_as_python_does() -> None:
+    """The core misordered a text and a longer one it begins (a space or ! after it),
+    missed non-ASCII constants and its regexes missed matches: it now only pre-filters by
+    presence for those, and equality, and the service decides."""
+    run = subprocess.run([sys.executable, "-c", TEXT_SWEEP], cwd=ROOT, timeout=300,
+                         input=json.dumps([TEXTS, PATTERNS, OPS]), capture_output=True,
+                         text=True)
+    assert run.returncode == 0, f"the sweep died (exit {run.returncode}): {run.stderr[-2000:]}"
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(lines) == len(TEXTS) ** 2
+    wrong = [(a, b, sorted(set(fired) ^ set(expected_texts(a, b))))
+             for a, b, fired in lines if fired != expected_texts(a, b)]
+    assert not wrong, wrong[:10]

@@ -2,7 +2,7 @@
 
     loader    rule file text -> validated `Ruleset` (or every problem, located)
     model     the validated form, and what each condition means
-    regex     the `matches` dialect, translated for durable_rules
+    regex     the `matches` dialect, checked and run in RE2
     compiler  `Ruleset` -> durable_rules definition
     engine    `evaluate(ruleset, facts) -> Evaluation`, safely around the C core
     registry  active versions per name, reload from the rules directory

@@ -14,6 +14,13 @@ What the compiler adds, and why:
 - `!=` becomes "the field is present", and `exists` no test at all: durable_rules
   coerces types (it finds `"2" != 2` false) and sees only scalar fields, and the
   core must never miss a match that `Test.holds` would accept. `Test.holds` decides.
+  So does it for `matches` (the core's regex engine misses matches: `[]a]`, `.` against
+  a tab, `.{1,2}[^a]` against "xax") and for `<` and friends on text, or on a field of
+  another fact that may hold text (the core orders "2026-01-01" after
+  "2026-01-01 00:00"): the core only checks that the field is there. Numbers against a
+  number constant the core compares itself (see `core_number`).
+- The definition is sent in UTF-8, as the facts are: escaped (`\u00e9`), a constant
+  never equals the fact's text.
 - A field another alias joins on must be present in the fact an alias matches:
   the core aborts a whole assert (error 311) when a join reads a missing field.
   A comparison with a missing field is false anyway (`Test.holds`).
@@ -39,7 +46,6 @@ from typing import Any
 
 import orjson
 
-from app.rules import regex
 from app.rules.model import Pattern, Ref, Ruleset, Test, engine_field
 
 TAG = "_e"  # the evaluation a fact belongs to
@@ -80,6 +86,10 @@ def core_number(number: int | float) -> int | float:
     return int(number) if number.is_integer() else number
 
 
+def _number(value: Any) -> bool:
+    return (type(value) is int or type(value) is float)
+
+
 def rule_key(index: int) -> str:
     return f"r{index}"
 
@@ -96,17 +106,14 @@ def _expression(test: Test) -> dict[str, Any]:
     field = engine_field(test.field)
     if test.op == "==":
         return {field: _operand(test.value)}
-    if test.op == "!=":
+    if test.op in _DECIDED_IN_PYTHON or test.op == "matches" or (
+            test.op in _COMPARISON and not _number(test.value)):
         return {"$ex": {field: 1}}
     if test.op in _COMPARISON:
         return {_COMPARISON[test.op]: {field: _operand(test.value)}}
     if test.op == "in":
         options = [{field: _operand(option)} for option in test.value]
         return options[0] if len(options) == 1 else {"$or": options}
-    if test.op == "matches":
-        assert test.pattern is not None
-        translated, _ = regex.translate(test.pattern)
-        return {"$mt": {field: translated}}
     if test.op == "exists":
         # The core never sees null, list or object fields (engine.core_view), which
         # `exists: true` counts as there unless null: Test.holds decides both ways.
@@ -119,7 +126,7 @@ def _joined_fields(patterns: tuple[Pattern, ...]) -> dict[str, set[str]]:
     joined: dict[str, set[str]] = {}
     for pattern in patterns:
         for test in pattern.tests:
-            if isinstance(test.value, Ref) and test.op not in _DECIDED_IN_PYTHON:
+            if isinstance(test.value, Ref) and test.op == "==":
                 joined.setdefault(test.value.alias, set()).add(engine_field(test.value.field))
     return joined
 

@@ -186,7 +186,7 @@ def register(ruleset: Ruleset) -> None:
         definition = compile_ruleset(ruleset)
         try:
             _HANDLES[ruleset.engine_name] = core.create_ruleset(
-                ruleset.engine_name, json.dumps(definition))
+                ruleset.engine_name, json.dumps(definition, ensure_ascii=False))
             _FIELDS[ruleset.engine_name] = core_fields(ruleset)
             _RULES[ruleset.engine_name] = {rule_key(r.index): r for r in ruleset.rules}
             joins = [(rule.name, tuple(pattern.fact_types for pattern in rule.when))
@@ -211,7 +211,7 @@ def _locate_refusal(ruleset: Ruleset, definition: dict[str, Any],
         probe = {rule_key(rule.index): definition[rule_key(rule.index)]}
         try:
             handle = core.create_ruleset(f"{ruleset.engine_name}#probe{rule.index}",
-                                         json.dumps(probe))
+                                         json.dumps(probe, ensure_ascii=False))
         except core.error as exc:
             problems.append(RuleProblem(ruleset.file, f"the rule engine refused it: {exc}",
                                         rule=rule.name, line=rule.line))

@@ -219,7 +219,7 @@ class _Checker:
             return Test(field, op, tuple(values))
         if op == "matches":
             try:
-                _, compiled = regex.translate(raw)
+                compiled = regex.compile_pattern(raw)
             except ValueError as exc:
                 self.problem(where, str(exc))
                 return None
