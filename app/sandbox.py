@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import logging
 import os
 import resource
 import selectors
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -50,8 +52,13 @@ from app.policy.files import PolicySet
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
 
+log = logging.getLogger(__name__)
+
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUSER = 0x10000000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_NOBODY = 65534
+MAX_REPLY_BYTES = 64 * 2**20
 _PAGE = resource.getpagesize()
 # The Go runtime of embedded OPA reserves about 1 GB of address space as it starts: the
 # ceiling is only a backstop above the budget the parent watches.
@@ -106,12 +113,15 @@ class Sandbox:
         self.budget = budget
         self.failure: str | None = None  # why it stopped, once it has
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        # No preexec_fn: Python code between fork and exec in a process with Go's threads
+        # can deadlock. The child confines itself first thing (`_confine`).
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "app.sandbox"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr, env=_child_environment(),
-            preexec_fn=_confine(budget.memory_mb))
+            [sys.executable, "-m", "app.sandbox", str(budget.memory_mb), str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            env=_child_environment(), cwd=tempfile.gettempdir())
         self._deadline = time.monotonic() + budget.seconds
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # how much of the buffer holds no newline
         self._watching = threading.Event()
         self._watcher = threading.Thread(target=self._watch_memory, name="sandbox-memory",
                                          daemon=True)
@@ -172,10 +182,9 @@ class Sandbox:
         deadline = (time.monotonic() + self.budget.seconds if self.budget.per_call
                     else self._deadline)
         try:
-            assert self._process.stdin is not None
-            self._process.stdin.write(orjson.dumps(request) + b"\n")
-            self._process.stdin.flush()
-            line = self._read_line(deadline)
+            line = None
+            if self._write(orjson.dumps(request) + b"\n", deadline):
+                line = self._read_line(deadline)
         except (BrokenPipeError, OSError, EOFError):
             line = None
         if line is None:
@@ -186,25 +195,52 @@ class Sandbox:
             raise _error_from(reply["error"])
         return reply["ok"]
 
+    def _out_of_time(self) -> None:
+        self.failure = self.failure or (f"the candidate ran past its time budget of "
+                                        f"{self.budget.seconds:g} s (DECISION_WHATIF_SECONDS)")
+
+    def _write(self, data: bytes, deadline: float) -> bool:
+        """All of `data` to the child before the deadline (a child that stops reading
+        cannot block the worker), or False."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        os.set_blocking(stdin.fileno(), False)
+        view = memoryview(data)
+        with selectors.DefaultSelector() as selector:
+            selector.register(stdin, selectors.EVENT_WRITE)
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    self._out_of_time()
+                    return False
+                with contextlib.suppress(BlockingIOError):
+                    view = view[os.write(stdin.fileno(), view):]
+        return True
+
     def _read_line(self, deadline: float) -> bytes | None:
-        """A line from the child, or None when it stops or the deadline passes (then the
-        failure says so)."""
+        """A line from the child, or None when it stops, the deadline passes or the line
+        grows past MAX_REPLY_BYTES (then the failure says so)."""
         stdout = self._process.stdout
         assert stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
+            while (end := self._buffer.find(b"\n", self._scanned)) < 0:
+                self._scanned = len(self._buffer)
+                if len(self._buffer) > MAX_REPLY_BYTES:
+                    self.failure = self.failure or (
+                        f"the candidate's answer is larger than {MAX_REPLY_BYTES // 2**20} MB")
+                    return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
-                    self.failure = self.failure or (
-                        f"the candidate ran past its time budget of {self.budget.seconds:g} s"
-                        " (DECISION_WHATIF_SECONDS)")
+                    self._out_of_time()
                     return None
                 chunk = os.read(stdout.fileno(), 1 << 20)
                 if not chunk:
                     return None
                 self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        self._scanned = 0
         return line
 
     def _watch_memory(self) -> None:
@@ -218,10 +254,14 @@ class Sandbox:
                 return
 
     def _exit_reason(self) -> str:
+        """Why the child stopped, for the report; what it printed goes to the log only."""
         code = self._process.wait()
         self._stderr.seek(0)
-        tail = self._stderr.read()[-300:].decode(errors="replace").strip()
-        return f"the sandbox stopped (exit code {code})" + (f": {tail}" if tail else "")
+        tail = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        if tail:
+            log.warning("the what-if sandbox stopped (exit code %s): %s", code, tail)
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        return f"the sandbox stopped ({how})"
 
     def _stop(self, reason: str) -> None:
         if self.failure is None or self.failure == reason:
@@ -283,18 +323,27 @@ def _child_environment() -> dict[str, str]:
         "GOGC": os.environ.get("GOGC", "400"), "GOMAXPROCS": "1"}
 
 
-def _confine(memory_mb: int) -> Any:
-    def confine() -> None:  # runs in the child, between fork and exec
-        os.nice(10)
-        ceiling = memory_mb * 2**20 + _ADDRESS_SPACE_HEADROOM
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the worker
-            if libc.unshare(_CLONE_NEWNET) != 0:  # root; else a user namespace may
-                libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
-    return confine
+def _confine(memory_mb: int, parent: int) -> None:
+    """The child's first act: a lower priority, an address-space ceiling, death with its
+    parent, a network namespace of its own, no way to gain privileges, and (started as
+    root) the unprivileged user `nobody`, which cannot open the embedded Redis's socket
+    or anything else that is not everyone's."""
+    os.nice(10)
+    ceiling = memory_mb * 2**20 + _ADDRESS_SPACE_HEADROOM
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+    if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        print("what-if sandbox: no network namespace on this kernel", file=sys.stderr)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if os.getuid() == 0:
+        with contextlib.suppress(OSError):
+            os.setgroups([])
+            os.setgid(_NOBODY)
+            os.setuid(_NOBODY)
 
 
 _ERRORS = {cls.__name__: cls for cls in (
@@ -369,12 +418,18 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     for line in stdin:
         request = orjson.loads(line)
         try:
-            reply = {"ok": calls[request["op"]](request)}
+            reply = orjson.dumps({"ok": calls[request["op"]](request)})
         except DecisionServiceError as exc:
-            reply = _error_reply(exc)
-        stdout.write(orjson.dumps(reply) + b"\n")
+            reply = orjson.dumps(_error_reply(exc))
+        except Exception:  # a candidate's oddity: its error, with the trace in the log
+            traceback.print_exc(file=sys.stderr)
+            reply = orjson.dumps({"error": {"class": "CandidateFailed",
+                                            "detail": "the candidate could not be run (the "
+                                                      "service's log says why)"}})
+        stdout.write(reply + b"\n")
         stdout.flush()
 
 
 if __name__ == "__main__":
+    _confine(int(sys.argv[1]), int(sys.argv[2]))
     serve(sys.stdin.buffer, sys.stdout.buffer)

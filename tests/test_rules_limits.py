@@ -40,7 +40,7 @@ def test_a_join_of_thousands_by_thousands_is_refused_before_the_core_builds_it()
     assert time.monotonic() - started < 2
     assert _rss_mb() - before < 100
     assert str(refused.value).startswith("rule budget_confirmed could join these facts into "
-                                         "12,250,000 candidate matches (budget_check: 3500, "
+                                         "12,253,500 candidate matches (budget_check: 3500, "
                                          "purchase_request: 3500)")
     assert "(DECISION_MAX_JOIN_CANDIDATES)" in str(refused.value)
     _still_serves()
@@ -126,3 +126,14 @@ def test_too_many_facts_are_refused_with_the_setting_named() -> None:
     with pytest.raises(EvaluationFailed, match=r"11 facts .* at most 10 .*"
                                                r"\(DECISION_MAX_EVALUATION_FACTS\)"):
         evaluate(procurement(), facts, limits=Limits(facts=10))
+
+
+def test_many_rules_comparing_one_fact_type_still_decide() -> None:
+    """65 or more comparisons on one fact type that a fact passes at once overflowed the
+    core's stack (error 303 on every evaluation): a decision table of ranges is that."""
+    rules = [{"name": f"band_{n}", "when": {"a": {"type": "t", "x": {">": n}}},
+              "then": [{"propose": {"action": "band", "params": {"n": n}}}]}
+             for n in range(150)]
+    rs = parse_ruleset(json.dumps({"ruleset": "bands", "rules": rules}), "bands.json")
+    result = evaluate(rs, [fact("f", "t", x=1000)], limits=Limits(actions=1000))
+    assert len(result.fired) == 150

@@ -189,10 +189,18 @@ def test_candidate_rules_that_would_run_away_are_errors_of_their_case(
     assert "DECISION_MAX_JOIN_CANDIDATES" in result["error"]
 
 
-def test_the_sandbox_has_a_network_of_its_own() -> None:
+def test_the_sandbox_has_a_network_of_its_own_and_no_privileges() -> None:
+    from app.rules.engine import Limits
+    from app.sandbox import CandidateSources
+
     with Sandbox.start(Budget(seconds=5, memory_mb=256)) as sandbox:
-        time.sleep(0.2)
+        sandbox.load(CandidateSources(), governance_path="decision/governance",
+                     access_path="decision/access", limits=Limits())  # it is serving now
         theirs = os.readlink(f"/proc/{sandbox.pid}/ns/net")
+        status = open(f"/proc/{sandbox.pid}/status").read()
+    assert "NoNewPrivs:\t1" in status
+    if os.getuid() == 0:
+        assert "\nUid:\t65534\t" in status
     if theirs == os.readlink("/proc/self/ns/net"):
         pytest.skip("this kernel lets no unprivileged process have a network namespace")
     assert theirs != os.readlink("/proc/self/ns/net")

@@ -11,14 +11,13 @@ What the compiler adds, and why:
 - The first alias of every rule requires the tag: durable_rules also runs the
   session's own state object through the conditions, and a condition like
   `exists: false` would otherwise match it.
-- `!=` becomes "the field is present", and `exists` no test at all: durable_rules
-  coerces types (it finds `"2" != 2` false) and sees only scalar fields, and the
-  core must never miss a match that `Test.holds` would accept. `Test.holds` decides.
-  So does it for `matches` (the core's regex engine misses matches: `[]a]`, `.` against
-  a tab, `.{1,2}[^a]` against "xax") and for `<` and friends on text, or on a field of
-  another fact that may hold text (the core orders "2026-01-01" after
-  "2026-01-01 00:00"): the core only checks that the field is there. Numbers against a
-  number constant the core compares itself (see `core_number`).
+- `!=`, `<`, `<=`, `>`, `>=` and `matches` become "the field is present", and `exists`
+  no test at all; `Test.holds` decides them. The core must never miss a match that
+  `Test.holds` would accept, and it would: it coerces types (it finds `"2" != 2` false),
+  orders "2026-01-01" after "2026-01-01 00:00", its regex engine misses matches (`[]a]`,
+  `.` against a tab), and a fact that passes more than 64 of its comparison nodes at
+  once aborts the assert (error 303: 65 rules `x > n` on one fact type never decide,
+  as a decision table of ranges would be). Equality it hashes, and keeps.
 - The definition is sent in UTF-8, as the facts are: escaped (`\u00e9`), a constant
   never equals the fact's text.
 - A field another alias joins on must be present in the fact an alias matches:
@@ -27,15 +26,12 @@ What the compiler adds, and why:
 - Priorities become `pri` as the rank of (priority, position in the file): equal
   priorities fire in file order, and the rank fits the core's `unsigned short`
   (a larger or negative `pri` silently wraps around and reorders the rules).
-- Every number the core sees, in a rule and in a fact, goes through `core_number`, and
-  `<`/`>` are compiled as `<=`/`>=`. The core's number reader takes an exponent only
-  after a decimal point (json.c `getNumber`): `1e+16` or `1e-07` aborts the parse, and a
-  batch whose first fact fails leaves an uninitialised state number that segfaults the
-  next call (later facts are dropped silently). It compares an int with a float by
-  rounding the int, and hashes equal int and float joins apart. `core_number` maps every
-  number, by value and in order, to one the core reads and compares exactly; the values
-  it merges can become equal, hence the relaxed comparisons. `Test.holds` decides the
-  exact answer, as for every match.
+- Every number the core sees, in a rule and in a fact, goes through `core_number`. The
+  core's number reader takes an exponent only after a decimal point (json.c
+  `getNumber`): `1e+16` or `1e-07` aborts the parse, and a batch whose first fact fails
+  leaves an uninitialised state number that segfaults the next call (later facts are
+  dropped silently). It hashes equal int and float join keys apart. `core_number` maps
+  every number, by value and in order, to one the core reads and hashes alike.
 """
 
 from __future__ import annotations
@@ -52,9 +48,8 @@ TAG = "_e"  # the evaluation a fact belongs to
 SINK_RULE = "_sink"
 _NEVER = "_z"
 
-_DECIDED_IN_PYTHON = ("!=",)
-# Non-strict on purpose: numbers `core_number` merges may compare equal (see above).
-_COMPARISON = {"<": "$lte", "<=": "$lte", ">": "$gte", ">=": "$gte"}
+# The core only checks that the field is there; `Test.holds` decides (see above).
+_DECIDED_IN_PYTHON = ("!=", "<", "<=", ">", ">=", "matches")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -86,10 +81,6 @@ def core_number(number: int | float) -> int | float:
     return int(number) if number.is_integer() else number
 
 
-def _number(value: Any) -> bool:
-    return (type(value) is int or type(value) is float)
-
-
 def rule_key(index: int) -> str:
     return f"r{index}"
 
@@ -106,11 +97,8 @@ def _expression(test: Test) -> dict[str, Any]:
     field = engine_field(test.field)
     if test.op == "==":
         return {field: _operand(test.value)}
-    if test.op in _DECIDED_IN_PYTHON or test.op == "matches" or (
-            test.op in _COMPARISON and not _number(test.value)):
+    if test.op in _DECIDED_IN_PYTHON:
         return {"$ex": {field: 1}}
-    if test.op in _COMPARISON:
-        return {_COMPARISON[test.op]: {field: _operand(test.value)}}
     if test.op == "in":
         options = [{field: _operand(option)} for option in test.value]
         return options[0] if len(options) == 1 else {"$or": options}

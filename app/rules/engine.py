@@ -190,7 +190,7 @@ def register(ruleset: Ruleset) -> None:
             _FIELDS[ruleset.engine_name] = core_fields(ruleset)
             _RULES[ruleset.engine_name] = {rule_key(r.index): r for r in ruleset.rules}
             joins = [(rule.name, tuple(pattern.fact_types for pattern in rule.when))
-                     for rule in ruleset.rules if len(rule.when) > 1]
+                     for rule in ruleset.rules]
             _JOINS[ruleset.engine_name] = joins
             anything = [i for i, (_, aliases) in enumerate(joins) if None in aliases]
             joining: dict[str, list[int]] = {}
@@ -304,11 +304,10 @@ class _Run:
         for index in indexes:
             name, aliases = self.joins[index]
             product, work = 1, 0
-            for position, fact_types in enumerate(aliases):
+            for fact_types in aliases:  # the facts each alias could match, joined so far
                 product *= everything if fact_types is None else sum(
                     counts.get(t, 0) for t in fact_types)
-                if position:
-                    work += product
+                work += product
             self._join_total += work - self._join_work[index]
             self._join_work[index] = work
             if self._join_total > self.limits.join_candidates:
@@ -336,7 +335,10 @@ class _Run:
                 self._fire(self.rules[key], bindings)
                 message = core.complete_and_start_action(self.handle, state)
         except BaseException:
-            while message:  # complete every started action, or the session stays blocked
+            # Complete every started action, or the session stays blocked: with the facts
+            # retracted first, the core has next to nothing left to start.
+            self._retract_all()
+            while message:
                 message = core.complete_and_start_action(self.handle, state)
             raise
 
@@ -386,6 +388,8 @@ class _Run:
         core.assert_fact(self.handle, jsontext.dumps(view))
 
     def _retract_all(self) -> None:
-        if self.facts:  # engine ids are "<tag>.<n>": no JSON escaping needed
-            identities = ",".join(f'{{"sid":"{_SID}","id":"{f["id"]}"}}' for f in self.facts)
+        """Retract every fact asserted (once: an error path retracts early)."""
+        facts, self.facts = self.facts, []
+        if facts:  # engine ids are "<tag>.<n>": no JSON escaping needed
+            identities = ",".join(f'{{"sid":"{_SID}","id":"{f["id"]}"}}' for f in facts)
             core.retract_facts(self.handle, f"[{identities}]")

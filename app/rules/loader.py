@@ -38,6 +38,7 @@ from app.schemas import (
     DATA_KEY_PATTERN,
     DERIVED_DEPARTMENT,
     MAX_DATA_FIELDS,
+    MAX_JSON_DEPTH,
     NAME_PATTERN,
     RESERVED_DATA_KEYS,
     json_value_problems,
@@ -256,16 +257,21 @@ class _Checker:
 
     # then
 
-    def template(self, value: Any, where: str, aliases: tuple[str, ...]) -> Any:
+    def template(self, value: Any, where: str, aliases: tuple[str, ...],
+                 depth: int = 0) -> Any:
+        if depth > MAX_JSON_DEPTH:
+            self.problem(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+            return None
         if isinstance(value, str):
             return self.text(value, where, aliases)
         if isinstance(value, list):
-            return [self.template(item, f"{where}.{i}", aliases) for i, item in enumerate(value)]
+            return [self.template(item, f"{where}.{i}", aliases, depth + 1)
+                    for i, item in enumerate(value)]
         if isinstance(value, dict):
             for key in value:
                 if not isinstance(key, str):
                     self.problem(where, f"keys must be strings (got {key!r})")
-            return {key: self.template(item, f"{where}.{key}", aliases)
+            return {key: self.template(item, f"{where}.{key}", aliases, depth + 1)
                     for key, item in value.items()}
         for problem in json_value_problems(value, where):
             self.problem(problem.name, problem.reason)

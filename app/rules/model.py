@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from app.errors import RuleProblem
+from app.errors import EvaluationFailed, RuleProblem
 
 # A fact as the engine holds it: data fields beside type, department and the fact id.
 EngineFact = dict[str, Any]
@@ -186,14 +186,22 @@ class Interpolation:
     parts: tuple[str | Ref, ...]
 
 
+# A text a rule fills in from matched facts ("reviewed by $rev.reviewer"): a fact's own
+# values may be long, but a text made of several of them, in every action and derived
+# fact, must not be what fills the memory.
+MAX_RENDERED_TEXT = 64 * 1024
+
+
 def _render(value: Any, bindings: Bindings) -> Any:
     if isinstance(value, Ref):
         return value.resolve(bindings)
     if isinstance(value, Interpolation):
-        return "".join(
-            part if isinstance(part, str) else _text(part.resolve(bindings))
-            for part in value.parts
-        )
+        text = "".join(part if isinstance(part, str) else _text(part.resolve(bindings))
+                       for part in value.parts)
+        if len(text) > MAX_RENDERED_TEXT:
+            raise EvaluationFailed(f"a rule filled in a text of {len(text):,} characters; at "
+                                   f"most {MAX_RENDERED_TEXT:,} are allowed")
+        return text
     if isinstance(value, list):
         return [_render(item, bindings) for item in value]
     if isinstance(value, dict):
