@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from app.config import OPTIONS, Settings
+from app.config import OPTIONS, REQUEST_TIMEOUT_SECONDS, Settings
 from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, RulesetInvalid
 from app.store import EmbeddedRedis, is_cluster_url
 
@@ -474,7 +474,7 @@ def _run_gunicorn(settings: Settings) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
             self.cfg.set("worker_class", "sync")
-            self.cfg.set("timeout", 30)
+            self.cfg.set("timeout", REQUEST_TIMEOUT_SECONDS)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("logconfig_dict", dict_config(settings.log_format))
             self.cfg.set("logger_class", AccessLogger)

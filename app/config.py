@@ -175,6 +175,9 @@ OPTIONS: tuple[Option, ...] = (
 
 DEFAULTS: Mapping[str, str] = {option.field: option.default for option in OPTIONS}
 
+# How long `serve` lets one request run before gunicorn replaces its worker.
+REQUEST_TIMEOUT_SECONDS = 30
+
 
 @dataclass(frozen=True)
 class Settings:

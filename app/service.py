@@ -21,7 +21,7 @@ from app import keys
 from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
 from app.archive import Archive
 from app.clock import rfc3339, system_clock
-from app.config import Settings
+from app.config import REQUEST_TIMEOUT_SECONDS, Settings
 from app.decision_log import DecisionLog, IdempotencyClaim, Recorded
 from app.decisions import (
     failed_decision,
@@ -128,9 +128,13 @@ class DecisionService:
                                      backoff=self.dispatcher.backoff)
         self.archive = Archive(redis_client)
         self.masking = Masking(settings.mask_fields)
+        if settings.whatif_seconds > REQUEST_TIMEOUT_SECONDS - 5:
+            raise ConfigurationError(
+                f"DECISION_WHATIF_SECONDS ({settings.whatif_seconds:g}) must leave a what-if "
+                f"request 5 s of the {REQUEST_TIMEOUT_SECONDS} s a request may take")
         self.whatifs = Slots(redis_client, keys.whatifs_running(),
                              limit=settings.whatif_concurrency,
-                             hold_seconds=settings.whatif_seconds + 30,
+                             hold_seconds=settings.whatif_seconds + 5,
                              busy=f"{settings.whatif_concurrency} what-if(s) with candidate "
                                   "rules or policies run already (DECISION_WHATIF_CONCURRENCY)")
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,

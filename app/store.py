@@ -240,11 +240,14 @@ class EmbeddedRedis:
             process.wait()
 
 
-# KEYS: the slots' sorted set; ARGV: now_ms, limit, until_ms, token. 1 if taken, 0 if full.
+# KEYS: the slots' sorted set; ARGV: limit, hold_ms, token. 1 if taken, 0 if full. Time is
+# Redis's own, so that the processes' clocks need not agree.
 _TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 return 1
 """
 
@@ -265,9 +268,8 @@ class Slots:
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         token = uuid.uuid4().hex
-        now = int(time.time() * 1000)
         with unavailable_on_outage():
-            taken = self._take(keys=[self.key], args=[now, self.limit, now + self.hold_ms, token])
+            taken = self._take(keys=[self.key], args=[self.limit, self.hold_ms, token])
         if not taken:
             raise Busy(self.busy)
         try:
