@@ -40,6 +40,11 @@ DATA_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject", "sid"})
 # The department of the facts the rules derive: nobody posts under it.
 DERIVED_DEPARTMENT = "rules"
+# The policy gate's verdicts enter a decision as facts of this type and department
+# (see app.decisions): nobody posts them either.
+VERDICT_TYPE = "verdict"
+POLICY_DEPARTMENT = "policy"
+RESERVED_DEPARTMENTS = (DERIVED_DEPARTMENT, POLICY_DEPARTMENT)
 MAX_DATA_FIELDS = 200  # durable_rules fails above 255 properties per fact
 MAX_JSON_DEPTH = 32
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
@@ -159,17 +164,20 @@ class Identifier(fields.String):
 
 
 class Department(Identifier):
-    """The department a fact comes from; never the one of derived facts."""
+    """The department a fact comes from; never the one of derived facts or verdicts."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NAME_PATTERN, rule=_NAME_RULE, metadata={"not": {
-            "enum": [DERIVED_DEPARTMENT]}}, **kwargs)
+            "enum": list(RESERVED_DEPARTMENTS)}}, **kwargs)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if text == DERIVED_DEPARTMENT:
             raise ValidationError(f"{DERIVED_DEPARTMENT!r} is the department of the facts the "
                                   "rules derive; no one posts under it")
+        if text == POLICY_DEPARTMENT:
+            raise ValidationError(f"{POLICY_DEPARTMENT!r} is the department of the policy "
+                                  "gate's verdicts; no one posts under it")
         return text
 
 
@@ -314,16 +322,24 @@ class DecisionActionSchema(Schema):
     type = fields.String(required=True)
     params = fields.Dict(required=True)
     rule = fields.String(required=True)
+    requires = fields.List(fields.String(), metadata={
+        "description": "the action types that must be dispatched before it"})
+    round = fields.Integer(metadata={"description": "the round that proposed it"})
     verdict = fields.Nested(VerdictSchema, required=True)
     status = fields.String(required=True, metadata={"enum": [
-        "queued", "dispatched", "failed", "denied", "held", "dry_run", "recorded"]})
-    delivery = fields.Dict(metadata={"description": "attempts, last_error, dispatched_at"})
+        "queued", "waiting", "dispatched", "failed", "denied", "held", "blocked",
+        "withdrawn", "dry_run", "recorded"]})
+    delivery = fields.Dict(metadata={
+        "description": "attempts, last_error, dispatched_at; not_sent (recorded); "
+                       "waiting_for (waiting); blocked and prerequisite (blocked); "
+                       "withdrawn"})
 
 
 class FiringSchema(Schema):
     rule = fields.String(required=True)
     facts = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                         metadata={"description": "alias -> id of the fact it matched"})
+    round = fields.Integer(metadata={"description": "the round it first fired in"})
 
 
 class DecisionRecordSchema(Schema):
@@ -339,6 +355,12 @@ class DecisionRecordSchema(Schema):
         "description": "the snapshot the rules saw"})
     fired = fields.List(fields.Nested(FiringSchema), required=True)
     derived_facts = fields.List(fields.Dict(), required=True)
+    rounds = fields.Integer(metadata={
+        "description": "how many times the rules ran: more than once when they react to "
+                       "the policy's verdicts"})
+    verdict_facts = fields.List(fields.Dict(), metadata={
+        "description": "the verdicts the rules saw as facts (type verdict, department "
+                       "policy), from the round each was given in"})
     actions = fields.List(fields.Nested(DecisionActionSchema), required=True)
     masked = fields.List(fields.String(), metadata={
         "description": "paths of the values replaced by DECISION_MASK_FIELDS"})

@@ -51,14 +51,16 @@ from app.schemas import DERIVED_DEPARTMENT, data_problems
 class Limits:
     """How much one evaluation may take (settings DECISION_MAX_EVALUATION_FACTS,
     DECISION_MAX_FIRINGS, DECISION_MAX_JOIN_CANDIDATES, DECISION_MAX_EVALUATION_SECONDS,
-    DECISION_MAX_ACTIONS, DECISION_MAX_GATE_PAIRS).
+    DECISION_MAX_ACTIONS, DECISION_MAX_GATE_PAIRS, DECISION_MAX_ROUNDS).
 
     `join_candidates` bounds the partial matches the core may build, estimated before
     each assert as the product of how many facts each alias could match: a join of 3,500
     by 3,500 facts once grew a worker to 3.6 GB in the core, where nothing can stop it.
     `seconds` is checked between calls into the core, which the join bound keeps short.
     `gate_pairs` bounds what the policy gate is then asked: it judges every action against
-    every fact, in OPA, where nothing can stop it either (about 25 µs a pair here)."""
+    every fact, in OPA, where nothing can stop it either (about 25 µs a pair here).
+    `rounds` bounds how often a decision whose rules react to verdicts evaluates them
+    again (app.decisions), and `seconds` is also the time all its rounds may take."""
 
     facts: int = 10_000
     firings: int = 5_000
@@ -66,6 +68,7 @@ class Limits:
     seconds: float = 2.0
     actions: int = 100
     gate_pairs: int = 50_000
+    rounds: int = 4
 
 
 DEFAULT_LIMITS = Limits()
@@ -100,9 +103,11 @@ class ProposedAction:
     type: str
     params: dict[str, Any]
     rule: str
+    requires: tuple[str, ...] = ()  # action types to be dispatched first
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "params": self.params, "rule": self.rule}
+        return {"id": self.id, "type": self.type, "params": self.params, "rule": self.rule,
+                **({"requires": list(self.requires)} if self.requires else {})}
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class Evaluation:
     fired: list[Firing] = field(default_factory=list)
     derived_facts: list[dict[str, Any]] = field(default_factory=list)
     actions: list[ProposedAction] = field(default_factory=list)
+    reads_verdicts: bool = False  # the ruleset's rules react to the policy's verdicts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,15 +127,18 @@ class Evaluation:
             "fired": [f.as_dict() for f in self.fired],
             "derived_facts": list(self.derived_facts),
             "actions": [a.as_dict() for a in self.actions],
+            "reads_verdicts": self.reads_verdicts,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
         """The evaluation `as_dict` describes (as a sandbox sends it back)."""
         return cls(data["ruleset"]["name"], data["ruleset"]["version"],
+                   reads_verdicts=bool(data.get("reads_verdicts")),
                    fired=[Firing(f["rule"], dict(f["facts"])) for f in data["fired"]],
                    derived_facts=list(data["derived_facts"]),
-                   actions=[ProposedAction(a["id"], a["type"], a["params"], a["rule"])
+                   actions=[ProposedAction(a["id"], a["type"], a["params"], a["rule"],
+                                           tuple(a.get("requires", ())))
                             for a in data["actions"]])
 
 
@@ -259,7 +268,8 @@ class _Run:
         self.facts: list[EngineFact] = []
         self._by_type: dict[str, list[EngineFact]] = {}
         self._by_engine_id: dict[str, EngineFact] = {}
-        self.result = Evaluation(ruleset.name, ruleset.version)
+        self.result = Evaluation(ruleset.name, ruleset.version,
+                                 reads_verdicts=ruleset.reads_verdicts)
         self._derived_ids: set[str] = set()
         self._action_ids: set[str] = set()
 
@@ -367,7 +377,9 @@ class _Run:
                 f"ruleset {self.ruleset.name} proposed more than {self.limits.actions} "
                 f"actions (DECISION_MAX_ACTIONS; last: rule {rule.name})")
         self._action_ids.add(action_id)
-        self.result.actions.append(ProposedAction(action_id, step.action, params, rule.name))
+        self.result.actions.append(ProposedAction(
+            action_id, step.action, params, rule.name,
+            self.ruleset.requirements.get(step.action, ())))
 
     def _derive(self, rule: Rule, step: Derive, bindings: Bindings) -> None:
         data = step.data.render(bindings)

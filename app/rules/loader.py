@@ -33,10 +33,13 @@ from app.rules.model import (
     Step,
     Template,
     Test,
+    VERDICT_FIELDS,
 )
 from app.schemas import (
     DATA_KEY_PATTERN,
     DERIVED_DEPARTMENT,
+    RESERVED_DEPARTMENTS,
+    VERDICT_TYPE,
     MAX_DATA_FIELDS,
     MAX_JSON_DEPTH,
     NAME_PATTERN,
@@ -53,6 +56,7 @@ MAX_FIELD_TESTS = 16
 MAX_IN_VALUES = 16
 MAX_THEN_STEPS = 32
 MAX_PRIORITY = 1000
+MAX_REQUIRES = 8
 
 RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
@@ -318,17 +322,21 @@ class _Checker:
             return None
         before = len(self.problems)
         if kind == "propose":
-            self.keys(body, where, ("action", "params"), ("action",))
+            self.keys(body, where, ("action", "params", "requires"), ("action",))
             action = self.name(body.get("action"), f"{where}.action", _NAME, "the action")
             params = body.get("params", {})
             if not isinstance(params, dict):
                 self.problem(f"{where}.params", "needs a mapping")
             rendered = self.template(params, f"{where}.params", aliases)
+            requires = self.requires(body.get("requires", []), f"{where}.requires", action)
             if len(self.problems) > before or action is None:
                 return None
-            return Propose(action, Template(rendered))
+            return Propose(action, Template(rendered), requires)
         self.keys(body, where, ("type", "data"), ("type",))
         fact_type = self.name(body.get("type"), f"{where}.type", _NAME, "the fact type")
+        if fact_type == VERDICT_TYPE:
+            self.problem(f"{where}.type", f"{VERDICT_TYPE} facts are the policy gate's "
+                         "verdicts; rules read them but cannot make them")
         data = body.get("data", {})
         if not isinstance(data, dict):
             self.problem(f"{where}.data", "needs a mapping")
@@ -345,6 +353,18 @@ class _Checker:
         if len(self.problems) > before or fact_type is None:
             return None
         return Derive(fact_type, Template(rendered))
+
+    def requires(self, raw: Any, where: str, action: str | None) -> tuple[str, ...]:
+        """`requires: [action types]`: what must be dispatched before the action may be."""
+        if not isinstance(raw, list) or len(raw) > MAX_REQUIRES or not all(
+                isinstance(t, str) and _NAME.fullmatch(t) for t in raw):
+            self.problem(where, f"a list of at most {MAX_REQUIRES} action types")
+            return ()
+        if len(set(raw)) < len(raw):
+            self.problem(where, "names an action type twice")
+        if action in raw:
+            self.problem(where, f"{action} cannot require itself")
+        return tuple(raw)
 
     # rules
 
@@ -446,6 +466,8 @@ class _Checker:
                           rules=tuple(rules), description=description, triggers=tuple(triggers),
                           fact_types=fact_types or {})
         warnings = self.ownership(ruleset, declared=fact_types is not None, lines=lines)
+        self.dependencies(ruleset)
+        warnings += field_warnings(ruleset)
         if self.problems:
             return None
         return dataclasses.replace(ruleset, warnings=tuple(warnings))
@@ -468,21 +490,37 @@ class _Checker:
             if not isinstance(spec, dict):
                 self.problem(where, "needs a mapping with owners")
                 continue
-            self.keys(spec, where, ("owners", "description"), ("owners",))
+            if fact_type == VERDICT_TYPE:
+                self.problem(where, f"{VERDICT_TYPE} facts are the policy gate's verdicts; "
+                             "no department owns them")
+                continue
+            self.keys(spec, where, ("owners", "description", "fields"), ("owners",))
             owners = spec.get("owners")
             if not isinstance(owners, list) or not owners or not all(
                     isinstance(o, str) and _NAME.fullmatch(o) for o in owners):
                 self.problem(f"{where}.owners", "needs a list of one or more departments")
                 continue
-            if DERIVED_DEPARTMENT in owners:
-                self.problem(f"{where}.owners", f"{DERIVED_DEPARTMENT!r} is the department of "
-                             "derived facts; no one posts under it")
+            reserved = [o for o in owners if o in RESERVED_DEPARTMENTS]
+            if reserved:
+                self.problem(f"{where}.owners", f"{reserved[0]!r} is the department of "
+                             f"{'derived facts' if reserved[0] == DERIVED_DEPARTMENT else 'verdicts'};"
+                             " no one posts under it")
                 continue
             description = spec.get("description", "")
             if not isinstance(description, str):
                 self.problem(f"{where}.description", "must be a string")
                 continue
-            declared[fact_type] = FactType(fact_type, tuple(dict.fromkeys(owners)), description)
+            fields = spec.get("fields")
+            if fields is not None and (not isinstance(fields, list) or not all(
+                    isinstance(f, str) and _DATA_KEY.fullmatch(f)
+                    and f not in RESERVED_DATA_KEYS for f in fields)
+                    or len(fields) > MAX_DATA_FIELDS):
+                self.problem(f"{where}.fields", f"a list of at most {MAX_DATA_FIELDS} data field "
+                             "names (a letter, then letters, digits, '_' or '-'; not id, type, "
+                             "department or subject)")
+                continue
+            declared[fact_type] = FactType(fact_type, tuple(dict.fromkeys(owners)), description,
+                                           None if fields is None else tuple(fields))
         self.at_line = None
         return declared
 
@@ -500,7 +538,8 @@ class _Checker:
                          "facts cannot be posted: remove it from facts")
         self.at_line = None
         warnings = []
-        unowned = (ruleset.read_types | set(ruleset.triggers)) - derived - ruleset.fact_types.keys()
+        unowned = ((ruleset.read_types | set(ruleset.triggers)) - derived
+                   - ruleset.fact_types.keys() - {VERDICT_TYPE})
         for rule in ruleset.rules:
             for pattern in (*rule.when, *rule.unless):
                 if pattern.fact_types is not None:
@@ -529,6 +568,100 @@ class _Checker:
                     "(declare its owners under facts:)")))
         self.at_rule, self.at_line = None, None
         return warnings
+
+
+    def dependencies(self, ruleset: Ruleset) -> None:
+        """Every action type an action requires is one the file proposes, and no action
+        type requires itself through others."""
+        requirements = ruleset.requirements
+        proposed = {step.action for rule in ruleset.rules for step in rule.then
+                    if isinstance(step, Propose)}
+        for rule in ruleset.rules:
+            self.at_rule, self.at_line = rule.name, rule.line
+            for step in rule.then:
+                if not isinstance(step, Propose):
+                    continue
+                for required in step.requires:
+                    if required not in proposed:
+                        self.problem("requires", f"{step.action} requires {required}, which no "
+                                     "rule in this file proposes: it could never be dispatched")
+        self.at_rule, self.at_line = None, None
+        cycle = _cycle(requirements)
+        if cycle:
+            self.problem("requires", "action types require each other in a circle, so none "
+                         f"could be dispatched: {' -> '.join(cycle)}")
+
+
+def _cycle(requirements: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """A circle of action types each requiring the next, if there is one."""
+    done: set[str] = set()
+
+    def visit(action: str, path: list[str]) -> list[str]:
+        if action in path:
+            return path[path.index(action):] + [action]
+        if action in done:
+            return []
+        for required in requirements.get(action, ()):
+            found = visit(required, [*path, action])
+            if found:
+                return found
+        done.add(action)
+        return []
+
+    for action in sorted(requirements):
+        found = visit(action, [])
+        if found:
+            return found
+    return []
+
+
+def known_fields(ruleset: Ruleset) -> dict[str, frozenset[str]]:
+    """Fact type -> the data fields its facts have, where the file says: listed under
+    facts: (`fields`), what the rules derive, and a verdict's."""
+    known: dict[str, set[str]] = {}
+    params: set[str] = set()
+    for rule in ruleset.rules:
+        for step in rule.then:
+            if isinstance(step, Derive) and isinstance(step.data.value, dict):
+                known.setdefault(step.type, set()).update(step.data.value)
+            elif isinstance(step, Propose) and isinstance(step.params.value, dict):
+                params.update(step.params.value)
+    known[VERDICT_TYPE] = {*VERDICT_FIELDS, *params}
+    for fact_type in ruleset.fact_types.values():
+        if fact_type.fields is not None:
+            known[fact_type.name] = set(fact_type.fields)
+    return {fact_type: frozenset(fields) for fact_type, fields in known.items()}
+
+
+def field_warnings(ruleset: Ruleset) -> list[RuleProblem]:
+    """A rule that reads a field no fact of its alias's types has: its condition can never
+    hold, or its `then` never fires (a reference to a missing field is no match)."""
+    known = known_fields(ruleset)
+    warnings = []
+    for rule in ruleset.rules:
+        patterns = {p.alias: p for p in (*rule.when, *rule.unless)}
+        read: dict[str, list[str]] = {}
+        for pattern in patterns.values():
+            for test in pattern.tests:
+                read.setdefault(pattern.alias, []).append(test.field)
+                if isinstance(test.value, Ref):
+                    read.setdefault(test.value.alias, []).append(test.value.field)
+        for ref in rule.needs:
+            read.setdefault(ref.alias, []).append(ref.field)
+        for alias, fields in read.items():
+            types = patterns[alias].fact_types if alias in patterns else None
+            if not types or any(t not in known for t in types):
+                continue
+            having = frozenset().union(*(known[t] for t in types))
+            for field in dict.fromkeys(fields):
+                if field in META_FIELDS or field in having:
+                    continue
+                warnings.append(RuleProblem(
+                    ruleset.file, f"${alias}.{field}: no {' or '.join(types)} fact has a field "
+                    f"{field!r} (its fields: {', '.join(sorted(having)) or 'none'}): a condition "
+                    "on it never holds, and a rule that fills it in never fires", rule.name,
+                    rule.line))
+    return warnings
 
 
 def parse_ruleset(source: str, file: str) -> Ruleset:

@@ -9,12 +9,14 @@ is checked here before it counts, and `unless` is decided here alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
 from app.errors import EvaluationFailed, RuleProblem
+from app.schemas import VERDICT_TYPE
 
 # A fact as the engine holds it: data fields beside type, department and the fact id.
 EngineFact = dict[str, Any]
@@ -217,10 +219,27 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def template_refs(value: Any) -> list[Ref]:
+    """The references in a template's value, in order."""
+    if isinstance(value, Ref):
+        return [value]
+    if isinstance(value, Interpolation):
+        return [part for part in value.parts if isinstance(part, Ref)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in template_refs(item)]
+    if isinstance(value, dict):
+        return [ref for item in value.values() for ref in template_refs(item)]
+    return []
+
+
 @dataclass(frozen=True)
 class Propose:
+    """`propose`: an action for the policy gate, and the action types that must be
+    dispatched before it may be (`requires`)."""
+
     action: str
     params: Template
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,13 +263,26 @@ class Rule:
     then: tuple[Step, ...]
     line: int | None = None
     description: str = ""
+    # The fields `then` fills in: a match whose facts lack one (or hold null there) is no
+    # match, so no action or derived fact ever carries a null the rule did not write.
+    needs: tuple[Ref, ...] = dataclass_field(default=(), init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        refs = [ref for step in self.then
+                for ref in template_refs(step.params.value if isinstance(step, Propose)
+                                         else step.data.value)]
+        object.__setattr__(self, "needs", tuple(dict.fromkeys(refs)))
 
     def holds(self, bindings: Bindings, facts: list[EngineFact],
               by_type: Mapping[str, list[EngineFact]] | None = None) -> bool:
-        """Do the matched facts satisfy `when`, and does no fact satisfy any `unless`?
-        (`by_type`, the same facts grouped by type, spares scanning them all.)"""
+        """Do the matched facts satisfy `when`, hold every field `then` refers to, and does
+        no fact satisfy any `unless`? (`by_type`, the same facts grouped by type, spares
+        scanning them all.)"""
         for pattern in self.when:
             if not pattern.matches(bindings[pattern.alias], bindings):
+                return False
+        for ref in self.needs:
+            if ref.resolve(bindings) is None:
                 return False
         for pattern in self.unless:
             candidates = facts if by_type is None or pattern.fact_type is None else by_type.get(
@@ -261,6 +293,13 @@ class Rule:
         return True
 
 
+# A verdict fact's data (see app.decisions.verdict_fact): the action's type, id, params
+# and proposing rule, the verdict, and the round it was given in; and the action's
+# params again as fields of their own, unless named like one of these.
+VERDICT_FIELDS = ("action", "action_id", "rule", "params", "allow", "outcome", "reasons",
+                  "round")
+
+
 @dataclass(frozen=True)
 class FactType:
     """A fact type the ruleset reads, and the departments that alone may post it."""
@@ -268,6 +307,7 @@ class FactType:
     name: str
     owners: tuple[str, ...]
     description: str = ""
+    fields: tuple[str, ...] | None = None  # its data fields, when the file lists them
 
 
 @dataclass(frozen=True)
@@ -295,6 +335,23 @@ class Ruleset:
                          if isinstance(step, Derive))
 
     @property
+    def reads_verdicts(self) -> bool:
+        """Whether a rule reacts to the policy gate's verdicts (a decision then runs in
+        rounds, see app.decisions)."""
+        return VERDICT_TYPE in self.read_types
+
+    @functools.cached_property
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        """Action type -> the action types that must be dispatched before it."""
+        required: dict[str, tuple[str, ...]] = {}
+        for rule in self.rules:
+            for step in rule.then:
+                if isinstance(step, Propose) and step.requires:
+                    required[step.action] = tuple(dict.fromkeys(
+                        (*required.get(step.action, ()), *step.requires)))
+        return required
+
+    @functools.cached_property
     def read_types(self) -> frozenset[str]:
         """The fact types the rules' conditions name."""
         return frozenset(fact_type for rule in self.rules

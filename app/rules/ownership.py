@@ -1,7 +1,8 @@
 """Which department may post which fact type, across the active rulesets.
 
 A ruleset's `facts:` section names the departments that own each fact type it reads;
-the types its rules derive (`assert`) belong to the rules and nobody may post them.
+the types its rules derive (`assert`) belong to the rules and nobody may post them, nor
+`verdict` facts (the policy gate's, see app.decisions).
 Over several rulesets the owners of a type are every department any of them names,
 and a type that any of them derives may not be posted at all. A type that no active
 ruleset declares is open to any department (`rules validate` warns about it). Pooled
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from app.errors import RuleProblem
 from app.rules.model import Ruleset
+from app.schemas import VERDICT_TYPE
 
 FactT = TypeVar("FactT", bound=Mapping[str, Any])
 
@@ -50,6 +52,9 @@ class FactOwnership:
 
     def refusal(self, fact_type: str, department: str) -> str | None:
         """Why `department` may not post a fact of `fact_type`, or None if it may."""
+        if fact_type == VERDICT_TYPE:
+            return (f"{VERDICT_TYPE} facts are the policy gate's verdicts, which enter a "
+                    "decision by themselves; no department may post them.")
         if fact_type in self.derived:
             return (f"{fact_type} facts are derived by the rules (ruleset "
                     f"{', '.join(self.derived[fact_type])}); no department may post them.")
