@@ -117,6 +117,13 @@ def rules_validate(directory: Path | None) -> None:
         loaded.append(ruleset)
         click.echo(f"ok: {path}: ruleset {ruleset.name} version {ruleset.version}, "
                    f"{len(ruleset.rules)} rules")
+        if ruleset.reads_verdicts:
+            click.echo("  its rules read the policy's verdicts (type verdict): a decision "
+                       "runs in rounds, the verdicts of each a fact for the next, until a "
+                       "round proposes nothing new (at most DECISION_MAX_ROUNDS)")
+        for action, required in sorted(ruleset.requirements.items()):
+            click.echo(f"  {action} is sent only after {' and '.join(required)} "
+                       "is dispatched; never if it is denied, held, parked or not sent")
         for warning in ruleset.warnings:
             click.echo(f"warning: {warning}", err=True)
     for conflict in FactOwnership.of(loaded).conflicts:

@@ -163,6 +163,9 @@ OPTIONS: tuple[Option, ...] = (
            "most actions one evaluation may propose (422)"),
     Option("max_gate_pairs", "50000", _positive_int,
            "most (action, fact) pairs the policy gate may judge for one decision (422)"),
+    Option("max_rounds", "4", _positive_int,
+           "most rounds of one decision whose rules react to the policy's verdicts: rules "
+           "still proposing new actions after it is a 422"),
     Option("whatif_seconds", "20", _positive_float,
            "longest a what-if's candidate rules and policies may run, in their sandbox, for "
            "one API request (the CLI gives each case this long)"),
@@ -224,6 +227,7 @@ class Settings:
     max_evaluation_seconds: float
     max_actions: int
     max_gate_pairs: int
+    max_rounds: int
     whatif_seconds: float
     whatif_memory_mb: int
     whatif_concurrency: int

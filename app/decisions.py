@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.access import Caller
-from app.dispatch import QUEUED, Executors
-from app.errors import DecisionServiceError, EvaluationFailed, Forbidden
-from app.policy.gate import ALLOW, HOLD, PolicyGate
+from app.dispatch import BLOCKED, QUEUED, WAITING, Executors
+from app.errors import DecisionServiceError, EvaluationFailed, EvaluationTimeout, Forbidden
+from app.policy.gate import ALLOW, HOLD, PolicyGate, Verdict
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
+from app.schemas import (
+    DATA_KEY_PATTERN,
+    MAX_DATA_FIELDS,
+    POLICY_DEPARTMENT,
+    RESERVED_DATA_KEYS,
+    VERDICT_TYPE,
+    data_problems,
+)
 
-DENIED, HELD, DRY_RUN, RECORDED = "denied", "held", "dry_run", "recorded"
+DENIED, HELD, DRY_RUN, RECORDED, WITHDRAWN = ("denied", "held", "dry_run", "recorded",
+                                              "withdrawn")
 # queued -> dispatched | failed (see app.dispatch). `recorded`: allowed but not sent,
 # and `delivery.not_sent` says why (no executor for its type, or already queued for the
 # subject by an earlier decision).
 
 _POOL_FIELDS = ("id", "type", "department", "data", "version", "recorded_at")
+_DATA_KEY = re.compile(DATA_KEY_PATTERN)
 
 
 def snapshot(pooled: Iterable[Mapping[str, Any]],
@@ -71,6 +83,8 @@ def request_fingerprint(subject: str, ruleset: str, inline: Sequence[Mapping[str
 class Decision:
     record: dict[str, Any]
     to_enqueue: list[dict[str, Any]]  # the allowed actions that have an executor
+    # action id -> the ids of the actions (of this decision) it waits for
+    prerequisites: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _status(outcome: str, action_type: str, dry_run: bool,
@@ -87,46 +101,197 @@ def _status(outcome: str, action_type: str, dry_run: bool,
 # How a decision runs its rules: `app.rules.evaluate` with the service's limits, or a
 # sandbox's for a candidate ruleset.
 Evaluator = Callable[[Ruleset, Sequence[Mapping[str, Any]]], Evaluation]
-DEFAULT_GATE_PAIRS = Limits().gate_pairs
+DEFAULT_LIMITS = Limits()
+
+
+def verdict_fact(action: Mapping[str, Any], verdict: Verdict, round_: int) -> dict[str, Any]:
+    """The fact a verdict becomes for the next round's rules (fields: VERDICT_FIELDS, and
+    the action's params again as fields of their own, to join on)."""
+    data: dict[str, Any] = {
+        "action": action["type"], "action_id": action["id"], "rule": action["rule"],
+        "params": action["params"], "allow": verdict.allow, "outcome": verdict.outcome,
+        "reasons": list(verdict.reasons), "round": round_}
+    for key, value in action["params"].items():
+        if len(data) >= MAX_DATA_FIELDS:
+            break
+        if key not in data and key not in RESERVED_DATA_KEYS and _DATA_KEY.fullmatch(key):
+            data[key] = value
+    problems = data_problems(data, "data")
+    if problems:
+        raise EvaluationFailed(f"the verdict on {action['type']} ({action['id']}) cannot be "
+                               f"a fact for the rules: {problems[0].name}: "
+                               f"{problems[0].reason}")
+    return {"id": f"verdict-{action['id']}", "type": VERDICT_TYPE,
+            "department": POLICY_DEPARTMENT, "data": data}
+
+
+@dataclass
+class _Rounds:
+    """What the rounds of one decision found, each thing with the round it first came in."""
+
+    fired: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = field(
+        default_factory=dict)
+    derived: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gated: dict[str, tuple[dict[str, Any], Verdict]] = field(default_factory=dict)
+    verdict_facts: list[dict[str, Any]] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, evaluation: Evaluation, round_: int) -> list[dict[str, Any]]:
+        """Take in one round's evaluation; the actions it proposed that are new."""
+        self.count = round_
+        for firing in evaluation.fired:
+            key = (firing.rule, tuple(sorted(firing.facts.items())))
+            self.fired.setdefault(key, {**firing.as_dict(), "round": round_})
+        for fact in evaluation.derived_facts:
+            self.derived.setdefault(fact["id"], {**fact, "round": round_})
+        return [action.as_dict() for action in evaluation.actions
+                if action.id not in self.gated]
 
 
 def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                   facts: list[dict[str, Any]], gate: PolicyGate, caller: Caller,
                   dry_run: bool, created_at: str, executors: Executors,
                   evaluator: Evaluator, trigger: Mapping[str, Any] | None = None,
-                  gate_pairs: int = DEFAULT_GATE_PAIRS) -> Decision:
+                  limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Evaluate the rules over `facts`, ask the policy gate about every proposed action (one
-    round trip), and build the decision record. EvaluationFailed when the gate would judge
-    more than `gate_pairs` (action, fact) pairs."""
-    evaluation = evaluator(ruleset, facts)
-    if len(evaluation.actions) * len(facts) > gate_pairs:
-        raise EvaluationFailed(
-            f"the policy gate would judge {len(evaluation.actions)} actions against "
-            f"{len(facts)} facts ({len(evaluation.actions) * len(facts):,} pairs); at most "
-            f"{gate_pairs:,} are allowed (DECISION_MAX_GATE_PAIRS)")
+    round trip), and build the decision record.
+
+    When the rules read `verdict` facts, each verdict then enters the facts of another
+    evaluation, whose new proposals are gated in turn, until a round proposes nothing new
+    (at most `limits.rounds` evaluations, within `limits.seconds` in all). The actions
+    are those of the last round; one an earlier round proposed and the last did not is
+    `withdrawn`. An action that requires another waits for it, or is `blocked` when it
+    cannot be sent. EvaluationFailed when the gate would judge more than
+    `limits.gate_pairs` (action, fact) pairs, or the rounds do not come to rest."""
     common = _gate_input(decision_id=decision_id, subject=subject, ruleset=ruleset.name,
                          version=ruleset.version, facts=facts, caller=caller.as_input(),
                          dry_run=dry_run, created_at=created_at)
-    proposed = [action.as_dict() for action in evaluation.actions]
-    verdicts = gate.check(common, proposed)
-    actions = []
-    for action, verdict in zip(proposed, verdicts, strict=True):
-        status, delivery = _status(verdict.outcome, action["type"], dry_run, executors)
-        actions.append({**action, "verdict": verdict.as_dict(), "status": status,
-                        **({"delivery": delivery} if delivery else {})})
-    revision = verdicts[0].revision if verdicts else gate.revision
+    started = time.monotonic()
+    rounds = _Rounds()
+    for round_ in range(1, limits.rounds + 1):
+        evaluation = evaluator(ruleset, [*facts, *rounds.verdict_facts])
+        new = rounds.add(evaluation, round_)
+        pairs = (len(rounds.gated) + len(new)) * len(facts)
+        if pairs > limits.gate_pairs:
+            raise EvaluationFailed(
+                f"the policy gate would judge {len(rounds.gated) + len(new)} actions against "
+                f"{len(facts)} facts ({pairs:,} pairs); at most {limits.gate_pairs:,} are "
+                "allowed (DECISION_MAX_GATE_PAIRS)")
+        verdicts = gate.check(common, new)
+        for action, verdict in zip(new, verdicts, strict=True):
+            rounds.gated[action["id"]] = ({**action, "round": round_}, verdict)
+        if not new or not evaluation.reads_verdicts:
+            break
+        if time.monotonic() - started > limits.seconds:
+            raise EvaluationTimeout(
+                f"ruleset {ruleset.name} and the verdicts on its actions did not come to rest "
+                f"within {limits.seconds:g} s (DECISION_MAX_EVALUATION_SECONDS; {round_} "
+                "rounds)")
+        rounds.verdict_facts += [verdict_fact(action, verdict, round_)
+                                 for action, verdict in zip(new, verdicts, strict=True)]
+    else:
+        raise EvaluationFailed(
+            f"ruleset {ruleset.name} still proposed new actions after {limits.rounds} rounds "
+            f"of reacting to the policy's verdicts (DECISION_MAX_ROUNDS; last: "
+            f"{', '.join(sorted({action['type'] for action in new}))})")
+    final = [action.id for action in evaluation.actions]
+    actions = _Statuses(rounds, final, dry_run=dry_run, executors=executors,
+                        decision_id=decision_id).actions()
+    revision = next((v.revision for _, v in rounds.gated.values()), gate.revision)
     record = {
         **_header(decision_id=decision_id, subject=subject, created_at=created_at,
                   ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,
                   trigger=trigger),
         "facts": facts,
-        "fired": [firing.as_dict() for firing in evaluation.fired],
-        "derived_facts": evaluation.derived_facts,
+        "rounds": rounds.count,
+        "fired": list(rounds.fired.values()),
+        "derived_facts": list(rounds.derived.values()),
+        "verdict_facts": rounds.verdict_facts,
         "actions": actions,
     }
     to_enqueue = [{key: a[key] for key in ("id", "type", "params", "rule")}
-                  for a in actions if a["status"] == QUEUED]
-    return Decision(record, to_enqueue)
+                  for a in actions if a["status"] in (QUEUED, WAITING)]
+    prerequisites = {a["id"]: [w["action_id"] for w in a["delivery"]["waiting_for"]]
+                     for a in actions if a["status"] == WAITING}
+    return Decision(record, to_enqueue, prerequisites)
+
+
+_SENT = (QUEUED, WAITING, DRY_RUN)  # what a prerequisite may be for its dependents to go
+_IN_WORDS = {DENIED: "the policy denied", HELD: "the policy held", BLOCKED: "is blocked",
+             RECORDED: "is not sent", WITHDRAWN: "was withdrawn"}
+
+
+class _Statuses:
+    """Each gated action's status: its verdict's, then what its prerequisites allow."""
+
+    def __init__(self, rounds: _Rounds, final: list[str], *, dry_run: bool,
+                 executors: Executors, decision_id: str) -> None:
+        self.rounds = rounds
+        self.final = set(final)
+        self.dry_run = dry_run
+        self.executors = executors
+        self.decision_id = decision_id
+        self.by_type: dict[str, list[dict[str, Any]]] = {}
+        for action_id in final:
+            action = rounds.gated[action_id][0]
+            self.by_type.setdefault(action["type"], []).append(action)
+        self.done: dict[str, tuple[str, dict[str, Any] | None]] = {}
+
+    def actions(self) -> list[dict[str, Any]]:
+        actions = []
+        for action_id, (action, verdict) in self.rounds.gated.items():
+            status, delivery = self.status(action_id)
+            actions.append({**action, "verdict": verdict.as_dict(), "status": status,
+                            **({"delivery": delivery} if delivery else {})})
+        return actions
+
+    def status(self, action_id: str) -> tuple[str, dict[str, Any] | None]:
+        if action_id not in self.done:
+            self.done[action_id] = (BLOCKED, {"blocked": "its prerequisites require it"})
+            self.done[action_id] = self._status(action_id)  # the guard above ends a circle
+        return self.done[action_id]
+
+    def _status(self, action_id: str) -> tuple[str, dict[str, Any] | None]:
+        action, verdict = self.rounds.gated[action_id]
+        if action_id not in self.final:
+            return WITHDRAWN, {"withdrawn": "the rules no longer proposed it once they saw "
+                                            "the policy's verdicts"}
+        status, delivery = _status(verdict.outcome, action["type"], self.dry_run,
+                                   self.executors)
+        if status not in (QUEUED, DRY_RUN, RECORDED) or not action.get("requires"):
+            return status, delivery
+        waiting_for = []
+        for required in action["requires"]:
+            prerequisites = self.by_type.get(required, [])
+            if not prerequisites:
+                return BLOCKED, {"blocked": f"it requires {required}, which this decision "
+                                            "does not propose"}
+            for prerequisite in prerequisites:
+                before, said = self.status(prerequisite["id"])
+                if status == RECORDED and before == RECORDED:
+                    continue  # neither is sent for want of an executor: it says so itself
+                if before not in _SENT:
+                    return BLOCKED, _blocked(prerequisite, before, said,
+                                             self.rounds.gated[prerequisite["id"]][1])
+                waiting_for.append({"decision_id": self.decision_id,
+                                    "action_id": prerequisite["id"], "type": required})
+        if status == QUEUED:
+            return WAITING, {"waiting_for": waiting_for}
+        return status, delivery
+
+
+def _blocked(prerequisite: Mapping[str, Any], status: str, said: Mapping[str, Any] | None,
+             verdict: Verdict) -> dict[str, Any]:
+    """Why an action is blocked by a prerequisite that will not be sent."""
+    why = _IN_WORDS.get(status, status)
+    if status in (DENIED, HELD):
+        why += f": {'; '.join(verdict.reasons)}"
+    elif said:
+        why += f": {next(iter(said.values()))}"
+    return {"blocked": f"it requires {prerequisite['type']} ({prerequisite['id']}), which "
+                       f"{why}",
+            "prerequisite": {"action_id": prerequisite["id"], "type": prerequisite["type"],
+                             "status": status}}
 
 
 def _gate_input(*, decision_id: str, subject: str, ruleset: str, version: str,

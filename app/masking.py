@@ -2,7 +2,8 @@
 
 `DECISION_MASK_FIELDS` names data fields, either everywhere (`iban`) or for one fact type
 (`vendor_profile.iban`). Their values are replaced in the decision record as stored and
-returned (the snapshot, the derived facts, the action parameters of the same name) and
+returned (the snapshot, the derived facts, the action parameters of the same name, in
+the actions and in the verdict facts) and
 listed under `masked`; the fact pool and the outbox keep the real values, because the
 rules and the executors need them. A replay of a masked decision runs on the masked
 values, and its result says so.
@@ -55,7 +56,14 @@ class Masking:
         actions = [{**a, "params": self._masked(a["params"], self.everywhere,
                                                 f"actions.{a['id']}.params", paths)}
                    for a in record["actions"]]
+        verdicts = [{**f, "data": {**self._masked(f["data"], self.everywhere,
+                                                  f"verdict_facts.{f['id']}", paths),
+                                   "params": self._masked(f["data"]["params"], self.everywhere,
+                                                          f"verdict_facts.{f['id']}.params",
+                                                          paths)}}
+                    for f in record.get("verdict_facts", [])]
         if not paths:
             return record
         return {**record, "facts": facts, "derived_facts": derived, "actions": actions,
+                **({"verdict_facts": verdicts} if "verdict_facts" in record else {}),
                 "masked": paths}

@@ -22,13 +22,14 @@ from typing import Any
 
 from app.access import Caller
 from app.archive import Archive
-from app.decisions import DEFAULT_GATE_PAIRS, Evaluator, make_decision, snapshot
+from app.decisions import DEFAULT_LIMITS, Evaluator, make_decision, snapshot
 from app.dispatch import Executors
 from app.errors import DecisionServiceError
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset, RulesetRegistry, evaluate
+from app.rules.engine import Limits
 from app.sandbox import Candidates, Sandbox, SandboxedPolicyEngine
 
 _NO_EXECUTORS = Executors({})
@@ -126,9 +127,11 @@ class Replayer:
                  evaluator: Evaluator, candidates: Candidates | None = None,
                  sandbox: Sandbox | None = None,
                  allowed_builtins: frozenset[str] = frozenset(),
-                 gate_pairs: int = DEFAULT_GATE_PAIRS) -> None:
+                 limits: Limits = DEFAULT_LIMITS,
+                 executors: Executors = _NO_EXECUTORS) -> None:
         self.archive = archive
-        self.gate_pairs = gate_pairs
+        self.limits = limits
+        self.executors = executors  # what a live decision would have sent: statuses agree
         self.allowed_builtins = allowed_builtins  # of the service's own (archived) policies
         self.evaluator = evaluator
         self.registry = registry
@@ -173,8 +176,8 @@ class Replayer:
         return make_decision(decision_id=case.decision_id, subject=case.subject,
                              ruleset=ruleset, facts=case.facts, gate=gate, caller=case.caller,
                              dry_run=case.dry_run, created_at=case.created_at,
-                             executors=_NO_EXECUTORS, evaluator=evaluator,
-                             gate_pairs=self.gate_pairs).record
+                             executors=self.executors, evaluator=evaluator,
+                             limits=self.limits).record
 
     def replay(self, case: ReplayCase) -> dict[str, Any]:
         """{decision_id, subject, changed, diff, versions} or {decision_id, error}."""
@@ -233,7 +236,10 @@ def outcome_view(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"fired": [firing["rule"] for firing in record["fired"]],
             "derived": [fact["type"] for fact in record["derived_facts"]],
             "actions": [{"type": a["type"], "params": a["params"],
-                         "verdict": a["verdict"]["outcome"], "reasons": a["verdict"]["reasons"]}
+                         "verdict": a["verdict"]["outcome"], "reasons": a["verdict"]["reasons"],
+                         "status": a["status"],
+                         **({"blocked": a["delivery"]["blocked"]}
+                            if a["status"] == "blocked" else {})}
                         for a in record["actions"]]}
 
 

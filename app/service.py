@@ -101,7 +101,8 @@ class DecisionService:
         self.limits = Limits(facts=settings.max_evaluation_facts, firings=settings.max_firings,
                              join_candidates=settings.max_join_candidates,
                              seconds=settings.max_evaluation_seconds,
-                             actions=settings.max_actions, gate_pairs=settings.max_gate_pairs)
+                             actions=settings.max_actions, gate_pairs=settings.max_gate_pairs,
+                             rounds=settings.max_rounds)
         if settings.max_facts_per_subject + settings.max_batch > self.limits.facts:
             raise ConfigurationError(
                 f"DECISION_MAX_FACTS_PER_SUBJECT ({settings.max_facts_per_subject}) plus "
@@ -221,7 +222,7 @@ class DecisionService:
                     decision_id=decision_id, subject=subject, ruleset=ruleset, facts=facts,
                     gate=self.policy, caller=caller, dry_run=dry_run, created_at=created_at,
                     executors=self.executors, evaluator=self.evaluate, trigger=trigger,
-                    gate_pairs=self.limits.gate_pairs)
+                    limits=self.limits)
             except EvaluationFailed as exc:
                 self._record_failure(exc, decision_id=decision_id, subject=subject,
                                      ruleset=ruleset, facts=facts, ignored=ignored,
@@ -236,7 +237,9 @@ class DecisionService:
                 policies = None  # reloaded meanwhile: the next decision on it archives it
             archive = self.archive.entries_for(ruleset, policies)
             recorded = self.decisions.commit(self.masking.record(decision.record),
-                                             enqueue=decision.to_enqueue, idempotency=claim,
+                                             enqueue=decision.to_enqueue,
+                                             prerequisites=decision.prerequisites,
+                                             idempotency=claim,
                                              archive=archive)
             self.archive.written(archive)
             self._count(recorded, time.perf_counter() - started)
@@ -380,7 +383,7 @@ class DecisionService:
         CandidateFailed if they fail."""
         replayer = functools.partial(
             Replayer, archive=self.archive, registry=self.rulesets, gate=self.policy,
-            evaluator=self.evaluate, gate_pairs=self.limits.gate_pairs,
+            evaluator=self.evaluate, limits=self.limits, executors=self.executors,
             allowed_builtins=frozenset(self.settings.policy_allowed_builtins))
         if sources is None or sources.empty:
             yield replayer()
