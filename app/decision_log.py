@@ -14,7 +14,7 @@ request, so a retried request gets the first decision back instead of a second o
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ import redis
 
 from app import jsontext, keys
 from app.clock import Clock, system_clock
-from app.dispatch import Outbox
+from app.dispatch import Outbox, parse_member
 from app.errors import Conflict, NotFound
 from app.store import in_order, is_cluster, run_script, unavailable_on_outage
 
@@ -49,46 +49,93 @@ class IdempotencyClaim:
 
 # A commit in one script. KEYS: 1 record, 2 subject index, 3 action statuses, 4 sent
 # actions, 5 outbox, 6 Idempotency-Key (ARGV[6] '' when none), 7 the subject's decision
-# failures: the subject's keys, which share its hash slot. On a single server also 8 the
-# decision id -> subject pointer, 9 the dispatch schedule, 10 the time index and 11...
-# archive entries, so the whole commit is one atomic step; on Redis Cluster those are
-# written around the script, in `DecisionLog.commit`'s order.
+# failures, 8 the outbox's waiting actions, 9 their prerequisites' dependents: the
+# subject's keys, which share its hash slot. On a single server also 10 the decision id
+# -> subject pointer, 11 the dispatch schedule, 12 the time index and 13... archive
+# entries, so the whole commit is one atomic step; on Redis Cluster those are written
+# around the script, in `DecisionLog.commit`'s order.
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
 #       7 its ttl s, 8 ruleset, 9 the ruleset's standing on the subject: 'clear' (it was
 #       decided), 'keep' (a dry run or inline facts say nothing of the pool) or the failure
-#       (JSON), 10 number of actions to queue, then per action: id, outbox
-#       field, entry, schedule member; then the time index's member and the oldest member
-#       it keeps; then the value of each archive entry.
-# Returns {'replayed', idempotency value} or {'ok', action id, earlier decision id, ...}
-# for each action an earlier decision on the subject already queued (it is not queued again).
+#       (JSON), 10 number of actions to queue, then per action: id, outbox field, entry,
+#       schedule member, the ids of the actions it waits for (space-separated, '' none);
+#       then the time index's member and the oldest member it keeps; then the value of
+#       each archive entry.
+# Returns {'replayed', idempotency value} or {'ok', JSON {earlier: action id -> the
+# earlier decision on the subject that already queued it (it is not queued again),
+# settled: action id -> the delivery status of each that waits for others (it may wait
+# for an earlier decision's action, or find it delivered or parked)}}.
 _COMMIT = """
 if ARGV[6] ~= '' then
   local existing = redis.call('GET', KEYS[6])
   if existing then return {'replayed', existing} end
 end
+local single = #KEYS > 9
 local ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5])
-local result = {'ok'}
-local queued = 0
+local earlier_of, settled = {}, {}
+local field_of, fresh = {}, {}
 local n = tonumber(ARGV[10])
 for i = 0, n - 1 do
-  local id, field, entry = ARGV[11 + 4 * i], ARGV[12 + 4 * i], ARGV[13 + 4 * i]
+  local at = 11 + 5 * i
+  local id, field, entry = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local earlier = redis.call('HGET', KEYS[4], id)
   if earlier then
     redis.call('HSET', KEYS[3], id, cjson.encode({status = 'recorded',
       not_sent = 'already queued for ' .. ARGV[1] .. ' by decision ' .. earlier}))
-    result[#result + 1] = id
-    result[#result + 1] = earlier
+    earlier_of[id] = earlier
+    field_of[id] = earlier .. ':' .. id
   else
-    redis.call('HSET', KEYS[3], id, '{"status": "queued", "attempts": 0}')
     redis.call('HSET', KEYS[4], id, ARGV[2])
     redis.call('HSET', KEYS[5], field, entry)
-    if #KEYS > 7 then redis.call('ZADD', KEYS[9], now, ARGV[14 + 4 * i]) end
-    queued = queued + 1
+    field_of[id] = field
+    fresh[#fresh + 1] = at
+  end
+end
+for _, at in ipairs(fresh) do
+  local id, field, member, needs = ARGV[at], ARGV[at + 1], ARGV[at + 3], ARGV[at + 4]
+  local waits, waiting_for, blocked = {}, {}, nil
+  for prerequisite in string.gmatch(needs, '%S+') do
+    local pfield = field_of[prerequisite]
+    local raw = redis.call('HGET', KEYS[5], pfield)
+    if raw then  -- not delivered yet (gone: delivered)
+      local pentry = cjson.decode(raw)
+      if pentry.failed_at then blocked = pentry break end
+      waits[#waits + 1] = pfield
+      waiting_for[#waiting_for + 1] = {decision_id = pentry.decision_id,
+        action_id = prerequisite, type = pentry.action.type}
+    end
+  end
+  if blocked then
+    local status = cjson.encode({status = 'blocked', blocked = 'it requires ' ..
+      blocked.action.type .. ' (' .. blocked.action.id .. '), which was parked after ' ..
+      'failed delivery: ' .. tostring(blocked.last_error),
+      prerequisite = {decision_id = blocked.decision_id, action_id = blocked.action.id,
+                      type = blocked.action.type, status = 'failed'}})
+    redis.call('HSET', KEYS[3], id, status)
+    redis.call('HDEL', KEYS[5], field)
+    redis.call('HDEL', KEYS[4], id)
+    settled[id] = status
+  elseif #waits > 0 then
+    local status = cjson.encode({status = 'waiting', waiting_for = waiting_for})
+    redis.call('HSET', KEYS[3], id, status)
+    redis.call('HSET', KEYS[8], field, cjson.encode(waits))
+    local entry = cjson.decode(ARGV[at + 2])
+    for _, pfield in ipairs(waits) do
+      local dependents = cjson.decode(redis.call('HGET', KEYS[9], pfield) or '[]')
+      dependents[#dependents + 1] = {field = field, statuses = KEYS[3], action_id = id,
+        decision_id = ARGV[2], type = entry.action.type, member = member}
+      redis.call('HSET', KEYS[9], pfield, cjson.encode(dependents))
+    end
+    settled[id] = status
+  else
+    redis.call('HSET', KEYS[3], id, '{"status": "queued", "attempts": 0}')
+    if needs ~= '' then settled[id] = '{"status": "queued", "attempts": 0}' end
+    if single then redis.call('ZADD', KEYS[11], now, member) end
   end
 end
 if n > 0 then
   redis.call('EXPIRE', KEYS[3], ttl)
-  if queued > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
+  if #fresh > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[2])
@@ -101,14 +148,14 @@ elseif ARGV[9] ~= 'keep' then
   redis.call('EXPIRE', KEYS[7], ttl)
 end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', tonumber(ARGV[7])) end
-if #KEYS > 7 then
-  redis.call('SET', KEYS[8], ARGV[1], 'EX', ttl)
-  local at = 11 + 4 * n
-  redis.call('ZADD', KEYS[10], 0, ARGV[at])
-  redis.call('ZREMRANGEBYLEX', KEYS[10], '-', '(' .. ARGV[at + 1])
-  for k = 11, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 2 + 4 * n], 'NX') end
+if single then
+  redis.call('SET', KEYS[10], ARGV[1], 'EX', ttl)
+  local at = 11 + 5 * n
+  redis.call('ZADD', KEYS[12], 0, ARGV[at])
+  redis.call('ZREMRANGEBYLEX', KEYS[12], '-', '(' .. ARGV[at + 1])
+  for k = 13, #KEYS do redis.call('SET', KEYS[k], ARGV[k + 5 * n], 'NX') end
 end
-return result
+return {'ok', cjson.encode({earlier = earlier_of, settled = settled})}
 """
 
 
@@ -151,19 +198,23 @@ class DecisionLog:
         return Recorded(self.get(earlier["decision_id"]), replayed=True)
 
     def commit(self, record: dict[str, Any], *, enqueue: list[dict[str, Any]],
+               prerequisites: Mapping[str, list[str]] | None = None,
                idempotency: IdempotencyClaim | None = None,
                archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
         archive entries of its versions (see `app.archive`): one script, so one atomic step,
-        on a single Redis. Returns the record as stored, or the decision a
-        concurrent request with the same key recorded first (`replayed`).
+        on a single Redis. `prerequisites`: action id -> the ids of the actions it waits for
+        (see `Outbox`). Returns the record as stored, or the decision a concurrent request
+        with the same key recorded first (`replayed`).
 
         On Redis Cluster the steps run in this order, and a crash between two leaves: an
         id pointer without a record (a 404, as if never written); archive entries (written
         once, harmless); schedule entries held one lease ahead without outbox entries (the
         dispatcher drops them when they come due); or outbox entries still held (they are
-        delivered one lease later instead of now). Nothing is lost or sent unallowed."""
+        delivered one lease later instead of now, or looked at and left if they wait for
+        others). Nothing is lost or sent unallowed."""
         subject, decision_id = record["subject"], record["decision_id"]
+        prerequisites = prerequisites or {}
         idem_key, idem_value = keys.idempotency(subject, "", ""), ""
         if idempotency is not None:
             idem_key = keys.idempotency(subject, idempotency.caller, idempotency.key)
@@ -181,29 +232,22 @@ class DecisionLog:
                        keys.subject_decisions(subject),
                        keys.decision_action_status(subject, decision_id),
                        keys.subject_sent_actions(subject), keys.outbox(subject), idem_key,
-                       keys.subject_decision_failures(subject)]
+                       keys.subject_decision_failures(subject), keys.outbox_waiting(subject),
+                       keys.outbox_dependents(subject)]
         now_ms = int(self._clock() * 1000)
         indexed, oldest = _time_member(now_ms, decision_id), _time_member(now_ms - ttl * 1000, "")
         args: list[Any] = [subject, decision_id, text, ttl, now_ms,
                            idem_value, self.idempotency_ttl_seconds, record["ruleset"]["name"],
                            standing, len(enqueue)]
         for action, (field, entry, member) in zip(enqueue, entries, strict=True):
-            args += [action["id"], field, entry, member]
+            args += [action["id"], field, entry, member,
+                     " ".join(prerequisites.get(action["id"], ()))]
         with unavailable_on_outage():
             if is_cluster(self._redis):
-                members = [member for _, _, member in entries]
-                calls: list[Callable[[Any], Any]] = [
-                    lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
-                    lambda r: r.zadd(keys.decisions_by_time(), {indexed: 0}),
-                    lambda r: r.zremrangebylex(keys.decisions_by_time(), "-", f"({oldest}"),
-                    *((lambda r, k=key, v=value: r.set(k, v, nx=True))
-                      for key, value in archive.items()),
-                    *([self._outbox.hold(members)] if members else []),
-                    lambda r: run_script(r, self._commit, script_keys, args),
-                    *([self._outbox.release(members)] if members else []),
-                ]
-                results = in_order(self._redis, calls, scripts=[self._commit])
-                result = results[-2 if members else -1]
+                result = self._commit_on_cluster(
+                    decision_id, subject, script_keys, args, archive,
+                    members=[member for _, _, member in entries], indexed=indexed,
+                    oldest=oldest)
             else:
                 [result] = in_order(self._redis, [lambda r: run_script(
                     r, self._commit,
@@ -213,15 +257,45 @@ class DecisionLog:
         if result[0] == "replayed":
             assert idempotency is not None
             return self._earlier(result[1], idempotency)
-        earlier = dict(zip(result[1::2], result[2::2], strict=True))
-        if not earlier:
+        outcome = json.loads(result[1])
+        earlier, settled = outcome["earlier"] or {}, outcome["settled"] or {}
+        if not earlier and not settled:
             return Recorded(record, replayed=False, text=text)
         for action in record["actions"]:
             if action["id"] in earlier:
                 action["status"] = "recorded"
                 action["delivery"] = {"not_sent": f"already queued for {subject} by decision "
                                                   f"{earlier[action['id']]}"}
+            elif action["id"] in settled:
+                delivery = json.loads(settled[action["id"]])
+                action["status"] = delivery.pop("status")
+                action["delivery"] = delivery
         return Recorded(record, replayed=False)
+
+    def _commit_on_cluster(self, decision_id: str, subject: str, script_keys: list[str],
+                           args: list[Any], archive: dict[str, str], *, members: list[str],
+                           indexed: str, oldest: str) -> list[Any]:
+        """The commit's steps in their crash-safe order (see `commit`); then the actions
+        that need not wait are made due."""
+        ttl = self.retention_seconds
+        calls: list[Callable[[Any], Any]] = [
+            lambda r: r.set(keys.decision_subject(decision_id), subject, ex=ttl),
+            lambda r: r.zadd(keys.decisions_by_time(), {indexed: 0}),
+            lambda r: r.zremrangebylex(keys.decisions_by_time(), "-", f"({oldest}"),
+            *((lambda r, k=key, v=value: r.set(k, v, nx=True))
+              for key, value in archive.items()),
+            *([self._outbox.hold(members)] if members else []),
+            lambda r: run_script(r, self._commit, script_keys, args),
+        ]
+        result = cast(list[Any], in_order(self._redis, calls, scripts=[self._commit])[-1])
+        if result[0] == "ok" and members:
+            settled = json.loads(result[1])["settled"] or {}
+            due = [member for member in members
+                   if parse_member(member)[2] not in settled
+                   or json.loads(settled[parse_member(member)[2]])["status"] == "queued"]
+            if due:
+                in_order(self._redis, [self._outbox.release(due)])
+        return result
 
     def failures(self, subject: str) -> list[dict[str, Any]]:
         """Per ruleset, the last decision on the subject that could not run (until one

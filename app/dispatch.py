@@ -56,6 +56,9 @@ DEFAULT_MAX_ATTEMPTS = 8
 _RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
 
 QUEUED, DISPATCHED, FAILED = "queued", "dispatched", "failed"
+# An action that requires others waits in the outbox, unscheduled, until they are
+# dispatched; it is blocked, and leaves the outbox, when one of them is parked.
+WAITING, BLOCKED = "waiting", "blocked"
 
 
 @dataclass(frozen=True)
@@ -142,23 +145,32 @@ table.insert(due, 1, tostring(token))
 return due
 """
 
-# KEYS: the subject's outbox, its fences; ARGV: the entry's field, the claim's token.
-# The entry, now held by this token, unless it is gone or a later claim holds it.
+# KEYS: the subject's outbox, its fences, its waiting actions; ARGV: the entry's field,
+# the claim's token. {'ok', entry}: the entry, now held by this token; {'waiting'}: it
+# waits for others to be dispatched (left as it is); {}: it is gone or a later claim
+# holds it.
 _ADOPT = """
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
-if not entry then return false end
+if not entry then return {} end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {'waiting'} end
 local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if fence > tonumber(ARGV[2]) then return false end
+if fence > tonumber(ARGV[2]) then return {} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return entry
+return {'ok', entry}
 """
 
-# KEYS: the subject's outbox, its fences, the decision's action statuses[, on a single
-# server also the schedule and the parked list: then the whole change is one step];
-# ARGV: field, token ('' for an operator, who holds no claim), action id, status JSON,
-# entry JSON ('' removes it), schedule move ('due', 'delivered' or 'parked'), its time
-# (ms), the schedule member. Returns 0, changing nothing, when the claim has moved on:
-# the entry is gone (delivered by another worker) or a later claim holds it.
+# KEYS: the subject's outbox, its fences, the decision's action statuses, the outbox's
+# waiting actions, their prerequisites' dependents, the subject's sent actions[, on a
+# single server also the schedule and the parked list: then the whole change is one
+# step]; ARGV: field, token ('' for an operator, who holds no claim), action id, status
+# JSON, entry JSON ('' removes it), schedule move ('due', 'delivered' or 'parked'), its
+# time (ms), the schedule member. Returns 0, changing nothing, when the claim has moved
+# on: the entry is gone (delivered by another worker) or a later claim holds it. Else
+# {1, the members of the actions this delivery released}: delivered, the actions that
+# waited for it and for nothing else are queued (and due); parked, the actions that
+# waited for it, and those that waited for them, are blocked and leave the outbox.
+# (A dependent's statuses live in its own decision's key, in the subject's slot: the
+# key is named where the dependent was recorded, by `keys`.)
 _CHANGE = """
 if ARGV[2] ~= '' then
   if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -171,19 +183,77 @@ if ARGV[5] == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
 end
-if #KEYS > 3 then
-  local move, at, member = ARGV[6], ARGV[7], ARGV[8]
-  if move == 'due' then
-    redis.call('ZADD', KEYS[4], at, member)
-    redis.call('ZREM', KEYS[5], member)
-  elseif move == 'delivered' then
-    redis.call('ZREM', KEYS[4], member)
-  else
-    redis.call('ZADD', KEYS[5], at, member)
-    redis.call('ZREM', KEYS[4], member)
+local single = #KEYS > 6
+local move, at, member = ARGV[6], ARGV[7], ARGV[8]
+local released = {1}
+if move == 'delivered' then
+  local raw = redis.call('HGET', KEYS[5], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
+  for _, d in ipairs(raw and cjson.decode(raw) or {}) do
+    local pending = redis.call('HGET', KEYS[4], d.field)
+    if pending then
+      local left, waiting_for = {}, {}
+      for _, f in ipairs(cjson.decode(pending)) do
+        if f ~= ARGV[1] then left[#left + 1] = f end
+      end
+      local said = cjson.decode(redis.call('HGET', d.statuses, d.action_id) or '{}')
+      for _, w in ipairs(said.waiting_for or {}) do
+        if w.decision_id .. ':' .. w.action_id ~= ARGV[1] then
+          waiting_for[#waiting_for + 1] = w
+        end
+      end
+      if #left == 0 then
+        redis.call('HDEL', KEYS[4], d.field)
+        redis.call('HSET', d.statuses, d.action_id, '{"status": "queued", "attempts": 0}')
+        released[#released + 1] = d.member
+        if single then redis.call('ZADD', KEYS[7], tonumber(at), d.member) end
+      else
+        redis.call('HSET', KEYS[4], d.field, cjson.encode(left))
+        redis.call('HSET', d.statuses, d.action_id,
+                   cjson.encode({status = 'waiting', waiting_for = waiting_for}))
+      end
+    end
+  end
+elseif move == 'parked' then
+  local entry = cjson.decode(ARGV[5])
+  local queue = {{field = ARGV[1], type = entry.action.type, action_id = ARGV[3],
+                  decision_id = entry.decision_id, status = 'failed',
+                  why = 'was parked after failed delivery: ' .. tostring(entry.last_error)}}
+  while #queue > 0 do
+    local p = table.remove(queue)
+    local raw = redis.call('HGET', KEYS[5], p.field)
+    redis.call('HDEL', KEYS[5], p.field)
+    for _, d in ipairs(raw and cjson.decode(raw) or {}) do
+      if redis.call('HDEL', KEYS[4], d.field) == 1 then  -- it was waiting
+        redis.call('HDEL', KEYS[1], d.field)
+        redis.call('HDEL', KEYS[2], d.field)
+        if redis.call('HGET', KEYS[6], d.action_id) == d.decision_id then
+          redis.call('HDEL', KEYS[6], d.action_id)  -- never sent: a later decision may
+        end
+        local blocked = 'it requires ' .. p.type .. ' (' .. p.action_id .. '), which ' .. p.why
+        redis.call('HSET', d.statuses, d.action_id, cjson.encode({status = 'blocked',
+          blocked = blocked, prerequisite = {decision_id = p.decision_id,
+          action_id = p.action_id, type = p.type, status = p.status}}))
+        if single then redis.call('ZREM', KEYS[7], d.member) end
+        queue[#queue + 1] = {field = d.field, type = d.type, action_id = d.action_id,
+                             decision_id = d.decision_id, status = 'blocked',
+                             why = 'is blocked: ' .. blocked}
+      end
+    end
   end
 end
-return 1
+if single then
+  if move == 'due' then
+    redis.call('ZADD', KEYS[7], at, member)
+    redis.call('ZREM', KEYS[8], member)
+  elseif move == 'delivered' then
+    redis.call('ZREM', KEYS[7], member)
+  else
+    redis.call('ZADD', KEYS[8], at, member)
+    redis.call('ZREM', KEYS[7], member)
+  end
+end
+return released
 """
 
 
@@ -248,14 +318,19 @@ class Outbox:
                 args=[self._now_ms(), limit, int(lease_seconds * 1000)]))
         return (int(claimed[0]), claimed[1:]) if claimed else (0, [])
 
-    def adopt(self, member: str, token: int) -> dict[str, Any] | None:
+    def adopt(self, member: str, token: int) -> dict[str, Any] | str | None:
         """The member's entry, now held by this claim; None when it is gone (delivered, or
-        never written) or a later claim holds it."""
+        never written) or a later claim holds it; WAITING when it waits for others (it is
+        left as it is: on Redis Cluster its member may come due before they are done)."""
         subject, decision_id, action_id = parse_member(member)
         with unavailable_on_outage():
-            raw = self._adopt(keys=[keys.outbox(subject), keys.outbox_fences(subject)],
-                              args=[f"{decision_id}:{action_id}", token])
-        return None if raw is None else json.loads(cast(str, raw))
+            adopted = cast(list[str], self._adopt(
+                keys=[keys.outbox(subject), keys.outbox_fences(subject),
+                      keys.outbox_waiting(subject)],
+                args=[f"{decision_id}:{action_id}", token]))
+        if not adopted:
+            return None
+        return WAITING if adopted[0] == "waiting" else json.loads(adopted[1])
 
     def entry(self, member: str) -> dict[str, Any] | None:
         subject, decision_id, action_id = parse_member(member)
@@ -272,12 +347,16 @@ class Outbox:
     def _change(self, member: str, token: int | None, entry: dict[str, Any] | None,
                 status: dict[str, Any], move: str, at_ms: int) -> bool:
         """The entry (None: removed) and its status in the decision, then the schedule
-        (`move`: due at `at_ms`, delivered, or parked at `at_ms`): False, changing nothing,
-        if `token`'s claim has moved on (None: an operator's change, not fenced)."""
+        (`move`: due at `at_ms`, delivered, or parked at `at_ms`), and the actions that wait
+        for it (released, or blocked): False, changing nothing, if `token`'s claim has
+        moved on (None: an operator's change, not fenced)."""
         subject, decision_id, action_id = parse_member(member)
+        field = f"{decision_id}:{action_id}"
         subject_keys = [keys.outbox(subject), keys.outbox_fences(subject),
-                        keys.decision_action_status(subject, decision_id)]
-        args = [f"{decision_id}:{action_id}", "" if token is None else token, action_id,
+                        keys.decision_action_status(subject, decision_id),
+                        keys.outbox_waiting(subject), keys.outbox_dependents(subject),
+                        keys.subject_sent_actions(subject)]
+        args = [field, "" if token is None else token, action_id,
                 json.dumps(status), "" if entry is None else json.dumps(entry), move, at_ms,
                 member]
         with unavailable_on_outage():
@@ -285,14 +364,22 @@ class Outbox:
                 return bool(self._change_script(
                     keys=[*subject_keys, keys.dispatch_due(), keys.dispatch_failed()],
                     args=args))
-            if not self._change_script(keys=subject_keys, args=args):
+            calls: list[Callable[[Any], Any]] = []
+            if move == "delivered":  # held first: a crash after the change still sends them
+                waiting = self._redis.hget(keys.outbox_dependents(subject), field)
+                if waiting:
+                    calls.append(self.hold([d["member"] for d in json.loads(waiting)]))
+            calls.append(lambda r: self._change_script(keys=subject_keys, args=args, client=r))
+            changed = in_order(self._redis, calls, scripts=[self._change_script])[-1]
+            if not changed:
                 return False
+            released = cast(list[str], changed[1:])
             if move == "due":
-                calls: list[Callable[[Any], Any]] = [
-                    lambda r: r.zadd(keys.dispatch_due(), {member: at_ms}),
-                    lambda r: r.zrem(keys.dispatch_failed(), member)]
+                calls = [lambda r: r.zadd(keys.dispatch_due(), {member: at_ms}),
+                         lambda r: r.zrem(keys.dispatch_failed(), member)]
             elif move == "delivered":
-                calls = [lambda r: r.zrem(keys.dispatch_due(), member)]
+                calls = [*([self.release(released)] if released else []),
+                         lambda r: r.zrem(keys.dispatch_due(), member)]
             else:  # listed as parked first: a crash before the second step is repaired
                 calls = [lambda r: r.zadd(keys.dispatch_failed(), {member: at_ms}),
                          lambda r: r.zrem(keys.dispatch_due(), member)]
@@ -302,7 +389,8 @@ class Outbox:
     def delivered(self, member: str, token: int, attempts: int) -> bool:
         return self._change(member, token, None,
                             {"status": DISPATCHED, "attempts": attempts,
-                             "dispatched_at": rfc3339(self._clock())}, "delivered", 0)
+                             "dispatched_at": rfc3339(self._clock())}, "delivered",
+                            self._now_ms())
 
     def retry(self, member: str, token: int, entry: dict[str, Any], attempts: int, error: str,
               delay_seconds: float) -> bool:
@@ -465,10 +553,13 @@ class Dispatcher:
 
     def _attempt(self, member: str, token: int, lease_ends: float) -> None:
         entry = self.outbox.adopt(member, token)
+        if entry == WAITING:  # made due too early (Redis Cluster); its release schedules it
+            return
         if entry is None:  # delivered (or never written), or a later claim holds it
             if self.outbox.entry(member) is None:
                 self.outbox.forget(member)
             return
+        assert isinstance(entry, dict)
         if "failed_at" in entry:  # parked by a worker that died before it unscheduled it
             self.outbox.park(member, token, entry, entry["attempts"],
                              entry.get("last_error", ""))

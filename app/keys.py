@@ -83,6 +83,18 @@ def outbox_fences(subject: str) -> str:
     return f"{PREFIX}:{{{subject}}}:outbox-fences"
 
 
+def outbox_waiting(subject: str) -> str:
+    """Hash: outbox field of an action that requires others -> the outbox fields (JSON
+    list) of those not dispatched yet; it is not scheduled while it has any."""
+    return f"{PREFIX}:{{{subject}}}:outbox-waiting"
+
+
+def outbox_dependents(subject: str) -> str:
+    """Hash: outbox field -> the actions waiting for it (JSON list of {field, status: the
+    key of their decision's action statuses, action_id, decision_id, type, member})."""
+    return f"{PREFIX}:{{{subject}}}:outbox-dependents"
+
+
 # The dispatch schedule and the trigger queue each live in one slot of their own, so that
 # their scripts can claim work atomically on Redis Cluster too.
 def dispatch_due() -> str:
