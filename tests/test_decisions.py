@@ -121,14 +121,21 @@ def test_the_procurement_case_end_to_end(make_app: AppFactory, executor: Executo
     client = app.test_client()
     assert client.post("/v1/facts", json={"facts": case()}).status_code == 201
     record = decide(client)
-    assert statuses(record) == {"issue_purchase_order": "queued", "expedite_delivery": "queued"}
+    # The expedited delivery requires the purchase order: it waits for its dispatch.
+    assert statuses(record) == {"issue_purchase_order": "queued",
+                                "expedite_delivery": "waiting"}
+    order_id = next(a["id"] for a in record["actions"] if a["type"] == "issue_purchase_order")
+    expedite = next(a for a in record["actions"] if a["type"] == "expedite_delivery")
+    assert expedite["delivery"]["waiting_for"] == [{
+        "decision_id": record["decision_id"], "action_id": order_id,
+        "type": "issue_purchase_order"}]
     assert record["ruleset"]["name"] == "procurement" and record["ruleset"]["version"]
     assert record["policy"]["revision"]
     assert len(record["facts"]) == 5 and record["fired"] and record["derived_facts"]
     drain(app)
 
-    assert sorted(d.path for d in executor.deliveries) == ["/expedite_delivery",
-                                                          "/issue_purchase_order"]
+    assert [d.path for d in executor.deliveries] == ["/issue_purchase_order",
+                                                    "/expedite_delivery"]
     order = next(d for d in executor.deliveries if d.path == "/issue_purchase_order")
     action = next(a for a in record["actions"] if a["type"] == "issue_purchase_order")
     assert order.headers["Idempotency-Key"] == f"{record['decision_id']}:{action['id']}"
