@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint browser bench clean
+.PHONY: install opa run test lint browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -16,6 +16,20 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# OPA's server and CLI, the version the embedded engine runs (tools/opa/go.mod pins it),
+# built from the Go module proxy: the sidecar tests, the compliance toolchain and the
+# sidecar benchmark run it. Rebuilt only when tools/opa changes (from Go's cache: seconds).
+# Without Go it says how to get the binary, and the tests that need it skip saying why.
+OPA := $(BIN)/opa
+opa: $(OPA)
+
+$(OPA): tools/opa/go.mod tools/opa/go.sum tools/opa/main.go tools/opa/build.sh | $(STAMP)
+	@if command -v go >/dev/null 2>&1; then tools/opa/build.sh $@; else \
+	  echo "Go is not installed: OPA ($@) cannot be built, and the tests that need it will skip."; \
+	  echo "Install Go 1.26 (https://go.dev/dl/, or Debian's golang-go if it is 1.26) and run"; \
+	  echo "'make opa', or put OPA v$$(sed -n 's/^require github.com\/open-policy-agent\/opa v//p' \
+	  tools/opa/go.mod) (https://github.com/open-policy-agent/opa/releases) at $@."; fi
 
 run: install
 	$(BIN)/decision-service serve
