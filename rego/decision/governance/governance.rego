@@ -193,7 +193,7 @@ deny contains msg if {
 }
 
 # METADATA
-# description: Exactly once: two answers to one question leave it open.
+# description: Exactly once. Two answers to one question leave it open.
 deny contains msg if {
 	some fact_type in _required
 	count(_on_file(fact_type)) > 1
