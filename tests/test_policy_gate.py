@@ -198,6 +198,11 @@ def test_a_changed_policy_is_used_with_its_new_revision(policy_dir: Path) -> Non
     ("package decision.governance\ndeny contains msg if { input.x == 1 }\n", 2,
      "var msg is unsafe"),
     ("package decision.governance\nallow if { not }\n", 2, "unexpected } token"),
+    # METADATA is YAML, which OPA's loader reads (and refuses) whatever the rules ask for
+    ("package decision.governance\n\n# METADATA\n# description: Once: twice.\nallow := true\n",
+     4, "yaml: mapping values are not allowed in this context"),
+    ("package decision.governance\n\n# METADATA\n# scope: nowhere\nallow := true\n", 3,
+     "invalid annotation scope 'nowhere'"),
 ])
 def test_a_policy_that_does_not_compile_is_rejected_and_the_last_good_one_stays(
         policy_dir: Path, broken: str, line: int, message: str) -> None:

@@ -106,10 +106,38 @@ class PolicyEngine(Protocol):
 # --- embedded --------------------------------------------------------------------------
 
 
+# OPA's server and CLI read every `# METADATA` comment block as YAML when they load a
+# module, and refuse the module when one does not parse; the embedded engine reads them
+# only when some module asks for its metadata (rego.metadata.*). A module that does ask
+# makes it read them all, as OPA's loader would.
+_METADATA = re.compile(r"^[ \t]*#[ \t]*METADATA[ \t]*$", re.MULTILINE)
+_ANNOTATIONS_PROBE = ("decision_service_annotations_probe.rego",
+                      "package decision_service_annotations_probe\n\n"
+                      "probe := rego.metadata.rule()\n")
+
+
+def _check_annotations(modules: dict[str, str]) -> None:
+    """PolicyInvalid (file, line) for a METADATA block OPA's loader would refuse. The probe
+    module is compiled beside the modules in an engine of its own, then thrown away."""
+    if not any(_METADATA.search(source) for source in modules.values()):
+        return
+    probe = OpaEngine()
+    try:
+        for name, source in sorted({**modules, _ANNOTATIONS_PROBE[0]: _ANNOTATIONS_PROBE[1]}
+                                   .items()):
+            probe.add_policy(name, source)
+        probe.eval_query("x := true")
+    except OpaError as exc:
+        raise PolicyInvalid(problems_from_opa(exc.message, "policies")) from exc
+    finally:
+        probe.close()
+
+
 def compile_policy_set(policies: PolicySet, *, with_tests: bool = False) -> OpaEngine:
     """A ready OPA engine for `policies`, or PolicyInvalid with file and line."""
-    engine = OpaEngine()
     modules = {**policies.modules, **(policies.tests if with_tests else {})}
+    _check_annotations(modules)
+    engine = OpaEngine()
     try:
         for name, source in sorted(modules.items()):
             try:
