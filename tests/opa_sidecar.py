@@ -179,9 +179,9 @@ class ServedApp:
     """A decision service's Flask app, served on loopback from a thread (werkzeug), so that
     an OPA sidecar can pull its policy bundle."""
 
-    def __init__(self, flask_app: Flask) -> None:
+    def __init__(self, flask_app: Flask, *, port: int = 0) -> None:
         self.app = flask_app
-        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, flask_app, threaded=True)
+        self.server: BaseWSGIServer = make_server("127.0.0.1", port, flask_app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
