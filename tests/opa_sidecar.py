@@ -141,6 +141,18 @@ class OpaServer:
                 entries.append(json.loads(line))
         return entries
 
+    def logged_decision(self, decision_id: str | None,
+                        seconds: float = 5.0) -> dict[str, Any]:
+        """OPA's decision log entry of that id (waiting for OPA to write it)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            for entry in self.decision_log():
+                if entry.get("decision_id") == decision_id:
+                    return entry
+            if time.monotonic() > deadline:
+                raise AssertionError(f"OPA logged no decision {decision_id}")
+            time.sleep(0.02)
+
     def requests_served(self) -> dict[str, int]:
         """OPA's own count of HTTP requests, by handler and method (its /metrics)."""
         counts: dict[str, int] = {}

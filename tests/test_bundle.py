@@ -135,7 +135,9 @@ def test_one_revision_for_modules_and_data_in_both_modes(redis_url: str,
         ids = {a["verdict"]["opa_decision_id"] for a in by_sidecar["actions"]}
         assert len(ids) == 1 and None not in ids  # both actions in one OPA decision
         assert all("opa_decision_id" not in a["verdict"] for a in by_embedded["actions"])
-        _until(lambda: ids <= {e["decision_id"] for e in opa.decision_log()})
+        [opa_decision] = ids
+        assert opa.logged_decision(opa_decision)["input"]["common"]["decision"]["id"] == \
+            by_sidecar["decision_id"]  # OPA's log and the service's record name each other
 
         # Only a data file changes (Globex is sanctioned now), while OPA cannot reach the
         # service for its next poll: it keeps the bundle it has.

@@ -339,10 +339,8 @@ def test_every_verdict_names_opas_decision_log_entry(bundled: OpaServer) -> None
     assert single.opa_decision_id and first.opa_decision_id
     assert first.opa_decision_id == second.opa_decision_id  # one OPA decision for the batch
     assert single.opa_decision_id != first.opa_decision_id
-    assert _wait_for(lambda: {single.opa_decision_id, first.opa_decision_id} <= {
-        entry["decision_id"] for entry in bundled.decision_log()})
-    log = {entry["decision_id"]: entry for entry in bundled.decision_log()}
-    one, batch = log[single.opa_decision_id], log[first.opa_decision_id]
+    one = bundled.logged_decision(single.opa_decision_id)
+    batch = bundled.logged_decision(first.opa_decision_id)
     assert one["path"] == "decision/governance"
     assert one["input"]["action"]["params"]["approver"] == "alice"
     assert one["result"]["deny"] == list(single.reasons)
