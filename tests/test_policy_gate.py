@@ -14,8 +14,6 @@ from opa_bindings import OpaError
 from opa_sidecar import OpaServer, ServedApp
 from rules_support import purchase_case
 
-from app import create_app
-from app.config import Settings
 from app.policy.engines import (
     EmbeddedPolicyEngine,
     PolicyDirectory,
@@ -247,24 +245,10 @@ def test_without_loadable_policies_every_action_is_held(policy_dir: Path) -> Non
 # --- sidecar: the real OPA server ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
-    """A decision service on rego/, serving it as the bundle `decision-service`."""
-    app = create_app(Settings.load(environ={}, overrides={
-        "redis_url": redis_url, "data_dir": tmp_path_factory.mktemp("served"),
-        "policy_dir": REGO, "background_worker": False}))
-    server = ServedApp(app)
-    yield server
-    server.close()
-    app.extensions["decision_service"].close()
-
-
-@pytest.fixture(scope="module")
-def bundled(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    """The real OPA, pulling the service's bundle (as docker-compose.yml runs it)."""
-    server = OpaServer(tmp_path_factory.mktemp("opa") / "opa.log", bundle_url=f"{served.url}/v1")
-    yield server
-    server.close()
+@pytest.fixture
+def bundled(opa_bundled: OpaServer) -> OpaServer:
+    """The real OPA, pulling the service's bundle (conftest.opa_bundled)."""
+    return opa_bundled
 
 
 @pytest.fixture
@@ -389,8 +373,9 @@ def test_without_a_bundle_the_revision_hashes_the_modules_and_the_data_opa_serve
         opa.close()
 
 
-def test_a_unix_socket_sidecar_decides_as_a_tcp_one(served: ServedApp, tmp_path: Path) -> None:
-    opa = OpaServer(tmp_path / "opa.log", bundle_url=f"{served.url}/v1",
+def test_a_unix_socket_sidecar_decides_as_a_tcp_one(opa_bundle_host: ServedApp,
+                                                    tmp_path: Path) -> None:
+    opa = OpaServer(tmp_path / "opa.log", bundle_url=f"{opa_bundle_host.url}/v1",
                     socket_path=tmp_path / "opa.sock")
     try:
         assert opa.url.startswith("unix://")
