@@ -119,6 +119,15 @@ class OpaServer:
 
         return Endpoint(self.url, pool_size=1).request("GET", path, timeout=timeout)
 
+    def post(self, path: str, body: Any, *, timeout: float = 5) -> Any:
+        """The `result` of a POST to OPA's REST API (None when undefined)."""
+        from app.http_client import Endpoint
+
+        response = Endpoint(self.url, pool_size=1).request(
+            "POST", path, body=json.dumps(body).encode(), timeout=timeout)
+        response.raise_for_status()
+        return response.json().get("result")
+
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_seconds
         while self.health() != 200:

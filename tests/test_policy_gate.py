@@ -463,6 +463,36 @@ def test_an_evaluation_error_on_the_sidecar_holds_the_actions(tmp_path: Path,
         opa.close()
 
 
+BUILTIN_ERROR = ("package decision.governance\n\ndefault allow := false\n\n"
+                 "allow if count(deny) == 0\n\n"
+                 'deny contains "too much per unit" if input.action.params.amount / '
+                 "input.action.params.units > 100\n")
+
+
+def test_a_failing_builtin_holds_in_both_modes(tmp_path: Path) -> None:
+    """A division by zero in a deny rule: OPA's server would make the rule undefined, so
+    nothing denies and the action is allowed, unless asked for strict built-in errors
+    (the embedded engine's way). Both hold it."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "policy.rego").write_text(BUILTIN_ERROR)
+    opa = OpaServer(tmp_path / "opa.log", policies=tmp_path / "policies")
+    try:
+        action = {"id": "a", "type": "t", "params": {"amount": 500, "units": 0}}
+        lax = opa.post("/v1/data/decision/governance", {"input": {"action": action}})
+        assert lax == {"allow": True, "deny": []}  # what a sidecar asked plainly would do
+        sidecar = sidecar_gate(opa.url).check(common(), [action])
+        embedded = gate_from_sources({GOVERNANCE: BUILTIN_ERROR}).check(common(), [action])
+        for [verdict] in (sidecar, embedded):
+            assert verdict.outcome == HOLD
+            assert "eval_builtin_error" in verdict.reasons[0]
+            assert "div: divide by zero" in verdict.reasons[0]
+        fine = {**action, "params": {"amount": 500, "units": 1}}
+        assert _summary(sidecar_gate(opa.url).check(common(), [fine])) == [
+            (DENY, ("too much per unit",))]
+    finally:
+        opa.close()
+
+
 def test_an_undefined_document_on_the_sidecar_holds_the_action(bundled: OpaServer) -> None:
     gate = PolicyGate(SidecarPolicyEngine(bundled.url), governance_path="decision/missing",
                       access_path="decision/access")

@@ -383,6 +383,13 @@ def _digest_revision(modules: list[Any], data: Any) -> str:
     return ("opa-" if data is not UNDEFINED else "opa-modules-") + digest.hexdigest()[:16]
 
 
+# provenance: the bundle revisions. strict-builtin-errors: a built-in function that fails
+# (a division by zero, to_number("x")) is an error, as it is for the embedded engine.
+# OPA's server default makes it undefined, so that a deny rule that fails silently does
+# not deny, and a sidecar would allow what the embedded engine holds.
+_DATA_API_OPTIONS = "provenance=true&strict-builtin-errors=true"
+
+
 def _opa_error_text(payload: Any) -> str:
     """": message (code: message of each error)" of an OPA error answer, or ""."""
     if not isinstance(payload, dict) or not payload.get("message"):
@@ -398,7 +405,8 @@ class SidecarPolicyEngine:
     when there is one, goes along. After three timeouts or refused connections in a row
     it stops asking for half a second (see `_Breaker`).
 
-    Every question goes to the Data API, with `provenance=true`: one action is
+    Every question goes to the Data API, with `provenance=true` and
+    `strict-builtin-errors=true` (see `_DATA_API_OPTIONS`): one action is
     `POST /v1/data/<path>`; several are one `POST` of the bundle's batch document
     (app/policy/bundle.py) once OPA has shown that it runs the bundle named `bundle`,
     which this service serves, and else one `POST /v1/data/<path>` each. Every answer
@@ -481,7 +489,8 @@ class SidecarPolicyEngine:
                                                                       dict[str, str]]:
         """(result or UNDEFINED, OPA's decision id, the bundles OPA reports) of one
         Data API call."""
-        payload = self._call("POST", f"/v1/data/{path}?provenance=true", {"input": policy_input})
+        payload = self._call("POST", f"/v1/data/{path}?{_DATA_API_OPTIONS}",
+                             {"input": policy_input})
         bundles = (payload.get("provenance") or {}).get("bundles") or {}
         revisions = {name: str(b.get("revision", "")) for name, b in bundles.items()
                      if isinstance(b, dict)}
