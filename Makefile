@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install opa run test lint browser bench clean
+.PHONY: install opa run test lint compliance browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -36,8 +36,13 @@ run: install
 
 lint: install
 	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \
-	  scripts/name-folding
+	  scripts/name-folding scripts/compliance
 	$(BIN)/mypy
+
+# The compliance toolchain on rego/ with the OPA the service runs (README, "Compliance
+# toolchain"): opa fmt, opa check --strict, opa test, and a coverage floor per policy.
+compliance: opa
+	$(BIN)/python scripts/compliance rego
 
 # Debian's Chromium and ChromeDriver drive the page tests (tests/test_pages.py). Installed
 # when missing and this runs as root; otherwise those tests skip and say why.
@@ -52,7 +57,7 @@ browser:
 
 # The suite runs twice: on one Redis server, then on a local three-master Redis Cluster
 # (tests/redis_cluster.py starts it from the same redis-server binary).
-test: lint browser
+test: lint browser opa compliance
 	$(BIN)/decision-service rules validate rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
