@@ -66,6 +66,7 @@ class OpaServer:
                  token: str | None = None, port: int | None = None,
                  socket_path: Path | None = None, extra_args: tuple[str, ...] = (),
                  config: dict[str, Any] | None = None, wait: bool = True,
+                 env: dict[str, str] | None = None,
                  start_timeout_seconds: float = 30.0) -> None:
         self.binary = require_opa()
         self.log = log
@@ -90,6 +91,7 @@ class OpaServer:
                         "--config-file", str(config_file), *extra_args,
                         *([str(policies)] if policies is not None else [])]
         self.with_bundle = bundle_url is not None
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.start_timeout_seconds = start_timeout_seconds
         self.start(wait=wait)
@@ -100,7 +102,7 @@ class OpaServer:
         with open(self.log, "ab") as out:
             # Started from a thread that outlives it (see app.store.die_with_parent).
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
-                                            preexec_fn=die_with_parent)
+                                            env=self.env, preexec_fn=die_with_parent)
         if wait:
             self.wait_until_ready()
 
@@ -163,16 +165,8 @@ class OpaServer:
             time.sleep(0.02)
 
     def requests_served(self) -> dict[str, int]:
-        """OPA's own count of HTTP requests, by handler and method (its /metrics)."""
-        counts: dict[str, int] = {}
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith("http_request_duration_seconds_count{"):
-                labels = dict(part.split("=", 1) for part in
-                              line[line.index("{") + 1:line.index("}")].split(","))
-                key = f"{labels['method'].strip(chr(34)).upper()} " \
-                      f"{labels['handler'].strip(chr(34))}"
-                counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
-        return counts
+        """OPA's own count of HTTP requests, by method and handler (its /metrics)."""
+        return requests_served(self.url)
 
     def signal(self, number: int) -> None:
         assert self.process is not None
@@ -194,6 +188,23 @@ class OpaServer:
 
     def close(self) -> None:
         self.kill()
+
+
+def requests_served(url: str) -> dict[str, int]:
+    """The count of HTTP requests the OPA at `url` served, by method and handler, as its
+    /metrics says ("POST v1/data": n)."""
+    from app.http_client import Endpoint
+
+    counts: dict[str, int] = {}
+    text = Endpoint(url, pool_size=1).request("GET", "/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("http_request_duration_seconds_count{"):
+            labels = dict(part.split("=", 1) for part in
+                          line[line.index("{") + 1:line.index("}")].split(","))
+            key = f"{labels['method'].strip(chr(34)).upper()} " \
+                  f"{labels['handler'].strip(chr(34))}"
+            counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 class ServedApp:
