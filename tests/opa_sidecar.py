@@ -66,7 +66,7 @@ class OpaServer:
                  token: str | None = None, port: int | None = None,
                  socket_path: Path | None = None, extra_args: tuple[str, ...] = (),
                  config: dict[str, Any] | None = None, wait: bool = True,
-                 env: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None, config_file: Path | None = None,
                  start_timeout_seconds: float = 30.0) -> None:
         self.binary = require_opa()
         self.log = log
@@ -84,13 +84,15 @@ class OpaServer:
             settings["bundles"] = {bundle: {
                 "service": "decision-service", "resource": f"bundles/{bundle}",
                 "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2}}}
-        config_file = log.with_suffix(".config.yaml")
-        config_file.write_text(yaml.safe_dump(settings))
+        if config_file is None:  # else a file of OPA configuration of its own, with a bundle
+            config_file = log.with_suffix(".config.yaml")
+            config_file.write_text(yaml.safe_dump(settings))
         self.command = [str(self.binary), "run", "--server", "--skip-version-check",
                         "--addr", addr, "--log-format", "json", "--log-level", "info",
                         "--config-file", str(config_file), *extra_args,
                         *([str(policies)] if policies is not None else [])]
-        self.with_bundle = bundle_url is not None
+        self.with_bundle = bundle_url is not None or "bundles" in yaml.safe_load(
+            config_file.read_text())
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.start_timeout_seconds = start_timeout_seconds
