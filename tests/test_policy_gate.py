@@ -494,12 +494,18 @@ def test_a_failing_builtin_holds_in_both_modes(tmp_path: Path) -> None:
 
 
 def test_an_undefined_document_on_the_sidecar_holds_the_action(bundled: OpaServer) -> None:
-    gate = PolicyGate(SidecarPolicyEngine(bundled.url), governance_path="decision/missing",
+    """Also: the bundle has no batch document for a path it was not served for, so
+    several actions are asked one by one (after one try)."""
+    engine = SidecarPolicyEngine(bundled.url)
+    gate = PolicyGate(engine, governance_path="decision/missing",
                       access_path="decision/access")
-    for actions in ([order()], [order(), order()], [order(), order()]):
+    for actions, round_trips in (([order()], 1), ([order(), order()], 3),
+                                 ([order(), order()], 2)):
+        asked = engine.round_trips
         verdicts = gate.check(common(), actions)
         assert [v.outcome for v in verdicts] == [HOLD] * len(actions)
         assert "data.decision.missing is undefined" in verdicts[0].reasons[0]
+        assert engine.round_trips - asked == round_trips
 
 
 def test_a_sidecar_with_no_policy_loaded_holds_the_actions(tmp_path: Path) -> None:

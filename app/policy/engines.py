@@ -438,6 +438,7 @@ class SidecarPolicyEngine:
         self._revision = "unknown"
         self._bundles: dict[str, str] = {}  # bundle -> revision, as OPA last reported them
         self._bundles_at = float("-inf")
+        self._no_batch: set[str] = set()  # paths the running bundle has no batch document for
         self._derived_at = float("-inf")
         self.round_trips = 0  # for tests and benchmarks: HTTP calls made
         self.breaker = _Breaker(clock)
@@ -503,21 +504,25 @@ class SidecarPolicyEngine:
         check_policy_path(path)
         if not items:
             return Answer([], self._revision)
-        if len(items) > 1 and self.bundle in self._bundles:
+        if len(items) > 1 and self.bundle in self._bundles and path not in self._no_batch:
             result, decision_id, bundles = self._data(batch_document(path), {
                 "common": common, "items": items, "item_key": item_key})
             if self.bundle in bundles and isinstance(result, dict):
                 return Answer(_results(result, len(items)), self._current_revision(bundles),
                               (decision_id,) * len(items))
-            log.warning("OPA at %s no longer runs bundle %s: asking per action",
-                        self.base_url, self.bundle)
-            self._bundles = bundles
+            if self.bundle in bundles:  # a bundle served for other policy paths
+                self._no_batch.add(path)
+            log.warning("OPA at %s has no batch document for %s (bundles: %s): asking per "
+                        "action", self.base_url, path, ", ".join(sorted(bundles)) or "none")
+            self._current_revision(bundles)
         answers = [self._data(path, {**common, item_key: item}) for item in items]
         return Answer([result for result, _, _ in answers],
                       self._current_revision(answers[-1][2]),
                       tuple(decision_id for _, decision_id, _ in answers))
 
     def _current_revision(self, bundles: dict[str, str]) -> str:
+        if bundles != self._bundles:
+            self._no_batch.clear()  # another bundle: it may have them
         self._bundles, self._bundles_at = bundles, self._clock()
         if len(bundles) == 1:
             [self._revision] = bundles.values()
