@@ -121,14 +121,22 @@ class OpaServer:
     def get(self, path: str, *, timeout: float = 5) -> requests.Response:
         from app.http_client import Endpoint
 
-        return Endpoint(self.url, pool_size=1).request("GET", path, timeout=timeout)
+        endpoint = Endpoint(self.url, pool_size=1)
+        try:
+            return endpoint.request("GET", path, timeout=timeout)
+        finally:
+            endpoint.close()
 
     def post(self, path: str, body: Any, *, timeout: float = 5) -> Any:
         """The `result` of a POST to OPA's REST API (None when undefined)."""
         from app.http_client import Endpoint
 
-        response = Endpoint(self.url, pool_size=1).request(
-            "POST", path, body=json.dumps(body).encode(), timeout=timeout)
+        endpoint = Endpoint(self.url, pool_size=1)
+        try:
+            response = endpoint.request("POST", path, body=json.dumps(body).encode(),
+                                        timeout=timeout)
+        finally:
+            endpoint.close()
         response.raise_for_status()
         return response.json().get("result")
 
@@ -198,7 +206,11 @@ def requests_served(url: str) -> dict[str, int]:
     from app.http_client import Endpoint
 
     counts: dict[str, int] = {}
-    text = Endpoint(url, pool_size=1).request("GET", "/metrics", timeout=5).text
+    endpoint = Endpoint(url, pool_size=1)
+    try:
+        text = endpoint.request("GET", "/metrics", timeout=5).text
+    finally:
+        endpoint.close()
     for line in text.splitlines():
         if line.startswith("http_request_duration_seconds_count{"):
             labels = dict(part.split("=", 1) for part in

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from conftest import CLUSTER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opa_sidecar import OpaServer
@@ -24,6 +26,8 @@ from app.replay import ReplayCase
 from app.rules import RulesetRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    CLUSTER, reason="nothing here depends on Redis: once, in the single-server run")
 GENERATED = 1000  # examples; each compares one to three verdicts
 
 

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import CLUSTER
 from opa_sidecar import require_opa
 
 from app.cli import main
 from app.policy.testing import ERROR, FAIL, run_policy_tests
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    CLUSTER, reason="nothing here depends on Redis: once, in the single-server run")
 
 POLICY = "package p\n\nx := 1\n\ntest_inside_a_policy_module if x == 1\n"
 CASES = """package p_test
