@@ -34,7 +34,7 @@ BUNDLE = "/v1/bundles/decision-service"
 def settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     return Settings.load(environ={}, overrides={
         "redis_url": redis_url, "data_dir": tmp_path, "policy_dir": REGO,
-        "background_worker": False, **overrides})
+        "background_worker": False, "opa_timeout_seconds": 5.0, **overrides})
 
 
 @pytest.fixture

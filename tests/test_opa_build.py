@@ -52,7 +52,7 @@ def test_the_compose_sidecar_configuration_pulls_the_bundle_with_the_demo_key(
     opa = OpaServer(tmp_path / "opa.log", config_file=ROOT / "config" / "opa.yaml",
                     extra_args=("--set", f"services.decision-service.url={served.url}/v1"))
     try:
-        engine = SidecarPolicyEngine(opa.url, served=flask_app.extensions[
+        engine = SidecarPolicyEngine(opa.url, timeout_seconds=5, served=flask_app.extensions[
             "decision_service"].policy.engine.directory)
         assert engine.readiness() == "ok"
         assert engine.revisions()["sidecar"] == load_policy_set(ROOT / "rego").revision

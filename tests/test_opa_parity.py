@@ -44,7 +44,7 @@ def test_every_golden_fact_set_gets_the_same_verdicts(opa_bundled: OpaServer) ->
     registry = RulesetRegistry(ROOT / "rules", check_interval_seconds=0)
     registry.reload()
     embedded = gate_for(EmbeddedPolicyEngine(ROOT / "rego", reload_seconds=0))
-    sidecar = gate_for(SidecarPolicyEngine(opa_bundled.url))
+    sidecar = gate_for(SidecarPolicyEngine(opa_bundled.url, timeout_seconds=5))
     compared = 0
     lines = [line for path in sorted((ROOT / "tests" / "golden").glob("*.jsonl"))
              for line in path.read_text().splitlines() if line.strip()]

@@ -135,7 +135,7 @@ def test_traceparent_goes_to_the_opa_sidecar_and_the_executor(
     opa = OpaServer(tmp_path / "opa.log", policies=ROOT / "rego", config={
         "distributed_tracing": {"type": "grpc", "address": "127.0.0.1:9"}})
     executor = Executor()
-    flask_app = create_app(settings(redis_url, tmp_path, opa_url=opa.url,
+    flask_app = create_app(settings(redis_url, tmp_path, opa_url=opa.url, opa_timeout_seconds=5.0,
                                     executors_file=executors_file(tmp_path, executor.url)))
     trace_id = TRACE.split("-")[1]
     try:
