@@ -65,7 +65,7 @@ test: lint browser opa compliance
 
 # Benchmarks (docs/PERFORMANCE.md): wrk from Debian for the HTTP ones (installed when
 # missing and running as root), zen-engine and py-spy from PyPI.
-bench: install
+bench: install opa
 	$(BIN)/pip install -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
