@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint browser bench clean
+.PHONY: install opa run test lint compliance browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -17,13 +17,32 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# OPA's server and CLI, the version the embedded engine runs (tools/opa/go.mod pins it),
+# built from the Go module proxy: the sidecar tests, the compliance toolchain and the
+# sidecar benchmark run it. Rebuilt only when tools/opa changes (from Go's cache: seconds).
+# Without Go it says how to get the binary, and the tests that need it skip saying why.
+OPA := $(BIN)/opa
+opa: $(OPA)
+
+$(OPA): tools/opa/go.mod tools/opa/go.sum tools/opa/main.go tools/opa/build.sh | $(STAMP)
+	@if command -v go >/dev/null 2>&1; then tools/opa/build.sh $@; else \
+	  echo "Go is not installed: OPA ($@) cannot be built, and the tests that need it will skip."; \
+	  echo "Install Go 1.26 (https://go.dev/dl/, or Debian's golang-go if it is 1.26) and run"; \
+	  echo "'make opa', or put OPA v$$(sed -n 's/^require github.com\/open-policy-agent\/opa v//p' \
+	  tools/opa/go.mod) (https://github.com/open-policy-agent/opa/releases) at $@."; fi
+
 run: install
 	$(BIN)/decision-service serve
 
 lint: install
 	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \
-	  scripts/name-folding
+	  scripts/name-folding scripts/compliance
 	$(BIN)/mypy
+
+# The compliance toolchain on rego/ with the OPA the service runs (README, "Compliance
+# toolchain"): opa fmt, opa check --strict, opa test, and a coverage floor per policy.
+compliance: opa
+	$(BIN)/python scripts/compliance rego
 
 # Debian's Chromium and ChromeDriver drive the page tests (tests/test_pages.py). Installed
 # when missing and this runs as root; otherwise those tests skip and say why.
@@ -38,7 +57,7 @@ browser:
 
 # The suite runs twice: on one Redis server, then on a local three-master Redis Cluster
 # (tests/redis_cluster.py starts it from the same redis-server binary).
-test: lint browser
+test: lint browser opa compliance
 	$(BIN)/decision-service rules validate rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
@@ -46,7 +65,7 @@ test: lint browser
 
 # Benchmarks (docs/PERFORMANCE.md): wrk from Debian for the HTTP ones (installed when
 # missing and running as root), zen-engine and py-spy from PyPI.
-bench: install
+bench: install opa
 	$(BIN)/pip install -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \

@@ -37,6 +37,7 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", ("*",), ("*",), ("*",))
+BUNDLE_GRANT = "policy-bundle"  # may read the policy bundle (an OPA sidecar's key)
 
 
 def hash_key(key: str) -> str:
@@ -106,6 +107,15 @@ class AccessControl:
         if caller is None:
             raise Unauthorized("the API key is not valid")
         return caller
+
+    def authorize_bundle(self, caller: Caller) -> None:
+        """The one decision the access policy does not make: who may read the policy bundle.
+        The access policy comes with that bundle, so an OPA sidecar could not decide it
+        before it has it. A key with the `policy-bundle` grant may; Forbidden otherwise."""
+        if self.keys is not None and BUNDLE_GRANT not in caller.grants:
+            reason = (f"{caller.id} may not read the policy bundle: only a key with the "
+                      f"{BUNDLE_GRANT} grant (an OPA sidecar's) may.")
+            raise Forbidden(reason, [reason])
 
     def authorize(self, caller: Caller, operation: str, **resource: Any) -> None:
         """Forbidden (403) with the policy's reasons unless the access policy allows it;

@@ -143,15 +143,17 @@ def policy() -> None:
 @click.argument("directory", required=False,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-v", "--verbose", is_flag=True, help="print passing tests too")
-def policy_test(directory: Path | None, verbose: bool) -> None:
-    """Run every test_ rule of the *_test.rego files in DIRECTORY (default:
-    DECISION_POLICY_DIR) with the embedded OPA engine, like `opa test`. Exits 1 on a
-    failure, an error, a policy that does not compile, or no tests at all."""
+@click.option("--fail-on-empty", is_flag=True, help="fail when there is no test at all")
+def policy_test(directory: Path | None, verbose: bool, fail_on_empty: bool) -> None:
+    """Run every test_ rule in DIRECTORY (default: DECISION_POLICY_DIR) with the embedded
+    OPA engine, as `opa test` does (app/policy/testing.py): the same tests pass and fail.
+    Exits 1 on a failure, an error, a skipped (todo_test_) test or a policy that does not
+    compile, and, with --fail-on-empty, when there is no test."""
     from app.policy.testing import PASS, run_policy_tests
 
     target = directory or _settings().policy_dir
     try:
-        report = run_policy_tests(target)
+        report = run_policy_tests(target, fail_on_empty=fail_on_empty)
     except PolicyInvalid as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
@@ -162,13 +164,13 @@ def policy_test(directory: Path | None, verbose: bool) -> None:
             click.echo(line + (f"\n    {result.message}" if result.message else ""))
     total = len(report.results)
     click.echo("-" * 80)
-    for outcome in ("PASS", "FAIL", "ERROR"):
+    for outcome in ("PASS", "FAIL", "ERROR", "SKIPPED"):
         count = sum(1 for r in report.results if r.outcome == outcome)
         if count or outcome == "PASS":
             click.echo(f"{outcome}: {count}/{total}")
+    if not total:
+        click.echo(f"no tests found in {target} (rules named test_*)", err=True)
     if not report.passed:
-        if not total:
-            click.echo(f"no tests found in {target} (files named *_test.rego)", err=True)
         sys.exit(1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,12 @@ def _log_format(raw: str) -> str:
     return raw
 
 
+def _bundle_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", raw):
+        raise ValueError("must be 1 to 64 letters, digits, '_', '.' or '-'")
+    return raw
+
+
 def _environment(raw: str) -> str:
     if raw not in ("development", "production"):
         raise ValueError("must be 'development' or 'production'")
@@ -105,7 +112,11 @@ OPTIONS: tuple[Option, ...] = (
            "connect and command timeout towards Redis; past it a request answers 503"),
     Option("data_dir", "./var", Path, "where the embedded Redis keeps its data and socket"),
     Option("opa_url", "", _optional_str,
-           "OPA sidecar base URL; empty: evaluate policies with embedded OPA"),
+           "OPA sidecar base URL (http://host:port, or unix:///path/to/socket); empty: "
+           "evaluate policies with embedded OPA"),
+    Option("opa_bundle", "decision-service", _bundle_name,
+           "name of the bundle this service serves (GET /v1/bundles/<name>) and an OPA sidecar "
+           "loads: its revision must be the service's before /readyz is ready"),
     Option("policy_dir", "./rego", Path, "Rego policies (and data *.json) for the policy gate"),
     Option("policy_path", "decision/governance", str, "policy document the gate evaluates"),
     Option("access_policy_path", "decision/access", str,
@@ -197,6 +208,7 @@ class Settings:
     redis_timeout_seconds: float
     data_dir: Path
     opa_url: str | None
+    opa_bundle: str
     policy_dir: Path
     policy_path: str
     access_policy_path: str

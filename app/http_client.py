@@ -1,14 +1,61 @@
 """Outgoing HTTP (the OPA sidecar, the executors): pooled keep-alive connections, and no
-retries inside requests, because each caller decides itself what a failure means."""
+retries inside requests, because each caller decides itself what a failure means.
+
+A URL `unix:///path/to/socket` is HTTP over that Unix domain socket (an OPA sidecar
+started with `opa run --server --addr unix:///path/to/socket`)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from requests.adapters import BaseAdapter, HTTPAdapter
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import NewConnectionError
+
+UNIX_SCHEME = "unix://"
+
+
+class _UnixConnection(HTTPConnection):
+    """An HTTP/1.1 connection whose socket is a Unix domain socket."""
+
+    def __init__(self, *args: Any, socket_path: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.socket_path = socket_path
+
+    def _new_conn(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if isinstance(self.timeout, int | float):
+            sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise NewConnectionError(self, f"cannot connect to {self.socket_path}: {exc}") \
+                from exc
+        return sock
+
+
+class _UnixSocketAdapter(HTTPAdapter):
+    """requests' transport adapter, with every request on one pool of `_UnixConnection`s."""
+
+    def __init__(self, socket_path: str, *, pool_size: int) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._pool = urllib3.HTTPConnectionPool("localhost", maxsize=pool_size,
+                                                socket_path=socket_path)
+        self._pool.ConnectionCls = _UnixConnection
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
+                                        cert: Any = None) -> urllib3.HTTPConnectionPool:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
 
 
 def pooled_session(*, pool_size: int) -> requests.Session:
@@ -33,12 +80,19 @@ class Endpoint:
 
     def __init__(self, url: str, *, pool_size: int,
                  headers: Mapping[str, str] | None = None) -> None:
-        self.url = url
-        session = pooled_session(pool_size=pool_size)
-        self._adapter = session.get_adapter(url)
-        environment = session.merge_environment_settings(url, {}, None, None, None)
-        self._send_options: dict[str, Any] = {"proxies": environment["proxies"],
-                                              "verify": environment["verify"]}
+        self._adapter: BaseAdapter
+        if url.startswith(UNIX_SCHEME):  # no proxy, no TLS: a socket on this machine
+            self.url = "http://localhost"
+            self._adapter = _UnixSocketAdapter(url.removeprefix(UNIX_SCHEME),
+                                               pool_size=pool_size)
+            self._send_options: dict[str, Any] = {"proxies": {}, "verify": True}
+        else:
+            self.url = url
+            session = pooled_session(pool_size=pool_size)
+            self._adapter = session.get_adapter(url)
+            environment = session.merge_environment_settings(url, {}, None, None, None)
+            self._send_options = {"proxies": environment["proxies"],
+                                  "verify": environment["verify"]}
         self._headers = {**requests.utils.default_headers(), **(headers or {})}
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 

@@ -314,7 +314,12 @@ class VerdictSchema(Schema):
     allow = fields.Boolean(required=True)
     outcome = fields.String(required=True, metadata={"enum": ["allow", "deny", "hold"]})
     reasons = fields.List(fields.String(), required=True)
-    policy_revision = fields.String(required=True)
+    policy_revision = fields.String(required=True, metadata={
+        "description": "content hash of the policy modules and data (the bundle revision a "
+                       "sidecar reports), or opa-<hash> of what a sidecar on plain files "
+                       "serves"})
+    opa_decision_id = fields.String(metadata={
+        "description": "an OPA sidecar's decision id: its decision log entry for this verdict"})
 
 
 class DecisionActionSchema(Schema):

@@ -39,12 +39,20 @@ from app.errors import (
     InvalidInput,
     NotFound,
     RedriveRefused,
+    UnknownRuleset,
 )
 from app.facts import FactPool, FactRecord, Quotas
 from app.logs import log_context
 from app.masking import Masking
 from app.metrics import Metrics, label_value
-from app.policy.engines import EmbeddedPolicyEngine, PolicyEngine, SidecarPolicyEngine
+from app.policy.bundle import Bundle, build_bundle
+from app.policy.engines import (
+    EmbeddedPolicyEngine,
+    PolicyDirectory,
+    PolicyEngine,
+    SidecarPolicyEngine,
+)
+from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import ReplayCase, Replayer, summarize
 from app.rules import Evaluation, Ruleset, RulesetRegistry
@@ -81,8 +89,14 @@ def _access_keys(settings: Settings) -> ApiKeys | None:
 
 
 def policy_engine(settings: Settings) -> PolicyEngine:
+    """Embedded OPA on the policy directory, or the OPA sidecar, with the policy directory
+    as the bundle this service serves it."""
     if settings.opa_url:
-        return SidecarPolicyEngine(settings.opa_url, timeout_seconds=settings.opa_timeout_seconds)
+        served = PolicyDirectory(settings.policy_dir, keep_engine=False,
+                                 reload_seconds=settings.policy_reload_seconds,
+                                 allowed_builtins=frozenset(settings.policy_allowed_builtins))
+        return SidecarPolicyEngine(settings.opa_url, timeout_seconds=settings.opa_timeout_seconds,
+                                   bundle=settings.opa_bundle, served=served)
     return EmbeddedPolicyEngine(settings.policy_dir, reload_seconds=settings.policy_reload_seconds,
                                 allowed_builtins=frozenset(settings.policy_allowed_builtins))
 
@@ -142,6 +156,7 @@ class DecisionService:
                               self._flush_metrics, self._expire_parked],
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
+        self._bundle: Bundle | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> DecisionService:
@@ -409,6 +424,25 @@ class DecisionService:
             summary["candidate_error"] = failure
         return {"results": results, "summary": summary}
 
+    # --- the policy bundle -------------------------------------------------------------
+
+    def bundle(self, name: str) -> Bundle:
+        """The policy directory as the OPA bundle `name` (app/policy/bundle.py), as the
+        files are now: NotFound for another name than DECISION_OPA_BUNDLE,
+        PolicyUnavailable when no policies ever loaded."""
+        if name != self.settings.opa_bundle:
+            raise NotFound(f"there is no bundle {name!r} here, only "
+                           f"{self.settings.opa_bundle!r}")
+        directory = self.policy.engine.directory
+        if directory is None:
+            raise NotFound("this service reads no policy directory")
+        _, policies = directory.current(check=True)
+        cached = self._bundle
+        if cached is None or cached.revision != policies.revision:
+            cached = self._bundle = build_bundle(
+                policies, [self.policy.governance_path, self.policy.access_path])
+        return cached
+
     # --- operations --------------------------------------------------------------------
 
     def readiness(self) -> dict[str, str]:
@@ -422,6 +456,11 @@ class DecisionService:
             checks["redis"] = exc.detail
         checks["policy"] = self.policy.readiness()
         return checks
+
+    def policy_revisions(self) -> dict[str, str]:
+        """The policy revision each side has (after `readiness`, which refreshes them):
+        embedded, or the bundle this service serves and what the OPA sidecar runs."""
+        return self.policy.revisions()
 
     def gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
         """What /metrics reads fresh at each scrape: queues, and the versions in use."""

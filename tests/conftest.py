@@ -18,6 +18,7 @@ import redis
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from opa_sidecar import OpaServer, ServedApp
 from redis_cluster import LocalCluster
 
 from app import create_app
@@ -104,3 +105,27 @@ def app_factory(redis_url: str, redis_client: redis.Redis,
     yield make
     for app in apps:
         app.extensions["decision_service"].close()
+
+
+@pytest.fixture(scope="module")
+def opa_bundle_host(redis_url: str,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    """A decision service on rego/, serving it to OPA as the bundle `decision-service`."""
+    flask_app = create_app(Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "data_dir": tmp_path_factory.mktemp("served"),
+        "rules_dir": ROOT / "rules", "policy_dir": ROOT / "rego", "background_worker": False}))
+    server = ServedApp(flask_app)
+    yield server
+    server.close()
+    flask_app.extensions["decision_service"].close()
+
+
+@pytest.fixture(scope="module")
+def opa_bundled(opa_bundle_host: ServedApp,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    """The real OPA (`opa run --server` on loopback), pulling that bundle, as
+    docker-compose.yml runs it; skipped, saying why, where the binary is not built."""
+    server = OpaServer(tmp_path_factory.mktemp("opa") / "opa.log",
+                       bundle_url=f"{opa_bundle_host.url}/v1")
+    yield server
+    server.close()

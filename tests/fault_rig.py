@@ -2,8 +2,9 @@
 
 `Rig` runs gunicorn (`decision-service serve`, 2 workers) and two `decision-service worker`
 processes against a Redis of its own (the embedded server, killed with SIGKILL and
-restarted on its data), an OPA sidecar (tests/opa_server.py in a process of its own on a
-fixed port: SIGKILLed, restarted, made slow) and an executor (tests/executor_server.py:
+restarted on its data), the real OPA as a sidecar (`opa run --server` on a fixed port,
+pulling the bundle the service serves, its decision log on: SIGKILLed and restarted,
+hung with SIGSTOP; tests/opa_sidecar.py) and an executor (tests/executor_server.py:
 failing, hanging).
 
 `Load` posts decisions at a fixed rate whatever the answers (an open loop, so a slow
@@ -36,7 +37,7 @@ import requests
 import yaml
 from conftest import wait_for_ready
 from executor_server import Executor
-from opa_server import OpaProcess
+from opa_sidecar import OpaServer
 
 from app import keys
 from app.decision_log import DecisionLog
@@ -185,7 +186,7 @@ class Rig:
         self.redis_url = redis_url or self.redis.url
         self.own_redis = redis_url is None
         self.opa_port = free_port()
-        self.opa: OpaProcess | None = None
+        self.opa: OpaServer | None = None
         self.executor = Executor()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -237,10 +238,10 @@ class Rig:
     def start(self) -> None:
         if self.own_redis:
             self.redis.start()
-        if self.sidecar:
-            self.start_opa()
         self.server = self._spawn("serve", "--port", str(self.port), "--workers", "2",
                                   log="serve.log")
+        if self.sidecar:  # it pulls its bundle from the service: ready with it (/readyz)
+            self.start_opa(wait=False)
         for index in range(self.worker_count):
             self.start_worker(index)
         try:
@@ -252,8 +253,10 @@ class Rig:
         path = self.directory / name
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
-    def start_opa(self) -> None:
-        self.opa = OpaProcess(ROOT / "rego", port=self.opa_port, log=self.directory / "opa.log")
+    def start_opa(self, *, wait: bool = True) -> None:
+        """OPA on its port, pulling the service's bundle; with `wait`, until it has it."""
+        self.opa = OpaServer(self.directory / "opa.log", port=self.opa_port,
+                             bundle_url=f"{self.url}/v1", wait=wait)
 
     def kill_opa(self) -> None:
         if self.opa is not None:
@@ -329,6 +332,16 @@ class Rig:
         finally:
             client.close()
 
+    def records(self) -> list[dict[str, Any]]:
+        """The decision records of every decision this rig answered 201 for."""
+        client = connect(self.redis_url, timeout_seconds=5.0)
+        try:
+            log = DecisionLog(client, Outbox(client), retention_seconds=86400,
+                              idempotency_ttl_seconds=86400)
+            return list(log.records(sorted(self.decision_ids)))
+        finally:
+            client.close()
+
     def account(self) -> Accounting:
         """Reconcile every decision this rig answered 201 for with the executor."""
         client = connect(self.redis_url, timeout_seconds=5.0)
@@ -394,11 +407,14 @@ def _executor(**knobs: Any) -> Callable[[Rig], None]:
     return set_knobs
 
 
-def _opa_delay(seconds: float) -> Callable[[Rig], None]:
-    def set_delay(rig: Rig) -> None:
-        assert rig.opa is not None
-        rig.opa.set_knobs(delay_seconds=seconds)
-    return set_delay
+def _pause_opa(rig: Rig) -> None:
+    assert rig.opa is not None
+    rig.opa.pause()
+
+
+def _resume_opa(rig: Rig) -> None:
+    assert rig.opa is not None
+    rig.opa.resume()
 
 
 def _kill_worker_mid_delivery(rig: Rig) -> None:
@@ -427,8 +443,8 @@ FAULTS = [
           "answers"),
     Fault("OPA sidecar killed (SIGKILL), restarted 10 s later", Rig.kill_opa, Rig.start_opa,
           "verdicts"),
-    Fault("OPA sidecar answering after 1 s (timeout 250 ms) for 10 s", _opa_delay(1.0),
-          _opa_delay(0.0), "verdicts"),
+    Fault("OPA sidecar hung (SIGSTOP) for 10 s, then continued (timeout 250 ms)", _pause_opa,
+          _resume_opa, "verdicts"),
     Fault("executor answering 500 for 10 s", _executor(failing_status=500),
           _executor(failing_status=None), "deliveries"),
     Fault("executor hanging for 10 s (timeout 500 ms)", _executor(delay_seconds=10.0),

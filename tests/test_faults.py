@@ -1,6 +1,8 @@
 """Faults under load (slow: about four minutes). The service as deployed (gunicorn with two
-workers, two delivery workers, Redis, an OPA sidecar, an executor) takes 200 decisions a
-second while one part fails for a third of each 30 s phase (tests/fault_rig.py). Every
+workers, two delivery workers, Redis, the real OPA as a sidecar pulling the service's
+bundle, an executor) takes 200 decisions a second while one part fails for a third of each
+30 s phase (tests/fault_rig.py): Redis and OPA SIGKILLed, OPA hung with SIGSTOP, the
+executor failing and hanging, a worker SIGKILLed mid-delivery. Every
 answer is a decision or a 503 problem, nothing hangs, the service recovers within 2 s of
 the fault ending without a restart, and at the end every allowed action was delivered
 once per Idempotency-Key or parked, and nothing else was sent.

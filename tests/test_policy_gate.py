@@ -1,9 +1,9 @@
-"""The policy gate: verdicts from real OPA, embedded or as a sidecar over loopback HTTP,
-and every way of failing closed."""
+"""The policy gate: verdicts from real OPA, embedded or the real OPA server as a sidecar
+(`opa run --server` on loopback, tests/opa_sidecar.py), and every way of failing closed."""
 
 from __future__ import annotations
 
-import socket
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from opa_bindings import OpaError
-from opa_server import OpaStandIn
+from opa_sidecar import OpaServer, ServedApp
 from rules_support import purchase_case
 
 from app.policy.engines import (
     EmbeddedPolicyEngine,
+    PolicyDirectory,
     SidecarPolicyEngine,
     batch_query,
     compile_policy_set,
@@ -198,6 +199,11 @@ def test_a_changed_policy_is_used_with_its_new_revision(policy_dir: Path) -> Non
     ("package decision.governance\ndeny contains msg if { input.x == 1 }\n", 2,
      "var msg is unsafe"),
     ("package decision.governance\nallow if { not }\n", 2, "unexpected } token"),
+    # METADATA is YAML, which OPA's loader reads (and refuses) whatever the rules ask for
+    ("package decision.governance\n\n# METADATA\n# description: Once: twice.\nallow := true\n",
+     4, "yaml: mapping values are not allowed in this context"),
+    ("package decision.governance\n\n# METADATA\n# scope: nowhere\nallow := true\n", 3,
+     "invalid annotation scope 'nowhere'"),
 ])
 def test_a_policy_that_does_not_compile_is_rejected_and_the_last_good_one_stays(
         policy_dir: Path, broken: str, line: int, message: str) -> None:
@@ -236,76 +242,305 @@ def test_without_loadable_policies_every_action_is_held(policy_dir: Path) -> Non
     assert "policy.rego" in gate.readiness()
 
 
-# --- sidecar ---------------------------------------------------------------------------
+# --- sidecar: the real OPA server ------------------------------------------------------
 
 
 @pytest.fixture
-def opa() -> Iterator[OpaStandIn]:
-    server = OpaStandIn(REGO)
+def bundled(opa_bundled: OpaServer) -> OpaServer:
+    """The real OPA, pulling the service's bundle (conftest.opa_bundled)."""
+    return opa_bundled
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Iterator[OpaServer]:
+    """The real OPA serving rego/ as plain files (`opa run --server rego/`), no bundle."""
+    server = OpaServer(tmp_path / "opa.log", policies=REGO)
     yield server
     server.close()
 
 
-def sidecar_gate(url: str, timeout: float = 0.25) -> PolicyGate:
-    return gate_for(SidecarPolicyEngine(url, timeout_seconds=timeout))
+# A timeout long enough for a busy machine, where a test is not about timeouts.
+def sidecar_engine(url: str, timeout: float = 5.0, **options: Any) -> SidecarPolicyEngine:
+    return SidecarPolicyEngine(url, timeout_seconds=timeout, **options)
+
+
+def sidecar_gate(url: str, timeout: float = 5.0, **options: Any) -> PolicyGate:
+    return gate_for(sidecar_engine(url, timeout, **options))
 
 
 def _summary(verdicts: list[Verdict]) -> list[tuple[str, tuple[str, ...]]]:
     return [(v.outcome, v.reasons) for v in verdicts]
 
 
-def test_embedded_and_sidecar_give_identical_verdicts(opa: OpaStandIn) -> None:
+@pytest.mark.parametrize("mode", ["bundle", "plain files"])
+def test_embedded_and_sidecar_give_identical_verdicts(mode: str, request: pytest.FixtureRequest
+                                                      ) -> None:
+    opa: OpaServer = request.getfixturevalue("bundled" if mode == "bundle" else "plain")
     embedded, sidecar = embedded_gate(), sidecar_gate(opa.url)
-    for _, shared, action, _, _ in SAMPLE_CASES:
-        assert _summary(sidecar.check(shared, [action])) == _summary(
-            embedded.check(shared, [action]))
+    for _, shared, action, outcome, _ in SAMPLE_CASES:
+        [verdict] = sidecar.check(shared, [action])
+        assert verdict.outcome == outcome
+        assert _summary([verdict]) == _summary(embedded.check(shared, [action]))
     actions = [case[2] for case in SAMPLE_CASES]
-    assert _summary(sidecar.check(common(), actions)) == _summary(
-        embedded.check(common(), actions))
+    for _ in range(2):  # the first batch tells the sidecar whether OPA runs the bundle
+        assert _summary(sidecar.check(common(), actions)) == _summary(
+            embedded.check(common(), actions))
 
 
-def test_one_round_trip_per_decision_whatever_the_number_of_actions(opa: OpaStandIn) -> None:
-    gate = sidecar_gate(opa.url)
-    gate.check(common(), [order()])  # first call also reads the revision
-    opa.requests.clear()
+def test_one_round_trip_per_decision_whatever_the_number_of_actions(bundled: OpaServer
+                                                                    ) -> None:
+    engine = sidecar_engine(bundled.url)
+    gate = gate_for(engine)
+    gate.check(common(), [order()])  # the first answer says OPA runs the service's bundle
     notify = {"id": "a", "type": "notify_finance", "params": {"request_id": "PR-1"}}
-    verdicts = gate.check(common(), [order(), order(approver="alice"), notify])
-    assert [v.outcome for v in verdicts] == [ALLOW, DENY, ALLOW]
-    assert sum(opa.requests.values()) == 1
-    assert opa.requests["POST /v1/query"] == 1
+    for actions, outcomes in (([order()], [ALLOW]), ([order(), notify], [ALLOW, ALLOW]),
+                              ([order(), order(approver="alice"), notify], [ALLOW, DENY, ALLOW])):
+        before, logged, asked = bundled.requests_served(), len(bundled.decision_log()), \
+            engine.round_trips
+        verdicts = gate.check(common(), actions)
+        assert [v.outcome for v in verdicts] == outcomes
+        after = bundled.requests_served()
+        assert after["POST v1/data"] - before.get("POST v1/data", 0) == 1
+        assert engine.round_trips - asked == 1
+        assert _wait_for(lambda n=logged: len(bundled.decision_log()) == n + 1)
 
 
-def test_a_single_action_uses_the_data_api(opa: OpaStandIn) -> None:
-    gate = sidecar_gate(opa.url)
+def _wait_for(condition: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_every_verdict_names_opas_decision_log_entry(bundled: OpaServer) -> None:
+    """The auditor's join: a verdict's opa_decision_id is the id of the entry in OPA's
+    decision log that holds the very input and result of that verdict."""
+    gate = sidecar_gate(bundled.url)
     gate.check(common(), [order()])
-    assert opa.requests["POST /v1/data/decision/governance"] == 1
+    [single] = gate.check(common(), [order(approver="alice")])
+    first, second = gate.check(common(), [order(), order(vendor="ACME Shell Corp")])
+    assert single.opa_decision_id and first.opa_decision_id
+    assert first.opa_decision_id == second.opa_decision_id  # one OPA decision for the batch
+    assert single.opa_decision_id != first.opa_decision_id
+    one = bundled.logged_decision(single.opa_decision_id)
+    batch = bundled.logged_decision(first.opa_decision_id)
+    assert one["path"] == "decision/governance"
+    assert one["input"]["action"]["params"]["approver"] == "alice"
+    assert one["result"]["deny"] == list(single.reasons)
+    assert batch["path"] == "decision_service/batch/decision/governance/results"
+    assert batch["input"]["items"][1]["params"]["vendor"] == "ACME Shell Corp"
+    assert batch["result"]["0"]["allow"] is True
+    assert batch["result"]["1"]["deny"] == list(second.reasons)
+    assert single.as_dict()["opa_decision_id"] == single.opa_decision_id
 
 
-def test_an_opa_without_ad_hoc_queries_is_asked_per_action(opa: OpaStandIn) -> None:
-    opa.query_api = False
-    verdicts = sidecar_gate(opa.url).check(common(), [order(), order(approver="alice")])
+def test_an_opa_on_plain_files_is_asked_per_action_each_with_a_decision_id(
+        plain: OpaServer) -> None:
+    engine = sidecar_engine(plain.url)
+    verdicts = gate_for(engine).check(common(), [order(), order(approver="alice")])
     assert [v.outcome for v in verdicts] == [ALLOW, DENY]
+    assert engine.round_trips == 2 + 2  # two actions, then the policies and data it serves
+    assert len({v.opa_decision_id for v in verdicts} - {None}) == 2
 
 
-def test_the_sidecar_revision_is_the_bundle_revision_it_reports() -> None:
-    server = OpaStandIn(REGO, bundles={"governance": "2026-11-24.3"})
+def test_the_sidecar_revision_is_the_bundle_revision_the_embedded_engine_records(
+        bundled: OpaServer) -> None:
+    gate = sidecar_gate(bundled.url)
+    revision = load_policy_set(REGO).revision
+    assert embedded_gate().check(common(), [order()])[0].revision == revision
+    assert gate.check(common(), [order()])[0].revision == revision
+    assert gate.check(common(), [order(), order()])[0].revision == revision
+
+
+def test_without_a_bundle_the_revision_hashes_the_modules_and_the_data_opa_serves(
+        tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REGO, policies)
+    opa = OpaServer(tmp_path / "opa.log", policies=policies, extra_args=("--watch",))
     try:
-        gate = sidecar_gate(server.url)
-        assert gate.check(common(), [order()])[0].revision == "governance=2026-11-24.3"
-        assert gate.check(common(), [order(), order()])[0].revision == "governance=2026-11-24.3"
+        engine = sidecar_engine(opa.url, revision_ttl_seconds=0)
+        gate = gate_for(engine)
+        first = gate.check(common(), [order(vendor="Globex")])[0]
+        assert first.outcome == ALLOW and first.revision.startswith("opa-")
+        assert not first.revision.startswith("opa-modules-")  # the data was read too
+        sanctions = policies / "decision" / "sanctions" / "data.json"
+        sanctions.write_text(sanctions.read_text().replace("Acme Shell Corp", "Globex"))
+        assert _wait_for(lambda: gate.check(common(), [order()])[0].outcome == DENY)
+        second = gate.check(common(), [order()])[0]
+        assert second.revision.startswith("opa-") and second.revision != first.revision
+        assert not second.revision.startswith("opa-modules-")
+        assert "sanctions list" in second.reasons[0]
     finally:
-        server.close()
+        opa.close()
 
 
-def test_without_bundles_the_revision_hashes_the_loaded_modules(opa: OpaStandIn) -> None:
-    revision = sidecar_gate(opa.url).check(common(), [order()])[0].revision
-    assert revision.startswith("opa-")
+def test_a_unix_socket_sidecar_decides_as_a_tcp_one(opa_bundle_host: ServedApp,
+                                                    tmp_path: Path) -> None:
+    opa = OpaServer(tmp_path / "opa.log", bundle_url=f"{opa_bundle_host.url}/v1",
+                    socket_path=tmp_path / "opa.sock")
+    try:
+        assert opa.url.startswith("unix://")
+        embedded, sidecar = embedded_gate(), sidecar_gate(opa.url)
+        actions = [case[2] for case in SAMPLE_CASES]
+        for _ in range(2):
+            assert _summary(sidecar.check(common(), actions)) == _summary(
+                embedded.check(common(), actions))
+        assert sidecar.readiness() == "ok"
+    finally:
+        opa.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --- sidecar: failing closed --------------------------------------------------------------
+
+
+def test_a_killed_sidecar_holds_every_action(plain: OpaServer) -> None:
+    gate = sidecar_gate(plain.url)
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+    plain.kill()
+    verdicts = gate.check(common(), [order(), order()])
+    assert [v.outcome for v in verdicts] == [HOLD, HOLD]
+    assert "is unreachable" in verdicts[0].reasons[0]
+    assert "unreachable" in gate.readiness()
+
+
+def test_a_hung_sidecar_holds_the_actions_after_the_timeout(plain: OpaServer) -> None:
+    gate = sidecar_gate(plain.url, timeout=5.0)
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+    engine = gate.engine
+    assert isinstance(engine, SidecarPolicyEngine)
+    engine.timeout_seconds = 0.1
+    plain.pause()  # SIGSTOP: the connection stays open, nothing answers
+    try:
+        started = time.monotonic()
+        [verdict] = gate.check(common(), [order()])
+        assert verdict.outcome == HOLD
+        assert "did not answer within 100 ms" in verdict.reasons[0]
+        assert time.monotonic() - started < 1.0
+    finally:
+        plain.resume()
+    engine.timeout_seconds = 5.0  # on a busy machine OPA may take over 100 ms to wake up
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+
+
+def test_a_sidecar_that_keeps_timing_out_is_not_waited_for_until_a_trial_succeeds(
+        plain: OpaServer) -> None:
+    now = [0.0]
+    engine = SidecarPolicyEngine(plain.url, timeout_seconds=5.0, clock=lambda: now[0])
+    gate = gate_for(engine)
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+    engine.timeout_seconds = 0.1
+    plain.pause()
+    try:
+        for _ in range(3):
+            [verdict] = gate.check(common(), [order()])
+            assert "did not answer within 100 ms" in verdict.reasons[0]
+        asked = engine.round_trips
+        [verdict] = gate.check(common(), [order()])  # the circuit is open: held at once,
+        assert engine.round_trips == asked  # without a call (so without its timeout)
+        assert verdict.outcome == HOLD
+        assert "not asked again for 500 ms after 3 failures in a row" in verdict.reasons[0]
+    finally:
+        plain.resume()
+    engine.timeout_seconds = 5.0  # on a busy machine OPA may take over 100 ms to wake up
+    now[0] = 0.6  # half a second later one call goes through, and closes the circuit
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
+
+
+CONFLICT = ("package decision.governance\n\nallow := true if input.action.a\n\n"
+            "allow := false if input.action.b\n")
+
+
+@pytest.mark.parametrize("actions", [1, 2])
+def test_an_evaluation_error_on_the_sidecar_holds_the_actions(tmp_path: Path,
+                                                               actions: int) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "policy.rego").write_text(CONFLICT)
+    opa = OpaServer(tmp_path / "opa.log", policies=tmp_path / "policies")
+    try:
+        action = {"id": "a", "type": "t", "params": {}, "a": True, "b": True}
+        verdicts = sidecar_gate(opa.url).check(common(), [action] * actions)
+        assert [v.outcome for v in verdicts] == [HOLD] * actions
+        assert verdicts[0].reasons[0].startswith("OPA answered HTTP 500")
+        assert "eval_conflict_error" in verdicts[0].reasons[0]
+        embedded = gate_from_sources({GOVERNANCE: CONFLICT}).check(common(), [action])
+        assert embedded[0].outcome == HOLD and "eval_conflict_error" in embedded[0].reasons[0]
+    finally:
+        opa.close()
+
+
+BUILTIN_ERROR = ("package decision.governance\n\ndefault allow := false\n\n"
+                 "allow if count(deny) == 0\n\n"
+                 'deny contains "too much per unit" if input.action.params.amount / '
+                 "input.action.params.units > 100\n")
+
+
+def test_a_failing_builtin_holds_in_both_modes(tmp_path: Path) -> None:
+    """A division by zero in a deny rule: OPA's server would make the rule undefined, so
+    nothing denies and the action is allowed, unless asked for strict built-in errors
+    (the embedded engine's way). Both hold it."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "policy.rego").write_text(BUILTIN_ERROR)
+    opa = OpaServer(tmp_path / "opa.log", policies=tmp_path / "policies")
+    try:
+        action = {"id": "a", "type": "t", "params": {"amount": 500, "units": 0}}
+        lax = opa.post("/v1/data/decision/governance", {"input": {"action": action}})
+        assert lax == {"allow": True, "deny": []}  # what a sidecar asked plainly would do
+        sidecar = sidecar_gate(opa.url).check(common(), [action])
+        embedded = gate_from_sources({GOVERNANCE: BUILTIN_ERROR}).check(common(), [action])
+        for [verdict] in (sidecar, embedded):
+            assert verdict.outcome == HOLD
+            assert "eval_builtin_error" in verdict.reasons[0]
+            assert "div: divide by zero" in verdict.reasons[0]
+        fine = {**action, "params": {"amount": 500, "units": 1}}
+        assert _summary(sidecar_gate(opa.url).check(common(), [fine])) == [
+            (DENY, ("too much per unit",))]
+    finally:
+        opa.close()
+
+
+def test_an_undefined_document_on_the_sidecar_holds_the_action(bundled: OpaServer) -> None:
+    """Also: the bundle has no batch document for a path it was not served for, so
+    several actions are asked one by one (after one try)."""
+    engine = sidecar_engine(bundled.url)
+    gate = PolicyGate(engine, governance_path="decision/missing",
+                      access_path="decision/access")
+    for actions, round_trips in (([order()], 1), ([order(), order()], 3),
+                                 ([order(), order()], 2)):
+        asked = engine.round_trips
+        verdicts = gate.check(common(), actions)
+        assert [v.outcome for v in verdicts] == [HOLD] * len(actions)
+        assert "data.decision.missing is undefined" in verdicts[0].reasons[0]
+        assert engine.round_trips - asked == round_trips
+
+
+def test_a_sidecar_with_no_policy_loaded_holds_the_actions(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    opa = OpaServer(tmp_path / "opa.log", policies=tmp_path / "empty")
+    try:
+        verdicts = sidecar_gate(opa.url).check(common(), [order(), order()])
+        assert [v.outcome for v in verdicts] == [HOLD, HOLD]
+        assert "is undefined for this action" in verdicts[0].reasons[0]
+    finally:
+        opa.close()
+
+
+def test_a_sidecar_whose_bundle_is_not_activated_is_not_ready_and_holds(tmp_path: Path) -> None:
+    """OPA pulls a bundle from a service that does not answer: it has no policy at all."""
+    nowhere = OpaServer(tmp_path / "opa.log", bundle_url=f"http://127.0.0.1:{_closed_port()}/v1",
+                        wait=False)
+    try:
+        assert _wait_for(lambda: nowhere.health(bundles=False) == 200)
+        assert nowhere.health() == 500
+        gate = sidecar_gate(nowhere.url)
+        assert gate.readiness() == "OPA has not activated its bundles yet (health is HTTP 500)"
+        [verdict] = gate.check(common(), [order()])
+        assert verdict.outcome == HOLD
+        assert "is undefined for this action" in verdict.reasons[0]
+    finally:
+        nowhere.close()
 
 
 def test_an_unreachable_sidecar_holds_every_action() -> None:
@@ -316,47 +551,27 @@ def test_an_unreachable_sidecar_holds_every_action() -> None:
     assert "unreachable" in gate.readiness()
 
 
-def test_a_slow_sidecar_holds_the_actions_after_the_timeout(opa: OpaStandIn) -> None:
-    opa.delay_seconds = 0.5
-    [verdict] = sidecar_gate(opa.url, timeout=0.1).check(common(), [order()])
-    assert verdict.outcome == HOLD
-    assert "did not answer within 100 ms" in verdict.reasons[0]
+def _closed_port() -> int:
+    from opa_sidecar import free_port
+
+    return free_port()
 
 
-def test_a_sidecar_that_keeps_timing_out_is_not_waited_for_until_a_trial_succeeds(
-        opa: OpaStandIn) -> None:
-    now = [0.0]
-    engine = SidecarPolicyEngine(opa.url, timeout_seconds=0.1, clock=lambda: now[0])
-    gate = gate_for(engine)
-    opa.delay_seconds = 0.3
-    for _ in range(3):
-        [verdict] = gate.check(common(), [order()])
-        assert "did not answer within 100 ms" in verdict.reasons[0]
-    asked = engine.round_trips
-    started = time.monotonic()
-    [verdict] = gate.check(common(), [order()])  # the circuit is open: held at once
-    assert time.monotonic() - started < 0.05 and engine.round_trips == asked
-    assert verdict.outcome == HOLD
-    assert "not asked again for 500 ms after 3 failures in a row" in verdict.reasons[0]
-    opa.delay_seconds = 0.0
-    now[0] = 0.6  # half a second later one call goes through, and closes the circuit
-    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
-    assert [v.outcome for v in gate.check(common(), [order()])] == [ALLOW]
-
-
-def test_a_sidecar_answering_500_holds_the_actions(opa: OpaStandIn) -> None:
-    opa.fail_status = 500
-    verdicts = sidecar_gate(opa.url).check(common(), [order(), order()])
-    assert [v.outcome for v in verdicts] == [HOLD, HOLD]
-    assert verdicts[0].reasons == ("OPA answered HTTP 500: stand-in told to fail",)
-
-
-def test_an_undefined_document_on_the_sidecar_holds_the_action(opa: OpaStandIn) -> None:
-    gate = PolicyGate(SidecarPolicyEngine(opa.url), governance_path="decision/missing",
-                      access_path="decision/access")
-    [verdict] = gate.check(common(), [order()])
-    assert verdict.outcome == HOLD
-    assert "undefined" in verdict.reasons[0]
+def test_the_served_directory_is_what_the_sidecar_compares_with(bundled: OpaServer,
+                                                                tmp_path: Path) -> None:
+    """Readiness compares the revision OPA runs with the one the service serves."""
+    same = sidecar_engine(bundled.url, served=PolicyDirectory(REGO, keep_engine=False))
+    assert same.readiness() == "ok"
+    assert same.revisions() == {"served": load_policy_set(REGO).revision,
+                                "sidecar": load_policy_set(REGO).revision}
+    other = tmp_path / "other"
+    shutil.copytree(REGO, other)
+    (other / "decision" / "limits" / "data.json").write_text(
+        '{"currency": "EUR", "legal_review_threshold": 1, "max_risk_score": 0.5}')
+    changed = sidecar_engine(bundled.url, served=PolicyDirectory(other, keep_engine=False))
+    assert changed.readiness().startswith(
+        f"OPA runs revision {load_policy_set(REGO).revision} of bundle decision-service, "
+        f"the service serves {load_policy_set(other).revision}")
 
 
 OUTSIDE = """package decision.governance

@@ -13,7 +13,17 @@ from typing import Any
 
 from flask import Flask
 
-from app.api import decisions, facts, health, openapi, pages, problems, replays, rulesets
+from app.api import (
+    bundles,
+    decisions,
+    facts,
+    health,
+    openapi,
+    pages,
+    problems,
+    replays,
+    rulesets,
+)
 from app.api.request_context import begin_request, end_request, leave_request
 from app.config import Settings
 from app.service import DecisionService
@@ -40,8 +50,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.before_request(begin_request)
     app.after_request(end_request)
     app.teardown_request(leave_request)
-    for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, openapi.bp,
-                      pages.bp):
+    for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, bundles.bp,
+                      openapi.bp, pages.bp):
         app.register_blueprint(blueprint)
     if settings.background_worker:
         service.worker.start()

@@ -17,20 +17,24 @@ bp = Blueprint("health", __name__)
 class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+    policy_revisions = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "the policy revision each side has: embedded, or served (the bundle "
+                       "this service serves) and sidecar (what OPA runs)"})
 
 
 class DependenciesUnavailable(ServiceUnavailable):
     slug = "not-ready"
     title = "Not ready"
 
-    def __init__(self, checks: dict[str, str]) -> None:
+    def __init__(self, checks: dict[str, str], revisions: dict[str, str]) -> None:
         failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items()
                             if reason != "ok")
         super().__init__(failing)
         self.checks = checks
+        self.revisions = revisions
 
     def problem_extensions(self) -> dict[str, Any]:
-        return {"checks": self.checks}
+        return {"checks": self.checks, "policy_revisions": self.revisions}
 
 
 @bp.get("/healthz")
@@ -50,10 +54,13 @@ def metrics() -> Response:
 
 
 @bp.get("/readyz")
-@documented(summary="Readiness: Redis (and the policy engine) answer", tag="operations",
+@documented(summary="Readiness: Redis and the policy engine answer, on one policy revision",
+            tag="operations",
             responses={200: ("ready", HealthSchema), 503: ("a dependency is down", None)})
 def readyz() -> dict[str, Any]:
-    checks = service().readiness()
+    svc = service()
+    checks = svc.readiness()
+    revisions = svc.policy_revisions()
     if any(reason != "ok" for reason in checks.values()):
-        raise DependenciesUnavailable(checks)
-    return {"status": "ready", "checks": checks}
+        raise DependenciesUnavailable(checks, revisions)
+    return {"status": "ready", "checks": checks, "policy_revisions": revisions}

@@ -2,15 +2,16 @@
 
 Both answer `decide(path, common, items)`: the document at `path` evaluated once
 per item with `input = common + {item_key: item}` (`item_key` is "action" for the
-governance policy), in one round trip. Both use the same Rego query for a batch, so
-they cannot disagree about what is asked:
+governance policy), in one round trip. Both evaluate the same comprehension for a batch:
 
-    results := {k: r | some k, a in input.items;
-                       r := data.<path> with input as object.union(input.common, {"action": a})}
+    results := {k: r | some k, item in input.items
+                       r := data.<path> with input as object.union(input.common, {"action": item})}
 
-A result that is missing means the document is undefined for that action. Any
-failure to decide raises `PolicyUnavailable` with the reason; the gate turns that
-into held actions, never into an allow.
+embedded as a query, and on a sidecar that runs the bundle this service serves as a
+module of that bundle (app/policy/bundle.py), through OPA's Data API, which answers with
+OPA's decision id. A result that is missing means the document is undefined for that
+action. Any failure to decide raises `PolicyUnavailable` with the reason; the gate turns
+that into held actions, never into an allow.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app import jsontext
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
 from app.http_client import Endpoint
 from app.logs import traceparent
+from app.policy.bundle import batch_document
 from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
 from app.watch import ChangeWatch, Signature, signature
 
@@ -71,13 +73,14 @@ def check_policy_path(path: str) -> str:
 
 def batch_query(path: str, item_key: str) -> str:
     document = "data." + ".".join(check_policy_path(path).split("/"))
-    return ("results := {k: r | some k, a in input.items; "
-            f"r := {document} with input as object.union(input.common, {{\"{item_key}\": a}})}}; "
-            "revisions := {n: r | some n; r := data.system.bundles[n].manifest.revision}")
+    return ("results := {k: r | some k, item in input.items; "
+            f"r := {document} with input as object.union(input.common, "
+            f"{{\"{item_key}\": item}})}}")
 
 
-def _results(bindings: dict[str, Any], count: int) -> list[Any]:
-    by_index = bindings.get("results", {})
+def _results(by_index: Any, count: int) -> list[Any]:
+    if not isinstance(by_index, dict):
+        return [UNDEFINED] * count
     return [by_index.get(str(k), UNDEFINED) for k in range(count)]
 
 
@@ -85,6 +88,7 @@ def _results(bindings: dict[str, Any], count: int) -> list[Any]:
 class Answer:
     results: list[Any]  # one per action: the document's value, or UNDEFINED
     revision: str
+    decision_ids: tuple[str | None, ...] = ()  # OPA's, one per action (a sidecar's)
 
 
 class PolicyEngine(Protocol):
@@ -95,12 +99,20 @@ class PolicyEngine(Protocol):
 
     def readiness(self) -> str: ...
 
+    def revisions(self) -> dict[str, str]:
+        """The policy revision each side has: {"embedded": r}, or {"served": r (the
+        bundle this service serves), "sidecar": r (what OPA runs)}."""
+
     @property
     def revision(self) -> str: ...
 
     @property
     def policy_set(self) -> PolicySet | None:
-        """The policies in use, when this process has their text (embedded), else None."""
+        """The policies the revision names, when this process has their text, else None."""
+
+    @property
+    def directory(self) -> PolicyDirectory | None:
+        """The policy directory this process reads (and serves as a bundle), if any."""
 
 
 # --- embedded --------------------------------------------------------------------------
@@ -142,12 +154,40 @@ def _calls_outside(engine: OpaEngine, name: str, source: str,
     return sorted(found)
 
 
+# OPA's server and CLI read every `# METADATA` comment block as YAML when they load a
+# module, and refuse the module when one does not parse; the embedded engine reads them
+# only when some module asks for its metadata (rego.metadata.*). A module that does ask
+# makes it read them all, as OPA's loader would.
+_METADATA = re.compile(r"^[ \t]*#[ \t]*METADATA[ \t]*$", re.MULTILINE)
+_ANNOTATIONS_PROBE = ("decision_service_annotations_probe.rego",
+                      "package decision_service_annotations_probe\n\n"
+                      "probe := rego.metadata.rule()\n")
+
+
+def _check_annotations(modules: dict[str, str]) -> None:
+    """PolicyInvalid (file, line) for a METADATA block OPA's loader would refuse. The probe
+    module is compiled beside the modules in an engine of its own, then thrown away."""
+    if not any(_METADATA.search(source) for source in modules.values()):
+        return
+    probe = OpaEngine()
+    try:
+        for name, source in sorted({**modules, _ANNOTATIONS_PROBE[0]: _ANNOTATIONS_PROBE[1]}
+                                   .items()):
+            probe.add_policy(name, source)
+        probe.eval_query("x := true")
+    except OpaError as exc:
+        raise PolicyInvalid(problems_from_opa(exc.message, "policies")) from exc
+    finally:
+        probe.close()
+
+
 def compile_policy_set(policies: PolicySet, *, with_tests: bool = False,
                        allowed_builtins: frozenset[str] = frozenset()) -> OpaEngine:
     """A ready OPA engine for `policies`, or PolicyInvalid with file and line (also for a
     module that calls a built-in of OUTSIDE_BUILTINS not in `allowed_builtins`)."""
-    engine = OpaEngine()
     modules = {**policies.modules, **(policies.tests if with_tests else {})}
+    _check_annotations(modules)
+    engine = OpaEngine()
     try:
         outside = [PolicyProblem(name, f"calls {builtin}, which reaches outside the policy "
                                        "(network, files or the environment); policies here "
@@ -207,6 +247,68 @@ def evaluate_query(engine: OpaEngine, query: str, policy_input: Any) -> list[dic
     return [row.get("bindings", {}) for row in envelope.get("result") or ()]
 
 
+class PolicyDirectory:
+    """A policy directory, read again when its files change (at most every
+    `reload_seconds`, when used). It keeps the last set that compiled, and, with
+    `keep_engine`, its compiled engine; a set that does not compile leaves the last good
+    one in place, and `problems` says why."""
+
+    def __init__(self, path: Path, *, reload_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic, keep_engine: bool = True,
+                 allowed_builtins: frozenset[str] = frozenset()) -> None:
+        self.path = path
+        self.keep_engine = keep_engine
+        self.allowed_builtins = allowed_builtins
+        self._watch = ChangeWatch(reload_seconds, clock)
+        self._lock = threading.Lock()
+        self._loaded: tuple[OpaEngine | None, PolicySet] | None = None
+        self._signature: Signature | None = None
+        self.problems: list[PolicyProblem] = []
+        self.reload(force=True)
+
+    @property
+    def policy_set(self) -> PolicySet | None:
+        return self._loaded[1] if self._loaded else None
+
+    @property
+    def revision(self) -> str:
+        return self._loaded[1].revision if self._loaded else "none"
+
+    def reload(self, *, force: bool = False) -> list[PolicyProblem]:
+        """Load the directory if it changed; returns the problems (empty: loaded or unchanged)."""
+        with self._lock:
+            current = signature(policy_files(self.path)) if self.path.is_dir() else ()
+            self._watch.checked()
+            if not force and current == self._signature:
+                return []
+            self._signature = current
+            try:
+                policies = load_policy_set(self.path)
+                engine = compile_policy_set(policies, allowed_builtins=self.allowed_builtins)
+            except PolicyInvalid as exc:
+                self.problems = exc.problems
+                for problem in exc.problems:
+                    log.error("policy rejected, previous policies stay active: %s", problem)
+                return exc.problems
+            if not self.keep_engine:
+                engine.close()
+            # Evaluations in flight keep their reference to the old engine.
+            self._loaded, self.problems = (engine if self.keep_engine else None, policies), []
+            log.info("policies loaded from %s, revision %s", self.path, policies.revision)
+            return []
+
+    def current(self, *, check: bool = False) -> tuple[OpaEngine | None, PolicySet]:
+        """The loaded policies (re-read first if due, or with `check` if the files changed);
+        PolicyUnavailable when none ever loaded."""
+        if check or self._watch.due():
+            self.reload()
+        loaded = self._loaded
+        if loaded is None:
+            reason = "; ".join(str(p) for p in self.problems) or "no policies loaded"
+            raise PolicyUnavailable(f"no policies are loaded: {reason}")
+        return loaded
+
+
 class EmbeddedPolicyEngine:
     """OPA's Go engine in-process, loaded from a directory (or given sources) and reloaded
     when the files change. A set that fails to compile leaves the last good one active."""
@@ -217,57 +319,44 @@ class EmbeddedPolicyEngine:
                  clock: Callable[[], float] = time.monotonic,
                  policies: PolicySet | None = None,
                  allowed_builtins: frozenset[str] = frozenset()) -> None:
-        self.directory = directory
-        self.allowed_builtins = allowed_builtins
-        self._watch = ChangeWatch(reload_seconds if directory is not None else 0, clock)
-        self._lock = threading.Lock()
-        self._loaded: tuple[OpaEngine, PolicySet] | None = None
-        self._signature: Signature | None = None
-        self.problems: list[PolicyProblem] = []
-        if policies is not None:
-            self._loaded = compile_policy_set(policies,
-                                              allowed_builtins=allowed_builtins), policies
-        else:
-            self.reload(force=True)
+        self._directory = None if directory is None else PolicyDirectory(
+            directory, reload_seconds=reload_seconds, clock=clock,
+            allowed_builtins=allowed_builtins)
+        self._fixed = None if policies is None else (
+            compile_policy_set(policies, allowed_builtins=allowed_builtins), policies)
+
+    @property
+    def directory(self) -> PolicyDirectory | None:
+        return self._directory
+
+    @property
+    def problems(self) -> list[PolicyProblem]:
+        return self._directory.problems if self._directory is not None else []
 
     @property
     def revision(self) -> str:
-        return self._loaded[1].revision if self._loaded else "none"
+        policies = self.policy_set
+        return policies.revision if policies is not None else "none"
 
     @property
     def policy_set(self) -> PolicySet | None:
-        return self._loaded[1] if self._loaded else None
+        if self._fixed is not None:
+            return self._fixed[1]
+        assert self._directory is not None
+        return self._directory.policy_set
 
     def reload(self, *, force: bool = False) -> list[PolicyProblem]:
         """Load the directory if it changed; returns the problems (empty: loaded or unchanged)."""
-        assert self.directory is not None
-        with self._lock:
-            current = signature(policy_files(self.directory)) if self.directory.is_dir() else ()
-            self._watch.checked()
-            if not force and current == self._signature:
-                return []
-            self._signature = current
-            try:
-                policies = load_policy_set(self.directory)
-                engine = compile_policy_set(policies, allowed_builtins=self.allowed_builtins)
-            except PolicyInvalid as exc:
-                self.problems = exc.problems
-                for problem in exc.problems:
-                    log.error("policy rejected, previous policies stay active: %s", problem)
-                return exc.problems
-            # Evaluations in flight keep their reference to the old engine.
-            self._loaded, self.problems = (engine, policies), []
-            log.info("policies loaded from %s, revision %s", self.directory, policies.revision)
-            return []
+        assert self._directory is not None
+        return self._directory.reload(force=force)
 
     def _current(self) -> tuple[OpaEngine, str]:
-        if self._watch.due():
-            self.reload()
-        loaded = self._loaded
-        if loaded is None:
-            reason = "; ".join(str(p) for p in self.problems) or "no policies loaded"
-            raise PolicyUnavailable(f"no policies are loaded: {reason}")
-        return loaded[0], loaded[1].revision
+        if self._fixed is not None:
+            return self._fixed[0], self._fixed[1].revision
+        assert self._directory is not None
+        engine, policies = self._directory.current()
+        assert engine is not None
+        return engine, policies.revision
 
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
@@ -277,7 +366,8 @@ class EmbeddedPolicyEngine:
                                   {"common": common, "items": items})
         except OpaError as exc:
             raise PolicyUnavailable(f"policy evaluation failed: {exc.message}") from exc
-        return Answer(_results(rows[0] if rows else {}, len(items)), revision)
+        return Answer(_results((rows[0] if rows else {}).get("results", {}), len(items)),
+                      revision)
 
     def readiness(self) -> str:
         try:
@@ -286,12 +376,11 @@ class EmbeddedPolicyEngine:
             return exc.detail
         return "ok"
 
+    def revisions(self) -> dict[str, str]:
+        return {"embedded": self.revision}
+
 
 # --- sidecar ---------------------------------------------------------------------------
-
-
-class _QueryApiMissing(Exception):
-    pass
 
 
 class _Breaker:
@@ -333,31 +422,74 @@ class _Breaker:
                 self._opened_at, self._trying = self._clock(), False
 
 
-class SidecarPolicyEngine:
-    """An OPA server over its REST API, through one pooled endpoint with a short timeout.
+def _digest_revision(modules: list[Any], data: Any) -> str:
+    """A revision for an OPA that serves plain files: a hash of the modules' text and of the
+    data document it answers (its base documents, and what its rules make of no input)."""
+    digest = hashlib.sha256()
+    for raw in sorted(m.get("raw", "") for m in modules if isinstance(m, dict)):
+        digest.update(f"module\n{raw}\n".encode())
+    if data is not UNDEFINED:
+        digest.update(b"data\n" + orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+    return ("opa-" if data is not UNDEFINED else "opa-modules-") + digest.hexdigest()[:16]
 
-    One action: `POST /v1/data/<path>?provenance=true`. Several: one `POST /v1/query`
-    with the batch query; an OPA that refuses ad-hoc queries (404/405/403) is asked
-    per action instead. The revision is the bundle revisions OPA reports, or a hash of
-    the modules `GET /v1/policies` lists when it serves plain files. The request's W3C
-    `traceparent`, when there is one, goes along. After three timeouts or refused
-    connections in a row it stops asking for half a second (see `_Breaker`).
+
+# provenance: the bundle revisions. strict-builtin-errors: a built-in function that fails
+# (a division by zero, to_number("x")) is an error, as it is for the embedded engine.
+# OPA's server default makes it undefined, so that a deny rule that fails silently does
+# not deny, and a sidecar would allow what the embedded engine holds.
+_DATA_API_OPTIONS = "provenance=true&strict-builtin-errors=true"
+
+
+def _opa_error_text(payload: Any) -> str:
+    """": message (code: message of each error)" of an OPA error answer, or ""."""
+    if not isinstance(payload, dict) or not payload.get("message"):
+        return ""
+    details = [f"{e.get('code', 'error')}: {e.get('message', '')}"
+               for e in payload.get("errors") or () if isinstance(e, dict)]
+    return f": {payload['message']}" + (f" ({'; '.join(details)})" if details else "")
+
+
+class SidecarPolicyEngine:
+    """An OPA server over its REST API (HTTP, or HTTP over a Unix socket: `unix:///path`),
+    through one pooled endpoint with a short timeout. The request's W3C `traceparent`,
+    when there is one, goes along. After three timeouts or refused connections in a row
+    it stops asking for half a second (see `_Breaker`).
+
+    Every question goes to the Data API, with `provenance=true` and
+    `strict-builtin-errors=true` (see `_DATA_API_OPTIONS`): one action is
+    `POST /v1/data/<path>`; several are one `POST` of the bundle's batch document
+    (app/policy/bundle.py) once OPA has shown that it runs the bundle named `bundle`,
+    which this service serves, and else one `POST /v1/data/<path>` each. Every answer
+    carries OPA's decision id (OPA makes one when its decision log is on).
+
+    The revision is the manifest revision of the bundle OPA reports (with several
+    bundles, `name=revision` of each), or, when OPA serves plain files, a hash of the
+    modules (`GET /v1/policies`) and the data document (`GET /v1/data`) it serves, read
+    again every `revision_ttl_seconds`. `served`, the policy directory this service
+    serves as that bundle, is the other side of the readiness check: while OPA runs
+    another revision of the bundle, the service is not ready.
     """
 
     kind = "sidecar"
 
     def __init__(self, base_url: str, *, timeout_seconds: float = 0.25,
-                 revision_ttl_seconds: float = 30.0,
+                 bundle: str = "decision-service", served: PolicyDirectory | None = None,
+                 revision_ttl_seconds: float = 30.0, readiness_ttl_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
+        self.bundle = bundle
+        self.served = served
         self.revision_ttl_seconds = revision_ttl_seconds
+        self.readiness_ttl_seconds = readiness_ttl_seconds
         self._clock = clock
         self.endpoint = Endpoint(self.base_url, pool_size=16,
                                  headers={"Content-Type": "application/json"})
-        self._query_api = True
         self._revision = "unknown"
-        self._revision_at = float("-inf")
+        self._bundles: dict[str, str] = {}  # bundle -> revision, as OPA last reported them
+        self._bundles_at = float("-inf")
+        self._no_batch: set[str] = set()  # paths the running bundle has no batch document for
+        self._derived_at = float("-inf")
         self.round_trips = 0  # for tests and benchmarks: HTTP calls made
         self.breaker = _Breaker(clock)
 
@@ -366,8 +498,16 @@ class SidecarPolicyEngine:
         return self._revision
 
     @property
+    def directory(self) -> PolicyDirectory | None:
+        return self.served
+
+    @property
     def policy_set(self) -> PolicySet | None:
-        return None  # the sidecar's files are its own
+        """The served policies, when OPA runs exactly them (their text is then this
+        process's to archive)."""
+        policies = self.served.policy_set if self.served is not None else None
+        return policies if policies is not None and policies.revision == self._revision \
+            else None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         self.breaker.before()
@@ -385,69 +525,111 @@ class SidecarPolicyEngine:
             self.breaker.failed(reason)
             raise PolicyUnavailable(reason) from exc
         self.breaker.succeeded()
-        if path == "/v1/query" and response.status_code in (403, 404, 405, 501):
-            raise _QueryApiMissing(response.status_code)
         try:
             payload = jsontext.loads(response.content)
         except ValueError:
             payload = None
         if response.status_code != 200:
-            message = payload.get("message") if isinstance(payload, dict) else None
             raise PolicyUnavailable(f"OPA answered HTTP {response.status_code}"
-                                    + (f": {message}" if message else ""))
+                                    + _opa_error_text(payload))
         if not isinstance(payload, dict):
             raise PolicyUnavailable("OPA answered with something that is not a JSON object")
         return payload
 
-    def _one(self, path: str, policy_input: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        payload = self._call("POST", f"/v1/data/{check_policy_path(path)}?provenance=true",
+    def _data(self, path: str, policy_input: dict[str, Any]) -> tuple[Any, str | None,
+                                                                      dict[str, str]]:
+        """(result or UNDEFINED, OPA's decision id, the bundles OPA reports) of one
+        Data API call."""
+        payload = self._call("POST", f"/v1/data/{path}?{_DATA_API_OPTIONS}",
                              {"input": policy_input})
         bundles = (payload.get("provenance") or {}).get("bundles") or {}
-        revisions = {name: b.get("revision", "") for name, b in bundles.items()
+        revisions = {name: str(b.get("revision", "")) for name, b in bundles.items()
                      if isinstance(b, dict)}
-        return payload.get("result", UNDEFINED), revisions
+        decision_id = payload.get("decision_id")
+        return (payload.get("result", UNDEFINED),
+                decision_id if isinstance(decision_id, str) else None, revisions)
 
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
+        check_policy_path(path)
         if not items:
             return Answer([], self._revision)
-        if len(items) == 1 or not self._query_api:
-            answers = [self._one(path, {**common, item_key: item}) for item in items]
-            revisions = answers[-1][1]
-            return Answer([result for result, _ in answers], self._current_revision(revisions))
-        try:
-            payload = self._call("POST", "/v1/query", {
-                "query": batch_query(path, item_key),
-                "input": {"common": common, "items": items}})
-        except _QueryApiMissing as exc:
-            log.warning("OPA at %s refuses ad-hoc queries (HTTP %s): asking per item",
-                        self.base_url, exc)
-            self._query_api = False
-            return self.decide(path, common, items, item_key=item_key)
-        rows = payload.get("result") or [{}]
-        return Answer(_results(rows[0], len(items)),
-                      self._current_revision(rows[0].get("revisions") or {}))
+        if len(items) > 1 and self.bundle in self._bundles and path not in self._no_batch:
+            result, decision_id, bundles = self._data(batch_document(path), {
+                "common": common, "items": items, "item_key": item_key})
+            if self.bundle in bundles and isinstance(result, dict):
+                return Answer(_results(result, len(items)), self._current_revision(bundles),
+                              (decision_id,) * len(items))
+            if self.bundle in bundles:  # a bundle served for other policy paths
+                self._no_batch.add(path)
+            log.warning("OPA at %s has no batch document for %s (bundles: %s): asking per "
+                        "action", self.base_url, path, ", ".join(sorted(bundles)) or "none")
+            self._current_revision(bundles)
+        answers = [self._data(path, {**common, item_key: item}) for item in items]
+        return Answer([result for result, _, _ in answers],
+                      self._current_revision(answers[-1][2]),
+                      tuple(decision_id for _, decision_id, _ in answers))
 
-    def _current_revision(self, bundle_revisions: dict[str, Any]) -> str:
-        if bundle_revisions:
-            self._revision = ",".join(f"{name}={rev}"
-                                      for name, rev in sorted(bundle_revisions.items()))
-            return self._revision
-        if self._clock() - self._revision_at >= self.revision_ttl_seconds:
-            self._revision_at = self._clock()
+    def _current_revision(self, bundles: dict[str, str]) -> str:
+        if bundles != self._bundles:
+            self._no_batch.clear()  # another bundle: it may have them
+        self._bundles, self._bundles_at = bundles, self._clock()
+        if len(bundles) == 1:
+            [self._revision] = bundles.values()
+        elif bundles:
+            self._revision = ",".join(f"{name}={rev}" for name, rev in sorted(bundles.items()))
+        elif self._clock() - self._derived_at >= self.revision_ttl_seconds:
+            self._derived_at = self._clock()
             try:
                 modules = self._call("GET", "/v1/policies").get("result") or []
-                digest = hashlib.sha256()
-                for raw in sorted(m.get("raw", "") for m in modules if isinstance(m, dict)):
-                    digest.update(raw.encode())
-                self._revision = "opa-" + digest.hexdigest()[:16]
             except PolicyUnavailable as exc:
                 log.warning("could not read OPA's policies for the revision: %s", exc.detail)
+                return self._revision
+            try:
+                data = self._call("GET", "/v1/data").get("result", UNDEFINED)
+            except PolicyUnavailable as exc:
+                log.warning("could not read OPA's data document for the revision (it is then"
+                            " a hash of the modules alone): %s", exc.detail)
+                data = UNDEFINED
+            self._revision = _digest_revision(modules, data)
         return self._revision
 
+    def _fresh_bundles(self) -> dict[str, str]:
+        """The bundles OPA runs, as the last answer reported them if it is recent, else as
+        `GET /v1/data/system/bundles` says."""
+        if self._clock() - self._bundles_at < self.readiness_ttl_seconds:
+            return self._bundles
+        manifests = self._call("GET", "/v1/data/system/bundles").get("result") or {}
+        bundles = {name: str((b.get("manifest") or {}).get("revision", ""))
+                   for name, b in manifests.items() if isinstance(b, dict)}
+        self._current_revision(bundles)
+        return bundles
+
     def readiness(self) -> str:
+        """ok when OPA answers, has activated its bundles (`/health?bundles`), and runs the
+        revision of this service's bundle that the service serves."""
         try:
-            response = self.endpoint.request("GET", "/health", timeout=self.timeout_seconds)
+            response = self.endpoint.request("GET", "/health?bundles",
+                                             timeout=self.timeout_seconds)
         except requests.RequestException as exc:
             return f"OPA at {self.base_url} is unreachable: {type(exc).__name__}"
-        return "ok" if response.status_code == 200 else f"OPA health is HTTP {response.status_code}"
+        if response.status_code != 200:
+            return (f"OPA has not activated its bundles yet (health is HTTP "
+                    f"{response.status_code})")
+        try:
+            bundles = self._fresh_bundles()
+            if self.served is None or self.bundle not in bundles:
+                return "ok"  # OPA runs other files: there is nothing to compare
+            _, served = self.served.current()
+        except PolicyUnavailable as exc:
+            return exc.detail
+        if bundles[self.bundle] != served.revision:
+            return (f"OPA runs revision {bundles[self.bundle]} of bundle {self.bundle}, the "
+                    f"service serves {served.revision} (OPA takes it at its next poll)")
+        return "ok"
+
+    def revisions(self) -> dict[str, str]:
+        sides = {"sidecar": self._revision}
+        if self.served is not None:
+            sides["served"] = self.served.revision
+        return sides

@@ -7,6 +7,7 @@ error, a timeout or an unreachable OPA holds the action, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -26,18 +27,28 @@ class Verdict:
     outcome: str  # ALLOW, DENY or HOLD
     reasons: tuple[str, ...]
     revision: str
+    opa_decision_id: str | None = None  # the id of OPA's decision log entry (a sidecar's)
 
     @property
     def allow(self) -> bool:
         return self.outcome == ALLOW
 
     def as_dict(self) -> dict[str, Any]:
-        return {"allow": self.allow, "outcome": self.outcome, "reasons": list(self.reasons),
-                "policy_revision": self.revision}
+        verdict = {"allow": self.allow, "outcome": self.outcome, "reasons": list(self.reasons),
+                   "policy_revision": self.revision}
+        if self.opa_decision_id is not None:
+            verdict["opa_decision_id"] = self.opa_decision_id
+        return verdict
 
 
-def verdict_from(result: Any, document: str, revision: str) -> Verdict:
+def verdict_from(result: Any, document: str, revision: str,
+                 opa_decision_id: str | None = None) -> Verdict:
     """What one policy result means for one action."""
+    return dataclasses.replace(_verdict(result, document, revision),
+                               opa_decision_id=opa_decision_id)
+
+
+def _verdict(result: Any, document: str, revision: str) -> Verdict:
     if result is UNDEFINED:
         return Verdict(HOLD, (f"the policy document {document} is undefined for this action",),
                        revision)
@@ -87,7 +98,9 @@ class PolicyGate:
                 self.metrics.observe("decision_policy_duration_seconds",
                                      {"backend": self.engine.kind},
                                      time.perf_counter() - started)
-        return [verdict_from(result, document, answer.revision) for result in answer.results]
+        ids = answer.decision_ids or (None,) * len(answer.results)
+        return [verdict_from(result, document, answer.revision, decision_id)
+                for result, decision_id in zip(answer.results, ids, strict=True)]
 
     def authorize(self, caller: dict[str, Any], request: dict[str, Any]) -> Verdict:
         """The access policy's verdict on `input = {caller, request}`; PolicyUnavailable when
@@ -95,7 +108,11 @@ class PolicyGate:
         document = "data." + self.access_path.replace("/", ".")
         answer = self.engine.decide(self.access_path, {"caller": caller}, [request],
                                     item_key="request")
-        return verdict_from(answer.results[0], document, answer.revision)
+        return verdict_from(answer.results[0], document, answer.revision,
+                            answer.decision_ids[0] if answer.decision_ids else None)
 
     def readiness(self) -> str:
         return self.engine.readiness()
+
+    def revisions(self) -> dict[str, str]:
+        return self.engine.revisions()

@@ -59,8 +59,10 @@ deny contains msg if {
 	input.request.operation == "decisions.create"
 	some department in input.request.departments
 	not _reports_for(department)
-	msg := sprintf("%v may not give facts of the %v department with a decision.",
-		[_caller, department])
+	msg := sprintf(
+		"%v may not give facts of the %v department with a decision.",
+		[_caller, department],
+	)
 }
 
 # METADATA
@@ -68,8 +70,10 @@ deny contains msg if {
 deny contains msg if {
 	input.request.operation == "decisions.create"
 	not _ruleset_granted
-	msg := sprintf("%v is not granted decisions on the %v ruleset.",
-		[_caller, object.get(input, ["request", "ruleset"], "(unnamed)")])
+	msg := sprintf(
+		"%v is not granted decisions on the %v ruleset.",
+		[_caller, object.get(input, ["request", "ruleset"], "(unnamed)")],
+	)
 }
 
 # METADATA

@@ -194,17 +194,21 @@ deny contains msg if {
 	some fact_type in _required
 	fact_type != "legal_review" # its own denial below says what the order needs
 	count(_on_file(fact_type)) == 0
-	msg := sprintf("%s for %s: no %s from %s is on file.",
-		[_label, _about, _name_of(fact_type), _department_of(fact_type)])
+	msg := sprintf(
+		"%s for %s: no %s from %s is on file.",
+		[_label, _about, _name_of(fact_type), _department_of(fact_type)],
+	)
 }
 
 # METADATA
-# description: Exactly once: two answers to one question leave it open.
+# description: Exactly once. Two answers to one question leave it open.
 deny contains msg if {
 	some fact_type in _required
 	count(_on_file(fact_type)) > 1
-	msg := sprintf("%s for %s: %d %ss are on file; exactly one from %s is expected.",
-		[_label, _about, count(_on_file(fact_type)), _name_of(fact_type), _department_of(fact_type)])
+	msg := sprintf(
+		"%s for %s: %d %ss are on file; exactly one from %s is expected.",
+		[_label, _about, count(_on_file(fact_type)), _name_of(fact_type), _department_of(fact_type)],
+	)
 }
 
 # METADATA
@@ -213,8 +217,10 @@ deny contains msg if {
 	some fact_type in _required
 	some fact in _on_file(fact_type)
 	fact.department != _department_of(fact_type)
-	msg := sprintf("%s for %s: the %s on file comes from %v; only %s may report it.",
-		[_label, _about, _name_of(fact_type), fact.department, _department_of(fact_type)])
+	msg := sprintf(
+		"%s for %s: the %s on file comes from %v; only %s may report it.",
+		[_label, _about, _name_of(fact_type), fact.department, _department_of(fact_type)],
+	)
 }
 
 # METADATA
@@ -224,8 +230,10 @@ deny contains msg if {
 	some fact in _on_file(fact_type)
 	some field, kind in catalog.facts[fact_type].fields
 	not _field_ok(fact, field, kind)
-	msg := sprintf("%s for %s: the %s's %s is missing or not %s.",
-		[_label, _about, _name_of(fact_type), field, _kind_text[kind]])
+	msg := sprintf(
+		"%s for %s: the %s's %s is missing or not %s.",
+		[_label, _about, _name_of(fact_type), field, _kind_text[kind]],
+	)
 }
 
 # --- purchase orders ---------------------------------------------------------------------
@@ -277,8 +285,10 @@ _within_budget if _purchase.amount <= _budget.available
 deny contains msg if {
 	"legal_review" in _required
 	not _legally_cleared
-	msg := sprintf("Purchase orders above %s %v need a cleared legal review; %s has none.",
-		[_currency, _threshold, _about])
+	msg := sprintf(
+		"Purchase orders above %s %v need a cleared legal review; %s has none.",
+		[_currency, _threshold, _about],
+	)
 }
 
 _legally_cleared if _legal.status == "cleared"
@@ -293,8 +303,10 @@ deny contains msg if {
 	input.action.type == "issue_purchase_order"
 	_usable("risk_assessment")
 	not _risk_acceptable
-	msg := sprintf("Purchase order for %s: the risk score %v is not below %v.",
-		[_about, _risk.score, _risk_limit])
+	msg := sprintf(
+		"Purchase order for %s: the risk score %v is not below %v.",
+		[_about, _risk.score, _risk_limit],
+	)
 }
 
 default _risk_limit := "the limit (none is set, or it is not a number)"
@@ -313,8 +325,10 @@ deny contains msg if {
 	_usable("purchase_request")
 	_usable("budget_check")
 	not _distinct_people
-	msg := sprintf("%s requested %s and may not also approve it (segregation of duties).",
-		[_purchase.requester, _about])
+	msg := sprintf(
+		"%s requested %s and may not also approve it (segregation of duties).",
+		[_purchase.requester, _about],
+	)
 }
 
 # --- vendors -----------------------------------------------------------------------------
@@ -349,8 +363,10 @@ deny contains msg if {
 	_usable("purchase_request")
 	some entry in sanctions.vendors
 	_company(entry.name) == _company(_purchase.vendor)
-	msg := sprintf("Vendor %s is on the %v sanctions list (reference %v): no order may be placed.",
-		[_purchase.vendor, object.get(entry, "list", "a"), object.get(entry, "reference", "none")])
+	msg := sprintf(
+		"Vendor %s is on the %v sanctions list (reference %v): no order may be placed.",
+		[_purchase.vendor, object.get(entry, "list", "a"), object.get(entry, "reference", "none")],
+	)
 }
 
 # METADATA
@@ -359,8 +375,10 @@ deny contains msg if {
 	input.action.type == "expedite_delivery"
 	_usable("purchase_request")
 	not _states("vendor", _purchase.vendor)
-	msg := sprintf("Expedited delivery for %s: its vendor is not the one on file (%v).",
-		[_about, _purchase.vendor])
+	msg := sprintf(
+		"Expedited delivery for %s: its vendor is not the one on file (%v).",
+		[_about, _purchase.vendor],
+	)
 }
 
 # METADATA
@@ -369,8 +387,10 @@ deny contains msg if {
 	input.action.type in _vendor_actions
 	some entry in sanctions.vendors
 	not _comparable(entry)
-	msg := sprintf("The sanctions list entry %v cannot be compared with vendor names; no order may be placed until it is fixed.",
-		[_entry_name(entry)])
+	msg := sprintf(
+		"The sanctions list entry %v cannot be compared with vendor names; no order may be placed until it is fixed.",
+		[_entry_name(entry)],
+	)
 }
 
 # METADATA
