@@ -446,7 +446,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
                f"{summary['unchanged']} unchanged, {summary['errors']} errors; actions "
                f"+{summary['actions']['added']} -{summary['actions']['removed']} "
                f"~{summary['actions']['changed']}, {summary['verdicts_flipped']} verdicts "
-               "flipped")
+               f"flipped, {summary['blocked']['now']} now blocked, "
+               f"{summary['blocked']['no_longer']} no longer blocked")
     for row in summary["most_changed_rules"][:5]:
         click.echo(f"  rule {row['rule']}: {row['decisions']} decision(s)")
     for result in results:

@@ -57,8 +57,9 @@ class IdempotencyClaim:
 # ARGV: 1 subject, 2 decision id, 3 record JSON, 4 ttl s, 5 now ms, 6 Idempotency-Key value,
 #       7 its ttl s, 8 ruleset, 9 the ruleset's standing on the subject: 'clear' (it was
 #       decided), 'keep' (a dry run or inline facts say nothing of the pool) or the failure
-#       (JSON), 10 number of actions to queue, then per action: id, outbox field, entry,
-#       schedule member, the ids of the actions it waits for (space-separated, '' none);
+#       (JSON), 10 number of actions to queue, then per action (each after those it waits
+#       for): id, outbox field, entry, schedule member, the ids of the actions it waits
+#       for (space-separated, '' none);
 #       then the time index's member and the oldest member it keeps; then the value of
 #       each archive entry.
 # Returns {'replayed', idempotency value} or {'ok', JSON {earlier: action id -> the
@@ -73,7 +74,7 @@ end
 local single = #KEYS > 9
 local ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local earlier_of, settled = {}, {}
-local field_of, fresh = {}, {}
+local field_of, fresh, blocked_here = {}, {}, {}
 local n = tonumber(ARGV[10])
 for i = 0, n - 1 do
   local at = 11 + 5 * i
@@ -97,24 +98,34 @@ for _, at in ipairs(fresh) do
   for prerequisite in string.gmatch(needs, '%S+') do
     local pfield = field_of[prerequisite]
     local raw = redis.call('HGET', KEYS[5], pfield)
-    if raw then  -- not delivered yet (gone: delivered)
+    if blocked_here[pfield] then
+      blocked = blocked_here[pfield]
+      break
+    elseif raw then  -- not delivered yet (gone: delivered)
       local pentry = cjson.decode(raw)
-      if pentry.failed_at then blocked = pentry break end
+      if pentry.failed_at then
+        blocked = {type = pentry.action.type, action_id = prerequisite,
+                   decision_id = pentry.decision_id, status = 'failed',
+                   why = 'was parked after failed delivery: ' .. tostring(pentry.last_error)}
+        break
+      end
       waits[#waits + 1] = pfield
       waiting_for[#waiting_for + 1] = {decision_id = pentry.decision_id,
         action_id = prerequisite, type = pentry.action.type}
     end
   end
   if blocked then
-    local status = cjson.encode({status = 'blocked', blocked = 'it requires ' ..
-      blocked.action.type .. ' (' .. blocked.action.id .. '), which was parked after ' ..
-      'failed delivery: ' .. tostring(blocked.last_error),
-      prerequisite = {decision_id = blocked.decision_id, action_id = blocked.action.id,
-                      type = blocked.action.type, status = 'failed'}})
+    local reason = 'it requires ' .. blocked.type .. ' (' .. blocked.action_id .. '), which ' ..
+      blocked.why
+    local status = cjson.encode({status = 'blocked', blocked = reason,
+      prerequisite = {decision_id = blocked.decision_id, action_id = blocked.action_id,
+                      type = blocked.type, status = blocked.status}})
     redis.call('HSET', KEYS[3], id, status)
     redis.call('HDEL', KEYS[5], field)
     redis.call('HDEL', KEYS[4], id)
     settled[id] = status
+    blocked_here[field] = {type = cjson.decode(ARGV[at + 2]).action.type, action_id = id,
+                           decision_id = ARGV[2], status = 'blocked', why = 'is blocked: ' .. reason}
   elseif #waits > 0 then
     local status = cjson.encode({status = 'waiting', waiting_for = waiting_for})
     redis.call('HSET', KEYS[3], id, status)

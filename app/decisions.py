@@ -209,11 +209,27 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
         "verdict_facts": rounds.verdict_facts,
         "actions": actions,
     }
-    to_enqueue = [{key: a[key] for key in ("id", "type", "params", "rule")}
-                  for a in actions if a["status"] in (QUEUED, WAITING)]
     prerequisites = {a["id"]: [w["action_id"] for w in a["delivery"]["waiting_for"]]
                      for a in actions if a["status"] == WAITING}
+    to_enqueue = [{key: a[key] for key in ("id", "type", "params", "rule")}
+                  for a in _prerequisites_first(actions, prerequisites)
+                  if a["status"] in (QUEUED, WAITING)]
     return Decision(record, to_enqueue, prerequisites)
+
+
+def _prerequisites_first(actions: list[dict[str, Any]],
+                         prerequisites: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """The actions, each after the ones it waits for (the outbox commits them so)."""
+    depth: dict[str, int] = {}
+
+    def depth_of(action_id: str) -> int:
+        if action_id not in depth:
+            depth[action_id] = 0  # (the action types' requirements have no circle)
+            depth[action_id] = 1 + max(
+                (depth_of(p) for p in prerequisites.get(action_id, ())), default=-1)
+        return depth[action_id]
+
+    return sorted(actions, key=lambda a: depth_of(a["id"]))
 
 
 _SENT = (QUEUED, WAITING, DRY_RUN)  # what a prerequisite may be for its dependents to go

@@ -23,7 +23,7 @@ from typing import Any
 from app.access import Caller
 from app.archive import Archive
 from app.decisions import DEFAULT_LIMITS, Evaluator, make_decision, snapshot
-from app.dispatch import Executors
+from app.dispatch import BLOCKED, Executors
 from app.errors import DecisionServiceError
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
@@ -73,11 +73,16 @@ class ReplayCase:
 def _compact(action: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": action["id"], "type": action["type"], "params": action["params"],
             "rule": action["rule"], "verdict": {"outcome": action["verdict"]["outcome"],
-                                                "reasons": action["verdict"]["reasons"]}}
+                                                "reasons": action["verdict"]["reasons"]},
+            "status": action["status"],
+            **({"blocked": action["delivery"]["blocked"]}
+               if action["status"] == BLOCKED else {})}
 
 
 def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """What changed from one decision record to another, in the terms an analyst uses."""
+    """What changed from one decision record to another, in the terms an analyst uses:
+    rules that fire more or less, actions added, removed or changed, verdicts flipped, and
+    actions now blocked by a prerequisite that will not be sent (or no longer)."""
     fired_before = Counter(f["rule"] for f in before["fired"])
     fired_after = Counter(f["rule"] for f in after["fired"])
     old = {a["id"]: a for a in before["actions"]}
@@ -104,6 +109,14 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
             flipped.append({"action_id": action_id, "type": new[action_id]["type"],
                             "before": {"outcome": was["outcome"], "reasons": was["reasons"]},
                             "after": {"outcome": now["outcome"], "reasons": now["reasons"]}})
+    blocked: dict[str, list[dict[str, Any]]] = {"now": [], "no_longer": []}
+    for old_id, action_id in same:
+        was, now = old[old_id], new[action_id]
+        if (was["status"] == BLOCKED) != (now["status"] == BLOCKED):
+            blocking = now if now["status"] == BLOCKED else was
+            blocked["now" if now["status"] == BLOCKED else "no_longer"].append({
+                "action_id": action_id, "type": now["type"],
+                "reason": blocking["delivery"]["blocked"]})
     return {
         "rules": {"now_fire": sorted(r for r in fired_after if fired_after[r] > fired_before[r]),
                   "no_longer_fire": sorted(r for r in fired_before
@@ -111,12 +124,14 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
         "actions": {"added": [_compact(a) for a in added],
                     "removed": [_compact(a) for a in removed], "changed": changed},
         "verdicts": sorted(flipped, key=lambda f: f["action_id"]),
+        "blocked": blocked,
     }
 
 
 def is_change(delta: Mapping[str, Any]) -> bool:
     return bool(delta["rules"]["now_fire"] or delta["rules"]["no_longer_fire"]
-                or any(delta["actions"].values()) or delta["verdicts"])
+                or any(delta["actions"].values()) or delta["verdicts"]
+                or any(delta["blocked"].values()))
 
 
 class Replayer:
@@ -264,9 +279,12 @@ def summarize(results: list[dict[str, Any]], candidates: Candidates) -> dict[str
     changed = [r for r in results if r["changed"]]
     rules: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    totals = Counter(added=0, removed=0, changed=0, verdicts_flipped=0)
+    totals = Counter(added=0, removed=0, changed=0, verdicts_flipped=0, now_blocked=0,
+                     no_longer_blocked=0)
     for result in changed:
         delta = result["diff"]
+        totals["now_blocked"] += len(delta["blocked"]["now"])
+        totals["no_longer_blocked"] += len(delta["blocked"]["no_longer"])
         rules.update(set(delta["rules"]["now_fire"]) | set(delta["rules"]["no_longer_fire"]))
         for kind in ("added", "removed", "changed"):
             totals[kind] += len(delta["actions"][kind])
@@ -284,6 +302,7 @@ def summarize(results: list[dict[str, Any]], candidates: Candidates) -> dict[str
         "errors": len(errors),
         "actions": {kind: totals[kind] for kind in ("added", "removed", "changed")},
         "verdicts_flipped": totals["verdicts_flipped"],
+        "blocked": {"now": totals["now_blocked"], "no_longer": totals["no_longer_blocked"]},
         "most_changed_rules": [{"rule": rule, "decisions": count}
                                for rule, count in rules.most_common(TOP)],
         "most_changed_policies": [{"reason": reason, "decisions": count}

@@ -23,7 +23,7 @@ from app.dispatch import Executors
 from app.policy.engines import EmbeddedPolicyEngine, SidecarPolicyEngine
 from app.policy.gate import PolicyGate, Verdict
 from app.replay import ReplayCase
-from app.rules import RulesetRegistry
+from app.rules import RulesetRegistry, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(
@@ -54,7 +54,8 @@ def test_every_golden_fact_set_gets_the_same_verdicts(opa_bundled: OpaServer) ->
         records = [make_decision(decision_id=case.decision_id, subject=case.subject,
                                  ruleset=registry.get(case.ruleset), facts=case.facts,
                                  gate=gate, caller=case.caller, dry_run=False,
-                                 created_at=case.created_at, executors=Executors({})).record
+                                 created_at=case.created_at, executors=Executors({}),
+                                 evaluator=evaluate).record
                    for gate in (embedded, sidecar)]
         mine, theirs = ([{k: a[k] for k in ("id", "type", "params", "status")} |
                          {k: a["verdict"][k] for k in ("allow", "outcome", "reasons")}
