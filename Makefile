@@ -31,8 +31,11 @@ $(OPA): tools/opa/go.mod tools/opa/go.sum tools/opa/main.go tools/opa/build.sh |
 	  echo "'make opa', or put OPA v$$(sed -n 's/^require github.com\/open-policy-agent\/opa v//p' \
 	  tools/opa/go.mod) (https://github.com/open-policy-agent/opa/releases) at $@."; fi
 
+# Actions go to the echo executor (`decision-service echo-executor`, README "Try it")
+# unless DECISION_EXECUTORS_FILE says otherwise.
 run: install
-	$(BIN)/decision-service serve
+	DECISION_EXECUTORS_FILE=$${DECISION_EXECUTORS_FILE:-config/executors.local.yaml} \
+	  $(BIN)/decision-service serve
 
 lint: install
 	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \

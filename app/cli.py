@@ -81,6 +81,21 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
             embedded.stop()
 
 
+@main.command("echo-executor")
+@click.option("--host", default="127.0.0.1", show_default=True, help="bind address")
+@click.option("--port", type=int, default=9000, show_default=True, help="port")
+def echo_executor(host: str, port: int) -> None:
+    """An executor for trying the service: print each action delivered to it, answer 200.
+
+    config/executors.local.yaml (what `make run` uses) sends every action of the sample
+    rules here. Stop it and deliveries are retried, then parked as failed."""
+    from app.echo import serve_echo
+
+    click.echo(f"echo executor on http://{host}:{port}: every action delivered here is "
+               "printed (Ctrl-C stops it)")
+    serve_echo(host, port, click.echo)
+
+
 @main.group()
 def rules() -> None:
     """Rule files: check them before they go live."""

@@ -8,6 +8,7 @@ The policy runs in real OPA (embedded), through the same gate a decision uses.""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,5 @@ def test_no_single_removal_retyping_or_duplicate_is_allowed(
     result = verdict(action, facts)
     assert result.outcome != ALLOW, f"{name}: {change} was allowed"
     assert result.reasons and all(reason.strip() for reason in result.reasons), (name, change)
+    for reason in result.reasons:  # never a null or an empty name printed into a sentence
+        assert not re.search(r"\bnull\b|  | [.,;:)]|\( ", reason), (name, change, reason)

@@ -390,3 +390,32 @@ def test_null_list_and_object_values_never_reach_a_join() -> None:
     assert "budget_confirmed" not in [f.rule for f in result.fired]
     # the legal review names no request, so legal is still asked
     assert [a.type for a in result.actions] == ["request_legal_review"]
+
+
+# --- a reference to a missing field is no match, never a null ------------------------------
+
+FILLING_IN = """
+ruleset: filling
+rules:
+  - name: propose
+    when: {o: {type: order}}
+    then: [{propose: {action: ship, params: {to: "$o.address", note: "for $o.customer"}}}]
+  - name: derive
+    when: {o: {type: order}}
+    then: [{assert: {type: noted, data: {basis: "reviewed by $o.reviewer"}}}]
+"""
+
+
+@pytest.mark.parametrize("data, fired", [
+    ({"address": "Main St 1", "customer": "Ada", "reviewer": "Bob"}, ["propose", "derive"]),
+    ({"address": "Main St 1", "reviewer": "Bob"}, ["derive"]),  # no customer to write
+    ({"address": None, "customer": "Ada", "reviewer": "Bob"}, ["derive"]),  # null is missing
+    ({"customer": "Ada"}, []),
+    ({"address": "", "customer": "", "reviewer": ""}, ["propose", "derive"]),  # empty is there
+])
+def test_a_rule_fires_only_when_every_field_it_fills_in_is_there(
+        data: dict[str, Any], fired: list[str]) -> None:
+    result = evaluate(ruleset(FILLING_IN), [fact("o-1", "order", **data)])
+    assert [f.rule for f in result.fired] == fired
+    text = json.dumps([a.as_dict() for a in result.actions] + result.derived_facts)
+    assert "null" not in text and "None" not in text

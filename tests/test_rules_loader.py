@@ -239,3 +239,134 @@ def test_a_bad_facts_section_is_refused(facts: str, message: str) -> None:
                 "  - {name: r, when: {o: {type: order}}, then: [{assert: {type: seen}}]}\n")
     assert any(message in str(problem) for problem in caught.value.problems), \
         caught.value.problems
+
+
+# --- requires, verdict facts, field lists ------------------------------------------------
+
+PROPOSALS = """
+ruleset: plan
+rules:
+  - name: first
+    when: {a: {type: order}}
+    then:
+      - propose: {action: ship, params: {id: "$a.order_id"}}
+      - propose: {action: invoice, requires: REQUIRES, params: {id: "$a.order_id"}}
+"""
+
+
+@pytest.mark.parametrize("requires, message", [
+    ("[refund]", "invoice requires refund, which no rule in this file proposes"),
+    ("[invoice]", "invoice cannot require itself"),
+    ("[ship, ship]", "names an action type twice"),
+    ("ship", "a list of at most 8 action types"),
+    ("[1]", "a list of at most 8 action types"),
+])
+def test_requires_names_action_types_the_file_proposes(requires: str, message: str) -> None:
+    with pytest.raises(RulesetInvalid) as caught:
+        ruleset(PROPOSALS.replace("REQUIRES", requires))
+    assert any(message in str(p) and p.rule == "first" for p in caught.value.problems), \
+        caught.value.problems
+
+
+def test_action_types_that_require_each_other_in_a_circle_are_refused() -> None:
+    circle = PROPOSALS.replace("REQUIRES", "[ship]").replace(
+        '{action: ship, params', '{action: ship, requires: [invoice], params')
+    with pytest.raises(RulesetInvalid) as caught:
+        ruleset(circle)
+    assert "require each other in a circle, so none could be dispatched: invoice -> ship -> " \
+        "invoice" in str(caught.value.problems[0])
+
+
+def test_requirements_are_per_action_type() -> None:
+    plan = ruleset(PROPOSALS.replace("REQUIRES", "[ship]"))
+    assert plan.requirements == {"invoice": ("ship",)}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("""
+     ruleset: forge
+     rules:
+       - name: forge
+         when: {a: {type: order}}
+         then: [{assert: {type: verdict, data: {allow: true}}}]
+     """, "verdict facts are the policy gate's verdicts; rules read them but cannot make them"),
+    ("""
+     ruleset: forge
+     facts:
+       verdict: {owners: [sales]}
+     rules:
+       - name: read
+         when: {v: {type: verdict}}
+         then: [{propose: {action: x}}]
+     """, "verdict facts are the policy gate's verdicts; no department owns them"),
+    ("""
+     ruleset: forge
+     facts:
+       order: {owners: [policy]}
+     rules:
+       - name: read
+         when: {o: {type: order}}
+         then: [{propose: {action: x}}]
+     """, "'policy' is the department of verdicts"),
+])
+def test_verdict_facts_are_the_gates_alone(text: str, message: str) -> None:
+    with pytest.raises(RulesetInvalid) as caught:
+        ruleset(text)
+    assert any(message in str(p) for p in caught.value.problems), caught.value.problems
+
+
+def test_a_ruleset_reading_verdicts_needs_no_owner_for_them() -> None:
+    reacting = ruleset("""
+        ruleset: reacting
+        facts:
+          order: {owners: [sales]}
+        rules:
+          - name: refused
+            when:
+              v: {type: verdict, action: ship, allow: false}
+              o: {type: order, order_id: "$v.order_id"}
+            then: [{propose: {action: tell_sales, params: {why: "$v.reasons"}}}]
+          - name: ship
+            when: {o: {type: order}}
+            then: [{propose: {action: ship, params: {order_id: "$o.order_id"}}}]
+        """)
+    assert reacting.reads_verdicts and not reacting.warnings
+
+
+def test_a_field_no_fact_of_the_type_has_is_a_warning_with_the_rule() -> None:
+    typo = ruleset("""
+        ruleset: typo
+        facts:
+          order: {owners: [sales], fields: [order_id, amount]}
+          invoice: {owners: [finance]}
+        rules:
+          - name: big
+            when:
+              o: {type: order, amonut: {">": 10}}
+              i: {type: invoice, order_id: "$o.order_id", anything: 1}
+            then:
+              - assert: {type: flagged, data: {order_id: "$o.order_id"}}
+              - propose: {action: ship, params: {who: "$o.customer"}}
+          - name: flagged
+            when:
+              f: {type: flagged, reason: x}
+              v: {type: verdict, action: ship, who: "$f.order_id", outcome: deny, nope: 1}
+            then: [{propose: {action: review}}]
+        """)
+    messages = sorted(f"{w.rule}: {w.message}" for w in typo.warnings)
+    assert messages == [
+        "big: $o.amonut: no order fact has a field 'amonut' (its fields: amount, order_id): a "
+        "condition on it never holds, and a rule that fills it in never fires",
+        "big: $o.customer: no order fact has a field 'customer' (its fields: amount, order_id): "
+        "a condition on it never holds, and a rule that fills it in never fires",
+        "flagged: $f.reason: no flagged fact has a field 'reason' (its fields: order_id): a "
+        "condition on it never holds, and a rule that fills it in never fires",
+        "flagged: $v.nope: no verdict fact has a field 'nope' (its fields: action, action_id, "
+        "allow, outcome, params, reasons, round, rule, who): a condition on it never holds, "
+        "and a rule that fills it in never fires",
+    ]
+    assert all(w.line for w in typo.warnings)
+
+
+def test_the_sample_rules_read_only_fields_their_facts_have() -> None:
+    assert procurement().warnings == ()

@@ -169,7 +169,7 @@ _checks_pass if {
 # description: Action types nobody approved are never dispatched.
 deny contains msg if {
 	not catalog.actions[input.action.type]
-	msg := sprintf("Action type %v is not on the list of approved actions.", [object.get(input.action, "type", "(none)")])
+	msg := sprintf("Action type %s is not on the list of approved actions.", [_text(object.get(input.action, "type", null), "(none, or not a text)")])
 }
 
 # METADATA
@@ -218,8 +218,8 @@ deny contains msg if {
 	some fact in _on_file(fact_type)
 	fact.department != _department_of(fact_type)
 	msg := sprintf(
-		"%s for %s: the %s on file comes from %v; only %s may report it.",
-		[_label, _about, _name_of(fact_type), fact.department, _department_of(fact_type)],
+		"%s for %s: the %s on file comes from %s; only %s may report it.",
+		[_label, _about, _name_of(fact_type), _text(object.get(fact, "department", null), "no named department"), _department_of(fact_type)],
 	)
 }
 
@@ -364,8 +364,8 @@ deny contains msg if {
 	some entry in sanctions.vendors
 	_company(entry.name) == _company(_purchase.vendor)
 	msg := sprintf(
-		"Vendor %s is on the %v sanctions list (reference %v): no order may be placed.",
-		[_purchase.vendor, object.get(entry, "list", "a"), object.get(entry, "reference", "none")],
+		"Vendor %s is on the %s sanctions list (reference %s): no order may be placed.",
+		[_purchase.vendor, _text(object.get(entry, "list", null), "a"), _text(object.get(entry, "reference", null), "none")],
 	)
 }
 
@@ -388,8 +388,8 @@ deny contains msg if {
 	some entry in sanctions.vendors
 	not _comparable(entry)
 	msg := sprintf(
-		"The sanctions list entry %v cannot be compared with vendor names; no order may be placed until it is fixed.",
-		[_entry_name(entry)],
+		"The sanctions list entry %s cannot be compared with vendor names; no order may be placed until it is fixed.",
+		[_text(_entry_name(entry), "without a name that is a text")],
 	)
 }
 
@@ -406,6 +406,23 @@ _entry_name(entry) := object.get(entry, "name", "(no name)") if is_object(entry)
 _entry_name(entry) := entry if not is_object(entry)
 
 _comparable(entry) if _company(entry.name)
+
+# A value to print into a sentence: a text or a number as it is; anything else (null, an
+# empty or blank text, a list) as `otherwise`, so that no message reads "null" or an empty
+# name.
+_text(value, _) := value if _printable(value)
+
+_text(value, _) := sprintf("%v", [value]) if is_number(value)
+
+_text(value, otherwise) := otherwise if {
+	not _printable(value)
+	not is_number(value)
+}
+
+_printable(value) if {
+	is_string(value)
+	trim_space(value) != ""
+}
 
 default _currency := "(currency not set)"
 

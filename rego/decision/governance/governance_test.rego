@@ -164,6 +164,16 @@ test_a_budget_check_from_another_department_is_denied if {
 	_denied_with(_order({}), [_request({}), foreign, _risk({}), _legal({})], "Purchase order for PR-1: the budget check on file comes from procurement; only finance may report it.")
 }
 
+test_a_fact_from_no_named_department_says_so_never_null if {
+	nameless := object.union(_budget({}), {"department": null})
+	_denied_with(_order({}), [_request({}), nameless, _risk({}), _legal({})], "Purchase order for PR-1: the budget check on file comes from no named department; only finance may report it.")
+}
+
+test_an_action_type_that_is_no_text_is_named_as_such if {
+	some msg in governance.deny with input as {"action": {"type": null, "params": {"request_id": "PR-1"}}, "facts": _facts}
+	msg == "Action type (none, or not a text) is not on the list of approved actions."
+}
+
 test_a_legal_clearance_from_another_department_is_denied if {
 	foreign := object.union(_legal({}), {"department": "procurement"})
 	_denied_with(_order({}), [_request({}), _budget({}), _risk({}), foreign], "Purchase order for PR-1: the legal review on file comes from procurement; only legal may report it.")
