@@ -125,7 +125,8 @@ for _, at in ipairs(fresh) do
     redis.call('HDEL', KEYS[4], id)
     settled[id] = status
     blocked_here[field] = {type = cjson.decode(ARGV[at + 2]).action.type, action_id = id,
-                           decision_id = ARGV[2], status = 'blocked', why = 'is blocked: ' .. reason}
+                           decision_id = ARGV[2], status = 'blocked',
+                           why = 'is blocked: ' .. reason}
   elseif #waits > 0 then
     local status = cjson.encode({status = 'waiting', waiting_for = waiting_for})
     redis.call('HSET', KEYS[3], id, status)

@@ -299,6 +299,13 @@ class SandboxedPolicyEngine:
     def policy_set(self) -> PolicySet | None:
         return None  # candidates are never archived
 
+    @property
+    def directory(self) -> None:
+        return None  # candidates come as text, not from a directory
+
+    def revisions(self) -> dict[str, str]:
+        return {"candidate": self._revision}
+
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
         return self.sandbox.decide(path, common, items, item_key=item_key)

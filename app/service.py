@@ -39,7 +39,6 @@ from app.errors import (
     InvalidInput,
     NotFound,
     RedriveRefused,
-    UnknownRuleset,
 )
 from app.facts import FactPool, FactRecord, Quotas
 from app.logs import log_context
@@ -52,7 +51,6 @@ from app.policy.engines import (
     PolicyEngine,
     SidecarPolicyEngine,
 )
-from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay import ReplayCase, Replayer, summarize
 from app.rules import Evaluation, Ruleset, RulesetRegistry

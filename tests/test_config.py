@@ -30,6 +30,13 @@ def test_environment_variables_override_defaults() -> None:
     assert settings.api_keys_file == Path("/etc/keys.yaml")
 
 
+def test_every_setting_is_in_the_readmes_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("\n## ", readme.index(
+        "## Configuration") + 1)]
+    assert [o.env for o in OPTIONS if f"`{o.env}`" not in table] == []
+
+
 def test_every_documented_name_is_a_setting() -> None:
     names = {option.env for option in OPTIONS}
     assert {"DECISION_REDIS_URL", "DECISION_DATA_DIR", "DECISION_OPA_URL", "DECISION_POLICY_DIR",

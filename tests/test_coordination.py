@@ -91,7 +91,8 @@ allow if {
 deny contains msg if {
 	input.action.type == "open_account"
 	input.action.params.kyc != "passed"
-	msg := sprintf("KYC for %s is %s, not passed.", [input.action.params.customer_id, input.action.params.kyc])
+	msg := sprintf("KYC for %s is %s, not passed.",
+		[input.action.params.customer_id, input.action.params.kyc])
 }
 
 # A country under review: a denial that is no reason holds the account (a malformed answer).

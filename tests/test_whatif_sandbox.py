@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,7 +198,7 @@ def test_the_sandbox_has_a_network_of_its_own_and_no_privileges() -> None:
         sandbox.load(CandidateSources(), governance_path="decision/governance",
                      access_path="decision/access", limits=Limits())  # it is serving now
         theirs = os.readlink(f"/proc/{sandbox.pid}/ns/net")
-        status = open(f"/proc/{sandbox.pid}/status").read()
+        status = Path(f"/proc/{sandbox.pid}/status").read_text()
     assert "NoNewPrivs:\t1" in status
     if os.getuid() == 0:
         assert "\nUid:\t65534\t" in status

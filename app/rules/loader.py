@@ -22,6 +22,7 @@ from app.errors import RuleProblem, RulesetInvalid
 from app.rules import regex
 from app.rules.model import (
     OPERATORS,
+    VERDICT_FIELDS,
     Derive,
     FactType,
     Interpolation,
@@ -33,17 +34,16 @@ from app.rules.model import (
     Step,
     Template,
     Test,
-    VERDICT_FIELDS,
 )
 from app.schemas import (
     DATA_KEY_PATTERN,
     DERIVED_DEPARTMENT,
-    RESERVED_DEPARTMENTS,
-    VERDICT_TYPE,
     MAX_DATA_FIELDS,
     MAX_JSON_DEPTH,
     NAME_PATTERN,
     RESERVED_DATA_KEYS,
+    RESERVED_DEPARTMENTS,
+    VERDICT_TYPE,
     json_value_problems,
 )
 
@@ -502,9 +502,9 @@ class _Checker:
                 continue
             reserved = [o for o in owners if o in RESERVED_DEPARTMENTS]
             if reserved:
+                whose = "derived facts" if reserved[0] == DERIVED_DEPARTMENT else "verdicts"
                 self.problem(f"{where}.owners", f"{reserved[0]!r} is the department of "
-                             f"{'derived facts' if reserved[0] == DERIVED_DEPARTMENT else 'verdicts'};"
-                             " no one posts under it")
+                             f"{whose}; no one posts under it")
                 continue
             description = spec.get("description", "")
             if not isinstance(description, str):
@@ -598,7 +598,7 @@ def _cycle(requirements: Mapping[str, tuple[str, ...]]) -> list[str]:
 
     def visit(action: str, path: list[str]) -> list[str]:
         if action in path:
-            return path[path.index(action):] + [action]
+            return [*path[path.index(action):], action]
         if action in done:
             return []
         for required in requirements.get(action, ()):
@@ -653,12 +653,12 @@ def field_warnings(ruleset: Ruleset) -> list[RuleProblem]:
             if not types or any(t not in known for t in types):
                 continue
             having = frozenset().union(*(known[t] for t in types))
-            for field in dict.fromkeys(fields):
-                if field in META_FIELDS or field in having:
+            for name in dict.fromkeys(fields):
+                if name in META_FIELDS or name in having:
                     continue
                 warnings.append(RuleProblem(
-                    ruleset.file, f"${alias}.{field}: no {' or '.join(types)} fact has a field "
-                    f"{field!r} (its fields: {', '.join(sorted(having)) or 'none'}): a condition "
+                    ruleset.file, f"${alias}.{name}: no {' or '.join(types)} fact has a field "
+                    f"{name!r} (its fields: {', '.join(sorted(having)) or 'none'}): a condition "
                     "on it never holds, and a rule that fills it in never fires", rule.name,
                     rule.line))
     return warnings
