@@ -134,8 +134,9 @@ def rules_validate(directory: Path | None) -> None:
                    f"{len(ruleset.rules)} rules")
         if ruleset.reads_verdicts:
             click.echo("  its rules read the policy's verdicts (type verdict): a decision "
-                       "runs in rounds, the verdicts of each a fact for the next, until a "
-                       "round proposes nothing new (at most DECISION_MAX_ROUNDS)")
+                       "runs in rounds, the verdicts on what each proposed facts of the "
+                       "next, until a round proposes what the one before did (at most "
+                       "DECISION_MAX_ROUNDS)")
         for action, required in sorted(ruleset.requirements.items()):
             click.echo(f"  {action} is sent only after {' and '.join(required)} "
                        "is dispatched; never if it is denied, held, parked or not sent")

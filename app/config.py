@@ -34,6 +34,14 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _rounds(raw: str) -> int:
+    value = int(raw)
+    if value < 2:
+        raise ValueError("must be at least 2: the rules' first round, and one that sees its "
+                         "verdicts")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -174,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
            "most actions one evaluation may propose (422)"),
     Option("max_gate_pairs", "50000", _positive_int,
            "most (action, fact) pairs the policy gate may judge for one decision (422)"),
-    Option("max_rounds", "4", _positive_int,
+    Option("max_rounds", "4", _rounds,
            "most rounds of one decision whose rules react to the policy's verdicts: rules "
            "still proposing new actions after it is a 422"),
     Option("whatif_seconds", "20", _positive_float,

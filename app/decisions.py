@@ -8,16 +8,23 @@ decision ran.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.access import Caller
-from app.dispatch import BLOCKED, QUEUED, WAITING, Executors
-from app.errors import DecisionServiceError, EvaluationFailed, EvaluationTimeout, Forbidden
+from app.dispatch import BLOCKED, QUEUED, WAITING
+from app.errors import (
+    DecisionServiceError,
+    EvaluationFailed,
+    EvaluationTimeout,
+    Forbidden,
+    PolicyUnavailable,
+)
 from app.policy.gate import ALLOW, HOLD, PolicyGate, Verdict
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
@@ -29,6 +36,10 @@ from app.schemas import (
     VERDICT_TYPE,
     data_problems,
 )
+
+# A verdict fact's id: the action's, after a prefix with a `/`, which no posted fact's id
+# may hold (FACT_ID_PATTERN), so that none can take it.
+VERDICT_ID_PREFIX = "verdict/"
 
 DENIED, HELD, DRY_RUN, RECORDED, WITHDRAWN = ("denied", "held", "dry_run", "recorded",
                                               "withdrawn")
@@ -88,7 +99,7 @@ class Decision:
 
 
 def _status(outcome: str, action_type: str, dry_run: bool,
-            executors: Executors) -> tuple[str, dict[str, Any] | None]:
+            executors: Container[str]) -> tuple[str, dict[str, Any] | None]:
     if outcome != ALLOW:
         return (HELD if outcome == HOLD else DENIED), None
     if dry_run:
@@ -100,28 +111,30 @@ def _status(outcome: str, action_type: str, dry_run: bool,
 
 # How a decision runs its rules: `app.rules.evaluate` with the service's limits, or a
 # sandbox's for a candidate ruleset.
-Evaluator = Callable[[Ruleset, Sequence[Mapping[str, Any]]], Evaluation]
+# `seconds`: the time the decision has left for it (within the limits' own).
+class Evaluator(Protocol):
+    def __call__(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
+                 seconds: float | None = None) -> Evaluation: ...
 DEFAULT_LIMITS = Limits()
 
 
 def verdict_fact(action: Mapping[str, Any], verdict: Verdict, round_: int) -> dict[str, Any]:
     """The fact a verdict becomes for the next round's rules (fields: VERDICT_FIELDS, and
-    the action's params again as fields of their own, to join on)."""
+    the action's params again as fields of their own, to join on). Its id holds a `/`,
+    which no posted fact's id may. Params nested too deep for a fact (a pooled value
+    already at the depth limit, one level down) are left out rather than failing."""
     data: dict[str, Any] = {
         "action": action["type"], "action_id": action["id"], "rule": action["rule"],
         "params": action["params"], "allow": verdict.allow, "outcome": verdict.outcome,
         "reasons": list(verdict.reasons), "round": round_}
-    for key, value in action["params"].items():
-        if len(data) >= MAX_DATA_FIELDS:
-            break
-        if key not in data and key not in RESERVED_DATA_KEYS and _DATA_KEY.fullmatch(key):
-            data[key] = value
-    problems = data_problems(data, "data")
-    if problems:
-        raise EvaluationFailed(f"the verdict on {action['type']} ({action['id']}) cannot be "
-                               f"a fact for the rules: {problems[0].name}: "
-                               f"{problems[0].reason}")
-    return {"id": f"verdict-{action['id']}", "type": VERDICT_TYPE,
+    copies = {key: value for key, value in action["params"].items()
+              if key not in data and key not in RESERVED_DATA_KEYS and _DATA_KEY.fullmatch(key)}
+    data.update(itertools.islice(copies.items(), MAX_DATA_FIELDS - len(data)))
+    if data_problems(data, "data"):
+        for key in ("params", *copies):
+            if key in data and data_problems({key: data[key]}, "data"):
+                del data[key]
+    return {"id": f"{VERDICT_ID_PREFIX}{action['id']}", "type": VERDICT_TYPE,
             "department": POLICY_DEPARTMENT, "data": data}
 
 
@@ -147,57 +160,44 @@ class _Rounds:
         return [action.as_dict() for action in evaluation.actions
                 if action.id not in self.gated]
 
+    def verdicts_of(self, proposed: Sequence[str]) -> list[dict[str, Any]]:
+        """The verdict facts of these actions (each with the round it was given in)."""
+        return [verdict_fact(action, verdict, action["round"])
+                for action, verdict in (self.gated[action_id] for action_id in proposed)]
+
 
 def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                   facts: list[dict[str, Any]], gate: PolicyGate, caller: Caller,
-                  dry_run: bool, created_at: str, executors: Executors,
+                  dry_run: bool, created_at: str, executors: Container[str],
                   evaluator: Evaluator, trigger: Mapping[str, Any] | None = None,
                   limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Evaluate the rules over `facts`, ask the policy gate about every proposed action (one
-    round trip), and build the decision record.
+    round trip), and build the decision record (`executors`: the action types that have
+    one).
 
-    When the rules read `verdict` facts, each verdict then enters the facts of another
-    evaluation, whose new proposals are gated in turn, until a round proposes nothing new
-    (at most `limits.rounds` evaluations, within `limits.seconds` in all). The actions
-    are those of the last round; one an earlier round proposed and the last did not is
-    `withdrawn`. An action that requires another waits for it, or is `blocked` when it
-    cannot be sent. EvaluationFailed when the gate would judge more than
-    `limits.gate_pairs` (action, fact) pairs, or the rounds do not come to rest."""
+    When the rules read `verdict` facts, the verdicts on what a round proposed are facts of
+    the next round, whose new proposals are gated in turn, until a round proposes what the
+    one before it did: a fixpoint, whose facts hold the verdicts on exactly its actions (at
+    most `limits.rounds` rounds, all within `limits.seconds`). One an earlier round
+    proposed and the last did not is `withdrawn`. An action that requires another waits for
+    it, or is `blocked` when it cannot be sent. EvaluationFailed when the gate would judge
+    more than `limits.gate_pairs` (action, fact) pairs, or the rounds do not come to rest;
+    PolicyUnavailable when the policies changed between rounds twice running."""
     common = _gate_input(decision_id=decision_id, subject=subject, ruleset=ruleset.name,
                          version=ruleset.version, facts=facts, caller=caller.as_input(),
                          dry_run=dry_run, created_at=created_at)
-    started = time.monotonic()
-    rounds = _Rounds()
-    for round_ in range(1, limits.rounds + 1):
-        evaluation = evaluator(ruleset, [*facts, *rounds.verdict_facts])
-        new = rounds.add(evaluation, round_)
-        pairs = (len(rounds.gated) + len(new)) * len(facts)
-        if pairs > limits.gate_pairs:
-            raise EvaluationFailed(
-                f"the policy gate would judge {len(rounds.gated) + len(new)} actions against "
-                f"{len(facts)} facts ({pairs:,} pairs); at most {limits.gate_pairs:,} are "
-                "allowed (DECISION_MAX_GATE_PAIRS)")
-        verdicts = gate.check(common, new)
-        for action, verdict in zip(new, verdicts, strict=True):
-            rounds.gated[action["id"]] = ({**action, "round": round_}, verdict)
-        if not new or not evaluation.reads_verdicts:
+    for _ in range(2):  # one revision for all rounds: again if the policies changed midway
+        rounds, evaluation = _rounds(ruleset, facts, common, gate=gate, evaluator=evaluator,
+                                     limits=limits)
+        revisions = {verdict.revision for _, verdict in rounds.gated.values()}
+        if len(revisions) <= 1:
             break
-        if time.monotonic() - started > limits.seconds:
-            raise EvaluationTimeout(
-                f"ruleset {ruleset.name} and the verdicts on its actions did not come to rest "
-                f"within {limits.seconds:g} s (DECISION_MAX_EVALUATION_SECONDS; {round_} "
-                "rounds)")
-        rounds.verdict_facts += [verdict_fact(action, verdict, round_)
-                                 for action, verdict in zip(new, verdicts, strict=True)]
     else:
-        raise EvaluationFailed(
-            f"ruleset {ruleset.name} still proposed new actions after {limits.rounds} rounds "
-            f"of reacting to the policy's verdicts (DECISION_MAX_ROUNDS; last: "
-            f"{', '.join(sorted({action['type'] for action in new}))})")
+        raise PolicyUnavailable("the policies changed while the decision ran, twice; ask again")
     final = [action.id for action in evaluation.actions]
     actions = _Statuses(rounds, final, dry_run=dry_run, executors=executors,
                         decision_id=decision_id).actions()
-    revision = next((v.revision for _, v in rounds.gated.values()), gate.revision)
+    revision = next(iter(revisions), gate.revision)
     record = {
         **_header(decision_id=decision_id, subject=subject, created_at=created_at,
                   ruleset=ruleset, revision=revision, dry_run=dry_run, caller=caller,
@@ -215,6 +215,41 @@ def make_decision(*, decision_id: str, subject: str, ruleset: Ruleset,
                   for a in _prerequisites_first(actions, prerequisites)
                   if a["status"] in (QUEUED, WAITING)]
     return Decision(record, to_enqueue, prerequisites)
+
+
+def _rounds(ruleset: Ruleset, facts: list[dict[str, Any]], common: dict[str, Any], *,
+            gate: PolicyGate, evaluator: Evaluator,
+            limits: Limits) -> tuple[_Rounds, Evaluation]:
+    """The rounds of a decision (see `make_decision`), and the last round's evaluation."""
+    deadline = time.monotonic() + limits.seconds
+    rounds = _Rounds()
+    before: list[str] = []  # what the round before proposed: its verdicts are facts now
+    for round_ in range(1, limits.rounds + 1):
+        evaluation = evaluator(ruleset, [*facts, *rounds.verdict_facts],
+                               seconds=max(0.0, deadline - time.monotonic()))
+        if time.monotonic() > deadline:
+            raise EvaluationTimeout(
+                f"ruleset {ruleset.name} and the verdicts on its actions did not come to rest "
+                f"within {limits.seconds:g} s (DECISION_MAX_EVALUATION_SECONDS; {round_} "
+                "rounds)")
+        new = rounds.add(evaluation, round_)
+        pairs = (len(rounds.gated) + len(new)) * len(facts)
+        if pairs > limits.gate_pairs:
+            raise EvaluationFailed(
+                f"the policy gate would judge {len(rounds.gated) + len(new)} actions against "
+                f"{len(facts)} facts ({pairs:,} pairs); at most {limits.gate_pairs:,} are "
+                "allowed (DECISION_MAX_GATE_PAIRS)")
+        for action, verdict in zip(new, gate.check(common, new), strict=True):
+            rounds.gated[action["id"]] = ({**action, "round": round_}, verdict)
+        proposed = [action.id for action in evaluation.actions]
+        if not evaluation.reads_verdicts or proposed == before:
+            return rounds, evaluation
+        rounds.verdict_facts = rounds.verdicts_of(proposed)
+        before = proposed
+    raise EvaluationFailed(
+        f"ruleset {ruleset.name} still changed what it proposed after {limits.rounds} rounds "
+        "of reacting to the policy's verdicts (DECISION_MAX_ROUNDS; last: "
+        f"{', '.join(sorted({action.type for action in evaluation.actions}))})")
 
 
 def _prerequisites_first(actions: list[dict[str, Any]],
@@ -241,7 +276,7 @@ class _Statuses:
     """Each gated action's status: its verdict's, then what its prerequisites allow."""
 
     def __init__(self, rounds: _Rounds, final: list[str], *, dry_run: bool,
-                 executors: Executors, decision_id: str) -> None:
+                 executors: Container[str], decision_id: str) -> None:
         self.rounds = rounds
         self.final = set(final)
         self.dry_run = dry_run

@@ -117,7 +117,7 @@ class Executors:
     def urls(self) -> set[str]:
         return {executor.url for executor in self._by_type.values()}
 
-    def __contains__(self, action_type: str) -> bool:
+    def __contains__(self, action_type: object) -> bool:
         return action_type in self._by_type
 
 
@@ -146,17 +146,36 @@ return due
 """
 
 # KEYS: the subject's outbox, its fences, its waiting actions; ARGV: the entry's field,
-# the claim's token. {'ok', entry}: the entry, now held by this token; {'waiting'}: it
-# waits for others to be dispatched (left as it is); {}: it is gone or a later claim
-# holds it.
+# the claim's token, now (ms), the lease (ms). {'ok', entry}: the entry, now held by this
+# token until the lease ends; {'waiting'}: it waits for others to be dispatched (left as
+# it is); {}: it is gone, a later claim holds it, or an earlier one whose lease has not
+# ended (its member was made due early, by a release on Redis Cluster).
+# A fence is "<token>:<held until, ms>".
 _ADOPT = """
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return {} end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {'waiting'} end
-local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if fence > tonumber(ARGV[2]) then return {} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local token, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  local holder, till = string.match(held, '^(%d+):(%d+)$')
+  holder, till = tonumber(holder or held), tonumber(till or '0')
+  if holder > token then return {} end
+  if holder < token and till > now then return {} end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. (now + tonumber(ARGV[4])))
 return {'ok', entry}
+"""
+
+# KEYS: the subject's outbox, its fences, its sent actions; ARGV: field, action id,
+# decision id. A parked entry that expires with its decision goes, and so does the note
+# that its decision sent the action: a later decision queues it again (and what requires
+# it waits for that, instead of taking the vanished entry for a delivered one).
+_REMOVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[3] then redis.call('HDEL', KEYS[3], ARGV[2]) end
+return 1
 """
 
 # KEYS: the subject's outbox, its fences, the decision's action statuses, the outbox's
@@ -173,7 +192,8 @@ return {'ok', entry}
 # key is named where the dependent was recorded, by `keys`.)
 _CHANGE = """
 if ARGV[2] ~= '' then
-  if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+  local held = redis.call('HGET', KEYS[2], ARGV[1])
+  if not held or string.match(held, '^[^:]*') ~= ARGV[2] then return 0 end
   if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
@@ -182,6 +202,9 @@ if ARGV[5] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+  if ARGV[2] ~= '' then  -- the attempt is over: its claim no longer holds the entry
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':0')
+  end
 end
 local single = #KEYS > 6
 local move, at, member = ARGV[6], ARGV[7], ARGV[8]
@@ -278,6 +301,7 @@ class Outbox:
         self._claim = redis_client.register_script(_CLAIM)
         self._adopt = redis_client.register_script(_ADOPT)
         self._change_script = redis_client.register_script(_CHANGE)
+        self._remove = redis_client.register_script(_REMOVE)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -318,16 +342,21 @@ class Outbox:
                 args=[self._now_ms(), limit, int(lease_seconds * 1000)]))
         return (int(claimed[0]), claimed[1:]) if claimed else (0, [])
 
-    def adopt(self, member: str, token: int) -> dict[str, Any] | str | None:
-        """The member's entry, now held by this claim; None when it is gone (delivered, or
-        never written) or a later claim holds it; WAITING when it waits for others (it is
+    def adopt(self, member: str, token: int,
+              lease_ends: float | None = None) -> dict[str, Any] | str | None:
+        """The member's entry, now held by this claim until `lease_ends` (its claim's lease;
+        None: not held against an earlier claim's takeover); None when it is gone
+        (delivered, or never written), a later claim holds it, or an earlier one whose
+        lease has not ended; WAITING when it waits for others (it is
         left as it is: on Redis Cluster its member may come due before they are done)."""
         subject, decision_id, action_id = parse_member(member)
         with unavailable_on_outage():
             adopted = cast(list[str], self._adopt(
                 keys=[keys.outbox(subject), keys.outbox_fences(subject),
                       keys.outbox_waiting(subject)],
-                args=[f"{decision_id}:{action_id}", token]))
+                args=[f"{decision_id}:{action_id}", token, self._now_ms(),
+                      0 if lease_ends is None
+                      else max(0, int(lease_ends * 1000) - self._now_ms())]))
         if not adopted:
             return None
         return WAITING if adopted[0] == "waiting" else json.loads(adopted[1])
@@ -431,7 +460,11 @@ class Outbox:
             members = cast(list[str], self._redis.zrangebyscore(
                 keys.dispatch_failed(), "-inf", self._now_ms(), start=0, num=500))
             for member in members:
-                in_order(self._redis, _removal(member))
+                subject, decision_id, action_id = parse_member(member)
+                self._remove(keys=[keys.outbox(subject), keys.outbox_fences(subject),
+                                   keys.subject_sent_actions(subject)],
+                             args=[f"{decision_id}:{action_id}", action_id, decision_id])
+                self._redis.zrem(keys.dispatch_failed(), member)
         return len(members)
 
     def parked(self, subject: str, decision_id: str, action_id: str) -> dict[str, Any]:
@@ -471,15 +504,6 @@ class Outbox:
                      {"status": FAILED, "attempts": entry["attempts"],
                       "last_error": entry.get("last_error"), "redrive_refused": refused},
                      "parked", int(score or self._now_ms()))
-
-
-def _removal(member: str) -> list[Callable[[Any], Any]]:
-    """The calls that remove a parked entry: its entry and fence, then its listing."""
-    subject, decision_id, action_id = parse_member(member)
-    field = f"{decision_id}:{action_id}"
-    return [lambda r: r.hdel(keys.outbox(subject), field),
-            lambda r: r.hdel(keys.outbox_fences(subject), field),
-            lambda r: r.zrem(keys.dispatch_failed(), member)]
 
 
 def _ms_of(moment: str | None, default: int) -> int:
@@ -552,7 +576,7 @@ class Dispatcher:
             endpoint.close()
 
     def _attempt(self, member: str, token: int, lease_ends: float) -> None:
-        entry = self.outbox.adopt(member, token)
+        entry = self.outbox.adopt(member, token, lease_ends)
         if entry == WAITING:  # made due too early (Redis Cluster); its release schedules it
             return
         if entry is None:  # delivered (or never written), or a later claim holds it

@@ -2,8 +2,9 @@
 
 `DECISION_MASK_FIELDS` names data fields, either everywhere (`iban`) or for one fact type
 (`vendor_profile.iban`). Their values are replaced in the decision record as stored and
-returned (the snapshot, the derived facts, the action parameters of the same name, in
-the actions and in the verdict facts) and
+returned (the snapshot, the derived facts, and the action parameters of the same name,
+in the actions and in the verdict facts: a parameter has no type, so `type.name` masks
+every parameter called `name`) and
 listed under `masked`; the fact pool and the outbox keep the real values, because the
 rules and the executors need them. A replay of a masked decision runs on the masked
 values, and its result says so.
@@ -53,14 +54,16 @@ class Masking:
         derived = [{**f, "data": self._masked(f["data"], self._names(f["type"]),
                                               f"derived_facts.{f['id']}", paths)}
                    for f in record["derived_facts"]]
-        actions = [{**a, "params": self._masked(a["params"], self.everywhere,
+        anywhere = self.everywhere.union(*self.by_type.values())  # params have no type
+        actions = [{**a, "params": self._masked(a["params"], anywhere,
                                                 f"actions.{a['id']}.params", paths)}
                    for a in record["actions"]]
-        verdicts = [{**f, "data": {**self._masked(f["data"], self.everywhere,
+        verdicts = [{**f, "data": {**self._masked(f["data"], anywhere,
                                                   f"verdict_facts.{f['id']}", paths),
-                                   "params": self._masked(f["data"]["params"], self.everywhere,
-                                                          f"verdict_facts.{f['id']}.params",
-                                                          paths)}}
+                                   **({"params": self._masked(
+                                       f["data"]["params"], anywhere,
+                                       f"verdict_facts.{f['id']}.params", paths)}
+                                      if "params" in f["data"] else {})}}
                     for f in record.get("verdict_facts", [])]
         if not paths:
             return record

@@ -16,14 +16,14 @@ import contextlib
 import gc
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from app.access import Caller
 from app.archive import Archive
-from app.decisions import DEFAULT_LIMITS, Evaluator, make_decision, snapshot
-from app.dispatch import BLOCKED, Executors
+from app.decisions import DEFAULT_LIMITS, RECORDED, Evaluator, make_decision, snapshot
+from app.dispatch import BLOCKED, QUEUED, WAITING, Executors
 from app.errors import DecisionServiceError
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
@@ -134,6 +134,27 @@ def is_change(delta: Mapping[str, Any]) -> bool:
                 or any(delta["blocked"].values()))
 
 
+class _ExecutorsOf:
+    """The action types a recorded decision had an executor for (whatever the executors
+    file says now: a replay changes rules or policies, not the deployment); for a type it
+    never proposed, and for a fact set, the current executors."""
+
+    def __init__(self, record: Mapping[str, Any] | None, current: Container[str]) -> None:
+        self.current = current
+        self.had: dict[str, bool] = {}
+        for action in (record or {}).get("actions", ()):
+            not_sent = (action.get("delivery") or {}).get("not_sent", "")
+            if action["status"] == RECORDED and not_sent.startswith("no executor"):
+                self.had[action["type"]] = False
+            elif action["status"] in (QUEUED, WAITING):
+                self.had[action["type"]] = True
+
+    def __contains__(self, action_type: object) -> bool:
+        if isinstance(action_type, str) and action_type in self.had:
+            return self.had[action_type]
+        return action_type in self.current
+
+
 class Replayer:
     """Replays cases against their recorded versions or against `candidates`, which run in
     `sandbox` (see `app.sandbox`): only the versions the service itself ran run here."""
@@ -143,7 +164,7 @@ class Replayer:
                  sandbox: Sandbox | None = None,
                  allowed_builtins: frozenset[str] = frozenset(),
                  limits: Limits = DEFAULT_LIMITS,
-                 executors: Executors = _NO_EXECUTORS) -> None:
+                 executors: Container[str] = _NO_EXECUTORS) -> None:
         self.archive = archive
         self.limits = limits
         self.executors = executors  # what a live decision would have sent: statuses agree
@@ -191,7 +212,8 @@ class Replayer:
         return make_decision(decision_id=case.decision_id, subject=case.subject,
                              ruleset=ruleset, facts=case.facts, gate=gate, caller=case.caller,
                              dry_run=case.dry_run, created_at=case.created_at,
-                             executors=self.executors, evaluator=evaluator,
+                             executors=_ExecutorsOf(case.recorded, self.executors),
+                             evaluator=evaluator,
                              limits=self.limits).record
 
     def replay(self, case: ReplayCase) -> dict[str, Any]:

@@ -162,10 +162,12 @@ class Sandbox:
                                      file=file, rules=())  # its rules run only in the child
         return Candidates(rulesets, loaded["policy_revision"])
 
-    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
+    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
+                 seconds: float | None = None) -> Evaluation:
         """A candidate ruleset over `facts`: an `Evaluator` for `make_decision`."""
         return Evaluation.from_dict(self._call(
-            {"op": "evaluate", "ruleset": ruleset.name, "facts": list(facts)}))
+            {"op": "evaluate", "ruleset": ruleset.name, "facts": list(facts),
+             "seconds": seconds}))
 
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
@@ -410,7 +412,9 @@ class _Child:
         from app.rules import evaluate
 
         ruleset = self.rulesets[request["ruleset"]]
-        return evaluate(ruleset, request["facts"], limits=self.limits).as_dict()
+        seconds = request.get("seconds")
+        return evaluate(ruleset, request["facts"], limits=self.limits,
+                        seconds=seconds if isinstance(seconds, int | float) else None).as_dict()
 
     def decide(self, request: dict[str, Any]) -> dict[str, Any]:
         answer = self.engine.decide(request["path"], request["common"], request["items"],

@@ -188,9 +188,10 @@ class DecisionService:
                 triggers.setdefault(fact_type, []).append(ruleset.name)
         return self.facts.put(facts, triggers=triggers)
 
-    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]]) -> Evaluation:
-        """The rules over `facts`, within the configured limits."""
-        return evaluate(ruleset, facts, limits=self.limits)
+    def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
+                 seconds: float | None = None) -> Evaluation:
+        """The rules over `facts`, within the configured limits (and `seconds`)."""
+        return evaluate(ruleset, facts, limits=self.limits, seconds=seconds)
 
     def _check_owners(self, facts: Sequence[Mapping[str, Any]]) -> None:
         refusals = self.rulesets.ownership().refusals(facts)

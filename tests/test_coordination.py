@@ -8,6 +8,7 @@ the example.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
+from app import create_app, keys
 from app.config import Settings
+from app.dispatch import Outbox, member_of
 from app.service import DecisionService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,8 +194,6 @@ def statuses(record: dict[str, Any]) -> dict[str, str]:
 
 
 def drain(app: Flask, seconds: float = 10.0) -> None:
-    import time
-
     svc = service_of(app)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -283,7 +283,7 @@ rules:
     response = client.post("/v1/decisions", json={"subject": "C-3", "ruleset": "echo"})
     assert response.status_code == 422
     problem = response.get_json()
-    assert "still proposed new actions after 3 rounds" in problem["detail"]
+    assert "still changed what it proposed after 3 rounds" in problem["detail"]
     assert "DECISION_MAX_ROUNDS" in problem["detail"]
     failed = client.get(f"/v1/decisions/{problem['decision_id']}").get_json()
     assert failed["error"]["detail"] == problem["detail"] and failed["actions"] == []
@@ -460,3 +460,159 @@ def test_a_dependent_of_a_delivered_prerequisite_goes_at_once(make_app: AppFacto
     assert by_type(second)["issue_card"]["status"] == "waiting"
     drain(app)
     assert [d.path for d in executor.deliveries][-2:] == ["/send_welcome_pack", "/issue_card"]
+
+
+# --- what a hostile review found -------------------------------------------------------
+
+
+def test_an_expired_parked_prerequisite_is_not_taken_for_a_delivered_one(
+        make_app: AppFactory, executor: Executor, tmp_path: Path) -> None:
+    refusing = Executor()
+    refusing.failing_status = 400
+    try:
+        urls = {**dict.fromkeys(ACTIONS, executor.url), "open_account": refusing.url}
+        app = make_app(executors_file=executors(tmp_path, urls, "refusing.yaml"))
+        client = app.test_client()
+        post(client, "C-20")
+        decide(client, "C-20")
+        drain(app)
+        svc = service_of(app)
+        later = Outbox(svc.redis, clock=lambda: time.time() + 31 * 86400,
+                       retention_seconds=svc.settings.decision_retention_seconds)
+        assert later.expire_parked() == 1  # the retention period passed for it
+        refusing.failing_status = None  # and the executor works again
+        second = decide(client, "C-20")
+        assert by_type(second)["open_account"]["status"] == "queued"  # queued afresh
+        assert by_type(second)["send_welcome_pack"]["status"] == "waiting"
+        drain(app)
+        assert [d.path for d in refusing.deliveries] == ["/open_account", "/open_account"]
+        paths = [d.path for d in executor.deliveries]
+        assert paths.index("/send_welcome_pack") < paths.index("/issue_card")
+        assert refusing.deliveries[-1].arrived < next(
+            d.arrived for d in executor.deliveries if d.path == "/send_welcome_pack")
+    finally:
+        refusing.stop()
+
+
+def test_no_posted_fact_can_take_a_verdicts_id(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    post(client, "C-21", kyc="failed")
+    record = decide(client, "C-21")
+    [verdict_id] = [f["id"] for f in record["verdict_facts"]
+                    if f["data"]["action"] == "open_account"]
+    squat = client.post("/v1/facts", json={
+        "subject": "C-21", "id": verdict_id, "type": "contact", "department": "sales",
+        "data": {"customer_id": "C-21", "email": "x@x.test"}})
+    assert squat.status_code == 422  # a verdict's id holds a character no fact id may
+    assert decide(client, "C-21")["rounds"] == 3
+
+
+def test_one_policy_revision_judges_every_round(make_app: AppFactory,
+                                                domain: tuple[Path, Path]) -> None:
+    _, policies = domain
+    app = make_app(policy_reload_seconds=0.001)
+    svc = service_of(app)
+    real, calls = svc.evaluate, []
+
+    def deploying_midway(ruleset: Any, facts: Any, *, seconds: float | None = None) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # an operator deploys new policies while the decision runs
+            (policies / "decision" / "governance" / "governance.rego").write_text(
+                POLICY + '\ndeny contains "sales is not told today" if {\n'
+                         '\tinput.action.type == "tell_sales"\n}\n')
+            time.sleep(0.01)
+        return real(ruleset, facts, seconds=seconds)
+
+    svc.evaluate = deploying_midway  # type: ignore[method-assign]
+    client = app.test_client()
+    post(client, "C-22", kyc="failed")
+    record = decide(client, "C-22")
+    assert len(calls) > 3  # the decision ran again, on the new revision alone
+    revisions = {a["verdict"]["policy_revision"] for a in record["actions"]}
+    assert revisions == {record["policy"]["revision"]}
+    assert by_type(record)["tell_sales"]["status"] == "denied"
+    replayed = client.post("/v1/replays", json={"decision_ids": [record["decision_id"]]})
+    assert replayed.get_json()["results"][0]["changed"] is False
+
+
+def test_a_withdrawn_action_leaves_no_verdict_for_the_last_round(
+        make_app: AppFactory, domain: tuple[Path, Path]) -> None:
+    rules, _ = domain
+    (rules / "onboarding.yaml").write_text(RULES + """
+  - name: number_reserved
+    when:
+      verdict: {type: verdict, action: reserve_number, allow: true}
+    then:
+      - propose: {action: print_number_card, params: {customer_id: "$verdict.customer_id"}}
+""")
+    client = make_app().test_client()
+    post(client, "C-23", kyc="failed")
+    record = decide(client, "C-23")
+    assert by_type(record)["reserve_number"]["status"] == "withdrawn"
+    assert by_type(record)["print_number_card"]["status"] == "withdrawn"
+    last = {f["data"]["action"] for f in record["verdict_facts"]}
+    assert "reserve_number" not in last and "open_account" in last
+
+
+def test_params_too_deep_for_a_fact_are_left_out_of_the_verdict(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    deep: Any = "bottom"
+    for _ in range(31):
+        deep = [deep]
+    post(client, "C-24", kyc="failed", contact=False)
+    client.post("/v1/facts", json={"subject": "C-24", "type": "contact", "department": "sales",
+                                   "data": {"customer_id": "C-24", "email": deep}})
+    record = decide(client, "C-24")
+    assert record["rounds"] == 3
+    [welcome] = [f for f in record["verdict_facts"] if f["data"]["action"] ==
+                 "send_welcome_pack"]
+    assert "params" not in welcome["data"]  # a level deeper than the fact allows
+    assert welcome["data"]["email"] == deep and welcome["data"]["customer_id"] == "C-24"
+
+
+def test_all_rounds_share_one_time_budget(make_app: AppFactory) -> None:
+    app = make_app(max_evaluation_seconds=0.5)
+    svc = service_of(app)
+    real, given = svc.evaluate, []
+
+    def slow(ruleset: Any, facts: Any, *, seconds: float | None = None) -> Any:
+        given.append(seconds)
+        time.sleep(0.2)
+        return real(ruleset, facts, seconds=seconds)
+
+    svc.evaluate = slow  # type: ignore[method-assign]
+    client = app.test_client()
+    post(client, "C-25", kyc="failed")  # three rounds: more than the budget
+    response = client.post("/v1/decisions", json={"subject": "C-25", "ruleset": "onboarding"})
+    assert response.status_code == 503
+    assert "did not come to rest within 0.5 s" in response.get_json()["detail"]
+    assert given[0] == pytest.approx(0.5, abs=0.05) and given[1] < given[0] - 0.15
+
+
+def test_a_replay_judges_sending_by_the_executors_the_decision_had(
+        make_app: AppFactory, executor: Executor, tmp_path: Path) -> None:
+    partial = dict.fromkeys(("send_welcome_pack", "issue_card"), executor.url)
+    first = make_app(executors_file=executors(tmp_path, partial, "partial.yaml"))
+    client = first.test_client()
+    post(client, "C-26")
+    record = decide(client, "C-26")
+    assert by_type(record)["open_account"]["status"] == "recorded"  # no executor then
+    assert by_type(record)["send_welcome_pack"]["status"] == "blocked"
+    now = make_app().test_client()  # every action has an executor today
+    replayed = now.post("/v1/replays", json={"decision_ids": [record["decision_id"]]})
+    assert replayed.get_json()["results"][0]["changed"] is False
+
+
+def test_a_claim_made_early_does_not_take_over_a_live_one(make_app: AppFactory) -> None:
+    app = make_app()
+    post(app.test_client(), "C-27")
+    record = decide(app.test_client(), "C-27")
+    svc = service_of(app)
+    member = member_of("C-27", record["decision_id"], by_type(record)["open_account"]["id"])
+    first, claimed = svc.outbox.claim(limit=10, lease_seconds=30)
+    assert member in claimed
+    assert svc.outbox.adopt(member, first, time.time() + 30) is not None
+    svc.redis.zadd(keys.dispatch_due(), {member: 0})  # made due early (a release, on Cluster)
+    second, again = svc.outbox.claim(limit=10, lease_seconds=30)
+    assert member in again and second > first
+    assert svc.outbox.adopt(member, second, time.time() + 30) is None  # the first holds it

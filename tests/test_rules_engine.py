@@ -419,3 +419,16 @@ def test_a_rule_fires_only_when_every_field_it_fills_in_is_there(
     assert [f.rule for f in result.fired] == fired
     text = json.dumps([a.as_dict() for a in result.actions] + result.derived_facts)
     assert "null" not in text and "None" not in text
+
+
+def test_a_list_or_object_filled_into_text_reads_as_json() -> None:
+    rules = ruleset("""
+        ruleset: texts
+        rules:
+          - name: say
+            when: {o: {type: order}}
+            then: [{propose: {action: say, params: {text: "$o.items / $o.meta / $o.n / $o.ok"}}}]
+        """)
+    [action] = evaluate(rules, [fact("o-1", "order", items=["a", 1], meta={"k": None}, n=1.5,
+                                     ok=True)]).actions
+    assert action.params["text"] == '["a", 1] / {"k": null} / 1.5 / true'

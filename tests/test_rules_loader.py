@@ -342,7 +342,7 @@ def test_a_field_no_fact_of_the_type_has_is_a_warning_with_the_rule() -> None:
         rules:
           - name: big
             when:
-              o: {type: order, amonut: {">": 10}}
+              o: {type: order, amonut: {">": 10}, cancelled: {exists: false}}
               i: {type: invoice, order_id: "$o.order_id", anything: 1}
             then:
               - assert: {type: flagged, data: {order_id: "$o.order_id"}}
@@ -352,6 +352,9 @@ def test_a_field_no_fact_of_the_type_has_is_a_warning_with_the_rule() -> None:
               f: {type: flagged, reason: x}
               v: {type: verdict, action: ship, who: "$f.order_id", outcome: deny, nope: 1}
             then: [{propose: {action: review}}]
+          - name: reviewed
+            when: {w: {type: verdict, action: review, who: x}}
+            then: [{propose: {action: archive}}]
         """)
     messages = sorted(f"{w.rule}: {w.message}" for w in typo.warnings)
     assert messages == [
@@ -364,6 +367,9 @@ def test_a_field_no_fact_of_the_type_has_is_a_warning_with_the_rule() -> None:
         "flagged: $v.nope: no verdict fact has a field 'nope' (its fields: action, action_id, "
         "allow, outcome, params, reasons, round, rule, who): a condition on it never holds, "
         "and a rule that fills it in never fires",
+        "reviewed: $w.who: no verdict fact has a field 'who' (its fields: action, action_id, "
+        "allow, outcome, params, reasons, round, rule): a condition on it never holds, and a "
+        "rule that fills it in never fires",
     ]
     assert all(w.line for w in typo.warnings)
 

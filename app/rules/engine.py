@@ -22,6 +22,7 @@ The shape of it, and the durable_rules 2.0.28 edge each part answers (DESIGN.md)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -230,14 +231,17 @@ def _locate_refusal(ruleset: Ruleset, definition: dict[str, Any],
 
 
 def evaluate(ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
-             limits: Limits = DEFAULT_LIMITS) -> Evaluation:
+             limits: Limits = DEFAULT_LIMITS, seconds: float | None = None) -> Evaluation:
     """Run `ruleset` over `facts` (each with id, type, department, data) to quiescence.
 
     Facts are asserted in the order given; the rules fire in priority order (lower
     first, then file order). Raises InvalidInput for facts the engine may not see,
     EvaluationFailed past a limit that the same facts would meet again (facts, firings,
-    join candidates) and EvaluationTimeout past `limits.seconds`.
+    join candidates) and EvaluationTimeout past `limits.seconds` (or `seconds`, what a
+    decision has left, when shorter).
     """
+    if seconds is not None and seconds < limits.seconds:
+        limits = dataclasses.replace(limits, seconds=seconds)
     if len(facts) > limits.facts:
         raise EvaluationFailed(f"{len(facts)} facts about the subject; at most {limits.facts}"
                                " can be decided on at once (DECISION_MAX_EVALUATION_FACTS)")

@@ -10,6 +10,7 @@ is checked here before it counts, and `unless` is decided here alone.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -212,11 +213,11 @@ def _render(value: Any, bindings: Bindings) -> Any:
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """A value filled into text: as JSON writes it (a list or an object too, never as
+    Python would print it); text as it is."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def template_refs(value: Any) -> list[Ref]:

@@ -407,8 +407,8 @@ _entry_name(entry) := entry if not is_object(entry)
 
 _comparable(entry) if _company(entry.name)
 
-# A value to print into a sentence: a text or a number as it is; anything else (null, an
-# empty or blank text, a list) as `otherwise`, so that no message reads "null" or an empty
+# A value to print into a sentence: a text with a letter or digit, or a number, as it is;
+# anything else (null, an empty text or one of punctuation only, a list) as `otherwise`, so that no message reads "null" or an empty
 # name.
 _text(value, _) := value if _printable(value)
 
@@ -421,7 +421,7 @@ _text(value, otherwise) := otherwise if {
 
 _printable(value) if {
 	is_string(value)
-	trim_space(value) != ""
+	regex.match(`[\pL\pN]`, value)
 }
 
 default _currency := "(currency not set)"
