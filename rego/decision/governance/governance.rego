@@ -91,26 +91,53 @@ _about_request := [fact |
 	fact.data.request_id == _request
 ]
 
-_on_file(fact_type) := [fact |
+# What follows is computed once per action, as rules (OPA keeps a rule's value for the
+# evaluation; a function it computes again at every call): the facts of each type, the
+# usable types, the fields that fail their checks, the folded names.
+_types := {fact_type | some fact_type, _ in catalog.facts} | {fact_type |
+	some action in catalog.actions
+	some fact_type in action.needs
+}
+
+_on_file_by_type[fact_type] := [fact |
 	some fact in _about_request
 	fact.type == fact_type
-]
+] if some fact_type in _types
 
-_usable(fact_type) if {
-	[fact] := _on_file(fact_type)
+_on_file(fact_type) := _on_file_by_type[fact_type]
+
+# The types this action's checks read: what its catalog entry needs, and a purchase
+# order's legal review.
+_checked_types := {fact_type | some fact_type in catalog.actions[input.action.type].needs} | {"legal_review" |
+	input.action.type == "issue_purchase_order"
+}
+
+_usable_types contains fact_type if {
+	some fact_type in _checked_types
+	facts := _on_file_by_type[fact_type]
+	[fact] := facts
 	fact.department == catalog.facts[fact_type].department
-	every field, kind in catalog.facts[fact_type].fields {
-		_field_ok(fact, field, kind)
+	is_object(catalog.facts[fact_type].fields)
+	every field in object.keys(catalog.facts[fact_type].fields) {
+		not [fact_type, 0, field] in _field_failures
 	}
+}
+
+_usable(fact_type) if fact_type in _usable_types
+
+# [type, position, field] of each field, of a fact on file, that is missing or mistyped.
+_field_failures contains [fact_type, i, field] if {
+	some fact_type in _checked_types
+	facts := _on_file_by_type[fact_type]
+	some i, fact in facts
+	some field, kind in catalog.facts[fact_type].fields
+	not _field_ok(fact, field, kind)
 }
 
 _field_ok(fact, field, kind) if _kind(kind, fact.data[field])
 
 # The single usable fact of a type, by its data.
-_data(fact_type) := fact.data if {
-	_usable(fact_type)
-	[fact] := _on_file(fact_type)
-}
+_data(fact_type) := _on_file_by_type[fact_type][0].data if _usable(fact_type)
 
 _purchase := _data("purchase_request")
 
@@ -227,9 +254,9 @@ deny contains msg if {
 # description: Every field read here is present and of the right type.
 deny contains msg if {
 	some fact_type in _required
-	some fact in _on_file(fact_type)
+	some i, _ in _on_file(fact_type)
 	some field, kind in catalog.facts[fact_type].fields
-	not _field_ok(fact, field, kind)
+	[fact_type, i, field] in _field_failures
 	msg := sprintf(
 		"%s for %s: the %s's %s is missing or not %s.",
 		[_label, _about, _name_of(fact_type), field, _kind_text[kind]],
@@ -335,6 +362,19 @@ deny contains msg if {
 
 _distinct_people if _person(_purchase.requester) != _person(_budget.approver)
 
+_vendor_key := _company(_purchase.vendor)
+
+# The sanctions entries naming the vendor, and those that cannot be compared.
+_sanctioned_entries := [entry |
+	some entry in sanctions.vendors
+	_company(entry.name) == _vendor_key
+]
+
+_incomparable_entries := [entry |
+	some entry in sanctions.vendors
+	not _comparable(entry)
+]
+
 _vendor_actions := {"issue_purchase_order", "expedite_delivery"}
 
 # The vendor is screened: the list is a list of entries that can be compared, and no
@@ -346,23 +386,17 @@ _vendor_screened if {
 
 _sanctions_comparable if {
 	is_array(sanctions.vendors)
-	every entry in sanctions.vendors {
-		_comparable(entry)
-	}
+	count(_incomparable_entries) == 0
 }
 
-_sanctioned if {
-	some entry in sanctions.vendors
-	_company(entry.name) == _company(_purchase.vendor)
-}
+_sanctioned if count(_sanctioned_entries) > 0
 
 # METADATA
 # description: No order placed with, or expedited for, a sanctioned vendor.
 deny contains msg if {
 	input.action.type in _vendor_actions
 	_usable("purchase_request")
-	some entry in sanctions.vendors
-	_company(entry.name) == _company(_purchase.vendor)
+	some entry in _sanctioned_entries
 	msg := sprintf(
 		"Vendor %s is on the %s sanctions list (reference %s): no order may be placed.",
 		[_purchase.vendor, _text(object.get(entry, "list", null), "a"), _text(object.get(entry, "reference", null), "none")],
@@ -385,8 +419,7 @@ deny contains msg if {
 # description: A sanctions entry that cannot be compared stops every order.
 deny contains msg if {
 	input.action.type in _vendor_actions
-	some entry in sanctions.vendors
-	not _comparable(entry)
+	some entry in _incomparable_entries
 	msg := sprintf(
 		"The sanctions list entry %s cannot be compared with vendor names; no order may be placed until it is fixed.",
 		[_text(_entry_name(entry), "without a name that is a text")],
@@ -410,7 +443,7 @@ _comparable(entry) if _company(entry.name)
 # A value to print into a sentence: a text with a letter or digit, or a number, as it is;
 # anything else (null, an empty text or one of punctuation only, a list) as `otherwise`, so that no message reads "null" or an empty
 # name.
-_text(value, _) := value if _printable(value)
+_text(value, _) := trim_space(value) if _printable(value)
 
 _text(value, _) := sprintf("%v", [value]) if is_number(value)
 
@@ -448,9 +481,17 @@ _threshold := limits.legal_review_threshold if is_number(limits.legal_review_thr
 # unassigned code point) cannot be screened, so it denies. Screening is an exact match
 # after all that, not a fuzzy one: compare employee ids where the data has them.
 
+# Printable ASCII folds as lower case: one step for the common case.
+_folded(value) := lower(value) if {
+	is_string(value)
+	count(value) <= 200
+	regex.match(`^[ -~]*$`, value)
+}
+
 _folded(value) := concat("", folded) if {
 	is_string(value)
 	count(value) <= 200
+	not regex.match(`^[ -~]*$`, value)
 	chars := split(value, "")
 	folded := [f | some c in chars; f := _fold(c)]
 	count(folded) == count(chars)
@@ -469,13 +510,10 @@ _fold(c) := " " if {
 	regex.match(`^[\pP\pS]$`, c)
 }
 
-_words(value) := [word |
-	some word in split(regex.replace(regex.replace(replace(_folded(value), "&", " and "), `[.']`, ""), `[^\pL\pN]+`, " "), " ")
-	word != ""
-]
+_words(value) := regex.find_n(`[\pL\pN]+`, strings.replace_n({"&": " and ", ".": "", "'": ""}, _folded(value)), -1)
 
 _person(value) := key if {
-	words := {word | some word in _words(value); count(word) > 1; not word in {title | some title in names.titles}}
+	words := {word | some word in _words(value); count(word) > 1; not word in _titles}
 	key := concat(" ", sort(words))
 	key != ""
 }
@@ -486,20 +524,25 @@ _company(value) := key if {
 	key != ""
 }
 
-_dropped_word(_, word) if word in {suffix | some suffix in names.legal_suffixes}
+_dropped_word(_, word) if word in _legal_suffixes
+
+_legal_suffixes := {suffix | some suffix in names.legal_suffixes}
+
+_glueable := [suffix | some suffix in names.legal_suffixes; count(suffix) >= 3]
+
+_titles := {title | some title in names.titles}
 
 _dropped_word(0, "the")
 
 # A legal suffix of three letters or more glued to the last word, the longest that fits.
-_unglued(key) := trim_suffix(key, suffix) if {
-	glued := [s | some s in names.legal_suffixes; count(s) >= 3; endswith(key, s); count(key) > count(s)]
+_unglued(key) := _without_longest(key, [s | some s in _glueable; endswith(key, s); count(key) > count(s)])
+
+_without_longest(key, []) := key
+
+_without_longest(key, glued) := trim_suffix(key, suffix) if {
 	count(glued) > 0
 	longest := max([count(s) | some s in glued])
 	suffix := [s | some s in glued; count(s) == longest][0]
-}
-
-_unglued(key) := key if {
-	count([s | some s in names.legal_suffixes; count(s) >= 3; endswith(key, s); count(key) > count(s)]) == 0
 }
 
 _skeleton(key) := strings.replace_n({"0": "o", "1": "l", "i": "l"}, key)
