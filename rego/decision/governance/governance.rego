@@ -128,13 +128,35 @@ _usable(fact_type) if fact_type in _usable_types
 # [type, position, field] of each field, of a fact on file, that is missing or mistyped.
 _field_failures contains [fact_type, i, field] if {
 	some fact_type in _checked_types
-	facts := _on_file_by_type[fact_type]
-	some i, fact in facts
+	some i, fact in _on_file_by_type[fact_type]
 	some field, kind in catalog.facts[fact_type].fields
-	not _field_ok(fact, field, kind)
+	not _field_ok(fact_type, i, fact, field, kind)
 }
 
-_field_ok(fact, field, kind) if _kind(kind, fact.data[field])
+_field_ok(fact_type, i, _, field, kind) if {
+	kind in _name_kinds
+	_name_keys[[fact_type, i, field]]
+}
+
+_field_ok(_, _, fact, field, kind) if {
+	not kind in _name_kinds
+	_kind(kind, fact.data[field])
+}
+
+# Each name of a fact on file, folded once: [type, position, field] -> its key.
+_name_kinds := {"person", "company"}
+
+_name_keys[[fact_type, i, field]] := key if {
+	some fact_type in _checked_types
+	some i, fact in _on_file_by_type[fact_type]
+	some field, kind in catalog.facts[fact_type].fields
+	kind in _name_kinds
+	key := _name_key(kind, fact.data[field])
+}
+
+_name_key("person", value) := _person(value)
+
+_name_key("company", value) := _company(value)
 
 # The single usable fact of a type, by its data.
 _data(fact_type) := _on_file_by_type[fact_type][0].data if _usable(fact_type)
@@ -153,10 +175,6 @@ _kind("string", value) if {
 }
 
 _kind("number", value) if is_number(value)
-
-_kind("person", value) if _person(value)
-
-_kind("company", value) if _company(value)
 
 _kind_text := {
 	"string": "a text",
@@ -360,9 +378,13 @@ deny contains msg if {
 
 # --- vendors -----------------------------------------------------------------------------
 
-_distinct_people if _person(_purchase.requester) != _person(_budget.approver)
+_distinct_people if {
+	_usable("purchase_request")
+	_usable("budget_check")
+	_name_keys[["purchase_request", 0, "requester"]] != _name_keys[["budget_check", 0, "approver"]]
+}
 
-_vendor_key := _company(_purchase.vendor)
+_vendor_key := _name_keys[["purchase_request", 0, "vendor"]] if _usable("purchase_request")
 
 # The sanctions entries naming the vendor, and those that cannot be compared.
 _sanctioned_entries := [entry |
@@ -513,7 +535,7 @@ _fold(c) := " " if {
 _words(value) := regex.find_n(`[\pL\pN]+`, strings.replace_n({"&": " and ", ".": "", "'": ""}, _folded(value)), -1)
 
 _person(value) := key if {
-	words := {word | some word in _words(value); count(word) > 1; not word in _titles}
+	words := {word | some word in _words(value); count(word) > 1; not names.title_set[word]}
 	key := concat(" ", sort(words))
 	key != ""
 }
@@ -524,25 +546,16 @@ _company(value) := key if {
 	key != ""
 }
 
-_dropped_word(_, word) if word in _legal_suffixes
-
-_legal_suffixes := {suffix | some suffix in names.legal_suffixes}
-
-_glueable := [suffix | some suffix in names.legal_suffixes; count(suffix) >= 3]
-
-_titles := {title | some title in names.titles}
+_dropped_word(_, word) if names.legal_suffix_set[word]
 
 _dropped_word(0, "the")
 
-# A legal suffix of three letters or more glued to the last word, the longest that fits.
-_unglued(key) := _without_longest(key, [s | some s in _glueable; endswith(key, s); count(key) > count(s)])
+# A legal suffix of three letters or more glued to the last word, the longest that fits
+# (the list is longest first).
+_unglued(key) := _without_first(key, [s | some s in names.glueable_suffixes; endswith(key, s); count(key) > count(s)])
 
-_without_longest(key, []) := key
+_without_first(key, []) := key
 
-_without_longest(key, glued) := trim_suffix(key, suffix) if {
-	count(glued) > 0
-	longest := max([count(s) | some s in glued])
-	suffix := [s | some s in glued; count(s) == longest][0]
-}
+_without_first(key, glued) := trim_suffix(key, glued[0]) if count(glued) > 0
 
 _skeleton(key) := strings.replace_n({"0": "o", "1": "l", "i": "l"}, key)
