@@ -135,5 +135,7 @@ def test_no_single_removal_retyping_or_duplicate_is_allowed(
     result = verdict(action, facts)
     assert result.outcome != ALLOW, f"{name}: {change} was allowed"
     assert result.reasons and all(reason.strip() for reason in result.reasons), (name, change)
-    for reason in result.reasons:  # never a null or an empty name printed into a sentence
-        assert not re.search(r"\bnull\b|  | [.,;:)]|\( ", reason), (name, change, reason)
+    for reason in result.reasons:  # never a null or an empty name printed into a sentence;
+        # an odd text a caller sent prints quoted and verbatim, and is read as one word
+        sentence = re.sub(r'"(?:[^"\\]|\\.)*"', '"..."', reason)
+        assert not re.search(r"\bnull\b|  | [,;:)]| \.|\( |\(\)", sentence), (name, change, reason)

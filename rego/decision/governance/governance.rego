@@ -66,7 +66,7 @@ _request := id if {
 
 default _about := "the request"
 
-_about := _request
+_about := _text(_request, "the request")
 
 # The facts an action depends on: the catalog's list, and a legal review for a purchase
 # order that is not positively at or below the legal threshold.
@@ -294,7 +294,7 @@ deny contains msg if {
 	input.action.type == "issue_purchase_order"
 	some param, stated in _order_statements
 	not _states(param, stated)
-	msg := sprintf("Purchase order for %s: its %s is not the one on file (%v).", [_about, param, stated])
+	msg := sprintf("Purchase order for %s: its %s is not the one on file (%s).", [_about, param, _text(stated, "none on file")])
 }
 
 _states(param, value) if input.action.params[param] == value
@@ -305,7 +305,7 @@ deny contains msg if {
 	input.action.type == "issue_purchase_order"
 	_usable("purchase_request")
 	not _positive_amount
-	msg := sprintf("Purchase order for %s: the amount %v is not positive.", [_about, _purchase.amount])
+	msg := sprintf("Purchase order for %s: the amount %s is not positive.", [_about, _text(_purchase.amount, "(none)")])
 }
 
 _positive_amount if _purchase.amount > 0
@@ -319,7 +319,7 @@ deny contains msg if {
 	not _within_budget
 	msg := sprintf(
 		"Purchase order for %s (%s %v) exceeds the %s %v available in cost center %s.",
-		[_about, _currency, _purchase.amount, _currency, _budget.available, object.get(_budget, "cost_center", "(none)")],
+		[_about, _currency, _purchase.amount, _currency, _budget.available, _text(object.get(_budget, "cost_center", null), "(none)")],
 	)
 }
 
@@ -372,7 +372,7 @@ deny contains msg if {
 	not _distinct_people
 	msg := sprintf(
 		"%s requested %s and may not also approve it (segregation of duties).",
-		[_purchase.requester, _about],
+		[_text(_purchase.requester, "The requester"), _about],
 	)
 }
 
@@ -421,7 +421,7 @@ deny contains msg if {
 	some entry in _sanctioned_entries
 	msg := sprintf(
 		"Vendor %s is on the %s sanctions list (reference %s): no order may be placed.",
-		[_purchase.vendor, _text(object.get(entry, "list", null), "a"), _text(object.get(entry, "reference", null), "none")],
+		[_text(_purchase.vendor, "(no name)"), _text(object.get(entry, "list", null), "a"), _text(object.get(entry, "reference", null), "none")],
 	)
 }
 
@@ -432,8 +432,8 @@ deny contains msg if {
 	_usable("purchase_request")
 	not _states("vendor", _purchase.vendor)
 	msg := sprintf(
-		"Expedited delivery for %s: its vendor is not the one on file (%v).",
-		[_about, _purchase.vendor],
+		"Expedited delivery for %s: its vendor is not the one on file (%s).",
+		[_about, _text(_purchase.vendor, "none on file")],
 	)
 }
 
@@ -462,21 +462,33 @@ _entry_name(entry) := entry if not is_object(entry)
 
 _comparable(entry) if _company(entry.name)
 
-# A value to print into a sentence: a text with a letter or digit, or a number, as it is;
-# anything else (null, an empty text or one of punctuation only, a list) as `otherwise`, so that no message reads "null" or an empty
-# name.
-_text(value, _) := trim_space(value) if _printable(value)
+# A value to print into a sentence. A plain name or number (words of letters and digits
+# joined by single spaces or the usual marks: "Globex Corp.", "CC-7", "O'Brien") prints as
+# it is; any other text prints quoted, so a caller's odd value cannot garble the sentence;
+# null, a blank text, a list or an object prints as `otherwise`. No message reads "null".
+_text(value, _) := trim_space(value) if _plain(value)
+
+_text(value, _) := json.marshal(trim_space(value)) if {
+	is_string(value)
+	trim_space(value) != ""
+	not _plain(value)
+}
 
 _text(value, _) := sprintf("%v", [value]) if is_number(value)
 
 _text(value, otherwise) := otherwise if {
-	not _printable(value)
+	not is_string(value)
 	not is_number(value)
 }
 
-_printable(value) if {
+_text(value, otherwise) := otherwise if {
 	is_string(value)
-	regex.match(`[\pL\pN]`, value)
+	trim_space(value) == ""
+}
+
+_plain(value) if {
+	is_string(value)
+	regex.match(`^[\pL\pN]+(?:(?:[ ]?[&/+-][ ]?|[.,:]?[ ]|['_#.])?[\pL\pN]+)*\.?$`, trim_space(value))
 }
 
 default _currency := "(currency not set)"

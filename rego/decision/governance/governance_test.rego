@@ -319,3 +319,21 @@ test_names_in_other_scripts_and_typography_are_compared_not_refused if {
 	result := _judge(_order({"vendor": "Smith\u2013Jones Ltd", "requester": "Sean O\u2019Brien", "approver": "\u0418\u0432\u0430\u043d"}), facts)
 	result.allow
 }
+
+test_an_odd_department_prints_quoted if {
+	odd := object.union(_budget({}), {"department": " :0 "})
+	_denied_with(_order({}), [_request({}), odd, _risk({}), _legal({})], "Purchase order for PR-1: the budget check on file comes from \":0\"; only finance may report it.")
+}
+
+test_plain_names_print_as_they_are if {
+	governance._text("Globex Corp.", "x") == "Globex Corp."
+	governance._text("Acme & Sons", "x") == "Acme & Sons"
+	governance._text("CC-7", "x") == "CC-7"
+	governance._text("O'Brien, Jr.", "x") == "O'Brien, Jr."
+	governance._text("a  b", "x") == "\"a  b\""
+	governance._text("(", "x") == "\"(\""
+	governance._text("  ", "x") == "x"
+	governance._text(null, "x") == "x"
+	governance._text(["a"], "x") == "x"
+	governance._text(3.5, "x") == "3.5"
+}
