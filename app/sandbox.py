@@ -308,6 +308,9 @@ class SandboxedPolicyEngine:
     def revisions(self) -> dict[str, str]:
         return {"candidate": self._revision}
 
+    def stable_revision(self) -> str | None:
+        return None  # a candidate is asked once per replayed decision
+
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
         return self.sandbox.decide(path, common, items, item_key=item_key)

@@ -179,6 +179,68 @@ def test_a_changed_policy_is_used_with_its_new_revision(policy_dir: Path) -> Non
     assert first.revision != second.revision
 
 
+class CountingEngine(EmbeddedPolicyEngine):
+    """Real embedded OPA that counts the evaluations it is asked for."""
+
+    asked = 0
+
+    def decide(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        return super().decide(*args, **kwargs)
+
+
+ACCESS = "decision/access/access.rego"
+
+
+def _access_policy(policy_dir: Path, rule: str) -> None:
+    (policy_dir / "decision" / "access").mkdir(parents=True, exist_ok=True)
+    (policy_dir / ACCESS).write_text(f"package decision.access\ndefault allow := false\n{rule}\n")
+
+
+def test_an_access_verdict_is_kept_for_its_input_and_revision_only(policy_dir: Path) -> None:
+    _access_policy(policy_dir, 'allow if input.caller.departments[_] == "finance"')
+    engine = CountingEngine(policy_dir, reload_seconds=0)
+    gate = gate_for(engine)
+    finance = {"id": "erp", "departments": ["finance"]}
+    legal = {"id": "counsel", "departments": ["legal"]}
+    request = {"operation": "facts.write", "departments": ["finance"]}
+    assert [gate.authorize(finance, request).outcome for _ in range(3)] == [ALLOW] * 3
+    assert engine.asked == 1
+    assert gate.authorize(legal, request).outcome == DENY  # another caller: asked
+    assert gate.authorize(finance, {**request, "departments": ["legal"]}).outcome == ALLOW
+    assert engine.asked == 3
+    _access_policy(policy_dir, 'allow if input.caller.departments[_] == "legal"')
+    assert engine.reload() == []
+    # the new policy is in force as soon as it is loaded: no verdict of the old one is used
+    assert (gate.authorize(finance, request).outcome,
+            gate.authorize(legal, request).outcome) == (DENY, ALLOW)
+    assert engine.asked == 5
+
+
+def test_access_verdicts_of_a_policy_that_reads_the_clock_are_never_kept(
+        policy_dir: Path) -> None:
+    _access_policy(policy_dir, "allow if time.now_ns() > 0")
+    engine = CountingEngine(policy_dir, reload_seconds=0)
+    gate = gate_for(engine)
+    caller, request = {"id": "x", "departments": []}, {"operation": "rulesets.read"}
+    assert [gate.authorize(caller, request).outcome for _ in range(3)] == [ALLOW] * 3
+    assert engine.asked == 3
+
+
+def test_kept_access_verdicts_are_bounded(policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setattr("app.policy.gate.ACCESS_VERDICTS_KEPT", 10)
+    _access_policy(policy_dir, "allow if true")
+    engine = CountingEngine(policy_dir, reload_seconds=0)
+    gate = gate_for(engine)
+    caller = {"id": "x", "departments": []}
+    for n in range(50):  # a caller sending a new subject each time fills nothing
+        gate.authorize(caller, {"operation": "facts.read", "subject": f"S-{n}"})
+    assert len(gate._kept) == 10
+    gate.authorize(caller, {"operation": "facts.read", "subject": "S-49"})  # the latest kept
+    assert engine.asked == 50
+
+
 @pytest.mark.parametrize(("broken", "line", "message"), [
     ("package decision.governance\nallow if {\n  input.x ==\n}\n", 4, "rego_parse_error"),
     ("package decision.governance\nallow if { y == 1 }\n", 2, "var y is unsafe"),

@@ -103,6 +103,11 @@ class PolicyEngine(Protocol):
         """The policy revision each side has: {"embedded": r}, or {"served": r (the
         bundle this service serves), "sidecar": r (what OPA runs)}."""
 
+    def stable_revision(self) -> str | None:
+        """The revision in force when its verdicts are a function of the input alone and
+        may be kept; None when each must be asked (a sidecar logs every decision; a policy
+        may read the clock)."""
+
     @property
     def revision(self) -> str: ...
 
@@ -124,10 +129,17 @@ class PolicyEngine(Protocol):
 # and the like only compute, so they stay.)
 OUTSIDE_BUILTINS = frozenset({"http.send", "net.lookup_ip_addr", "opa.runtime"})
 
+# The built-ins whose answer is not a function of their arguments: the outside, the clock,
+# randomness. A policy set that refers to none of them gives the same verdict to the same
+# input, so its verdicts may be kept (stable_revision).
+VOLATILE_BUILTINS = OUTSIDE_BUILTINS | frozenset({
+    "time.now_ns", "rand.intn", "uuid.rfc4122", "io.jwt.decode_verify",
+    "crypto.x509.parse_and_verify_certificates",
+    "crypto.x509.parse_and_verify_certificates_with_keys"})
 
-def _calls_outside(engine: OpaEngine, name: str, source: str,
-                   allowed: frozenset[str]) -> list[str]:
-    """The built-ins of OUTSIDE_BUILTINS (less `allowed`) a module refers to."""
+
+def _refers_to(engine: OpaEngine, name: str, source: str, names: frozenset[str]) -> list[str]:
+    """The built-ins of `names` a module refers to."""
     try:
         [row] = engine.eval_query("m := rego.parse_module(input.file, input.source)",
                                   {"file": name, "source": source})
@@ -148,7 +160,7 @@ def _calls_outside(engine: OpaEngine, name: str, source: str,
                     if term.get("type") != "string":
                         break
                     path += "." + str(term["value"])
-                    if path in OUTSIDE_BUILTINS and path not in allowed:
+                    if path in names:
                         found.add(path)
             pending.extend(node.values())
     return sorted(found)
@@ -193,7 +205,8 @@ def compile_policy_set(policies: PolicySet, *, with_tests: bool = False,
                                        "(network, files or the environment); policies here "
                                        "may not")
                    for name, source in sorted(policies.modules.items())
-                   for builtin in _calls_outside(engine, name, source, allowed_builtins)]
+                   for builtin in _refers_to(engine, name, source,
+                                             OUTSIDE_BUILTINS - allowed_builtins)]
         if outside:
             raise PolicyInvalid(outside)
         for name, source in sorted(modules.items()):
@@ -324,6 +337,7 @@ class EmbeddedPolicyEngine:
             allowed_builtins=allowed_builtins)
         self._fixed = None if policies is None else (
             compile_policy_set(policies, allowed_builtins=allowed_builtins), policies)
+        self._stable: dict[str, bool] = {}  # revision -> stable_revision's finding
 
     @property
     def directory(self) -> PolicyDirectory | None:
@@ -350,24 +364,24 @@ class EmbeddedPolicyEngine:
         assert self._directory is not None
         return self._directory.reload(force=force)
 
-    def _current(self) -> tuple[OpaEngine, str]:
+    def _current(self) -> tuple[OpaEngine, PolicySet]:
         if self._fixed is not None:
-            return self._fixed[0], self._fixed[1].revision
+            return self._fixed
         assert self._directory is not None
         engine, policies = self._directory.current()
         assert engine is not None
-        return engine, policies.revision
+        return engine, policies
 
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
-        engine, revision = self._current()
+        engine, policies = self._current()
         try:
             rows = evaluate_query(engine, batch_query(path, item_key),
                                   {"common": common, "items": items})
         except OpaError as exc:
             raise PolicyUnavailable(f"policy evaluation failed: {exc.message}") from exc
         return Answer(_results((rows[0] if rows else {}).get("results", {}), len(items)),
-                      revision)
+                      policies.revision)
 
     def readiness(self) -> str:
         try:
@@ -378,6 +392,15 @@ class EmbeddedPolicyEngine:
 
     def revisions(self) -> dict[str, str]:
         return {"embedded": self.revision}
+
+    def stable_revision(self) -> str | None:
+        engine, policies = self._current()  # reloads first when the files changed
+        stable = self._stable.get(policies.revision)
+        if stable is None:
+            stable = not any(_refers_to(engine, name, source, VOLATILE_BUILTINS)
+                             for name, source in policies.modules.items())
+            self._stable = {policies.revision: stable}
+        return policies.revision if stable else None
 
 
 # --- sidecar ---------------------------------------------------------------------------
@@ -627,6 +650,9 @@ class SidecarPolicyEngine:
             return (f"OPA runs revision {bundles[self.bundle]} of bundle {self.bundle}, the "
                     f"service serves {served.revision} (OPA takes it at its next poll)")
         return "ok"
+
+    def stable_revision(self) -> str | None:
+        return None  # OPA logs each decision it makes: every one is asked
 
     def revisions(self) -> dict[str, str]:
         sides = {"sidecar": self._revision}

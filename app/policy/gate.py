@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from app.errors import PolicyUnavailable
 from app.metrics import Metrics
@@ -20,6 +24,8 @@ from app.policy.engines import UNDEFINED, PolicyEngine, check_policy_path
 log = logging.getLogger(__name__)
 
 ALLOW, DENY, HOLD = "allow", "deny", "hold"
+
+ACCESS_VERDICTS_KEPT = 4096  # access verdicts kept per process (a few hundred bytes each)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class PolicyGate:
         self.metrics = metrics
         self.governance_path = check_policy_path(governance_path)
         self.access_path = check_policy_path(access_path)
+        self._kept: OrderedDict[tuple[str, bytes], Verdict] = OrderedDict()  # access verdicts
+        self._kept_lock = threading.Lock()
 
     @property
     def revision(self) -> str:
@@ -104,12 +112,29 @@ class PolicyGate:
 
     def authorize(self, caller: dict[str, Any], request: dict[str, Any]) -> Verdict:
         """The access policy's verdict on `input = {caller, request}`; PolicyUnavailable when
-        it cannot decide (the caller then gets a 503, never a pass)."""
+        it cannot decide (the caller then gets a 503, never a pass). A verdict of a policy
+        revision whose verdicts depend on the input alone is kept, for that revision and
+        exactly that input (the last ACCESS_VERDICTS_KEPT of them)."""
+        stable = self.engine.stable_revision()
+        key = None if stable is None else (
+            stable, orjson.dumps([caller, request], option=orjson.OPT_SORT_KEYS))
+        if key is not None:
+            with self._kept_lock:
+                kept = self._kept.get(key)
+                if kept is not None:
+                    self._kept.move_to_end(key)
+                    return kept
         document = "data." + self.access_path.replace("/", ".")
         answer = self.engine.decide(self.access_path, {"caller": caller}, [request],
                                     item_key="request")
-        return verdict_from(answer.results[0], document, answer.revision,
-                            answer.decision_ids[0] if answer.decision_ids else None)
+        verdict = verdict_from(answer.results[0], document, answer.revision,
+                               answer.decision_ids[0] if answer.decision_ids else None)
+        if key is not None and answer.revision == stable:
+            with self._kept_lock:
+                self._kept[key] = verdict
+                if len(self._kept) > ACCESS_VERDICTS_KEPT:
+                    self._kept.popitem(last=False)
+        return verdict
 
     def readiness(self) -> str:
         return self.engine.readiness()
