@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +34,9 @@ class Executor:
         self.deliveries: list[Delivery] = []
         self.statuses: list[int] = []  # answers for the next attempts; then 200
         self.failing_status: int | None = None  # while set, the answer to every attempt
+        # Deliveries this says no to are answered 500 at every attempt: (path, headers) ->
+        # refuse (say, one action in ten of a type, by its Idempotency-Key).
+        self.refuses: Callable[[str, dict[str, str]], bool] | None = None
         self.delay_seconds = 0.0
         self.in_flight: list[Delivery] = []  # arrived, not answered yet
         self._lock = threading.Lock()
@@ -59,6 +63,9 @@ class Executor:
                 with executor._lock:
                     status = (executor.statuses.pop(0) if executor.statuses else
                               executor.failing_status or 200)
+                    if executor.refuses is not None and executor.refuses(
+                            self.path, dict(self.headers)):
+                        status = 500
                     delivery = Delivery(self.path, dict(self.headers), body, status,
                                         time.monotonic(), self.client_address[1])
                     executor.deliveries.append(delivery)
