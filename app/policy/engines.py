@@ -71,11 +71,17 @@ def check_policy_path(path: str) -> str:
     return path
 
 
-def batch_query(path: str, item_key: str) -> str:
+def batch_query(path: str, item_key: str, *, whole: bool = False) -> str:
+    """One query for a batch of items, under `input` = the common part and the item: each
+    item's `allow` and `deny`, and only those (the package's helper rules are evaluated as
+    far as those two need them and no further), or with `whole` the whole document (for
+    a document that is not a package, which the first form cannot even compile)."""
     document = "data." + ".".join(check_policy_path(path).split("/"))
+    verdict = document if whole else (
+        f"{{key: value | some key in [\"allow\", \"deny\"]; value := {document}[key]}}")
     return ("results := {k: r | some k, item in input.items; "
-            f"r := {document} with input as object.union(input.common, "
-            f"{{\"{item_key}\": item}})}}")
+            f"r := {verdict} with input as object.union(input.common, "
+            f"{{\"{item_key}\": item}}); {'true' if whole else 'count(r) > 0'}}}")
 
 
 def _results(by_index: Any, count: int) -> list[Any]:
@@ -375,9 +381,14 @@ class EmbeddedPolicyEngine:
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:
         engine, policies = self._current()
+        batch = {"common": common, "items": items}
         try:
-            rows = evaluate_query(engine, batch_query(path, item_key),
-                                  {"common": common, "items": items})
+            try:
+                rows = evaluate_query(engine, batch_query(path, item_key), batch)
+            except OpaError as exc:
+                if "rego_type_error" not in exc.message:
+                    raise
+                rows = evaluate_query(engine, batch_query(path, item_key, whole=True), batch)
         except OpaError as exc:
             raise PolicyUnavailable(f"policy evaluation failed: {exc.message}") from exc
         return Answer(_results((rows[0] if rows else {}).get("results", {}), len(items)),

@@ -115,9 +115,12 @@ class PolicyGate:
         it cannot decide (the caller then gets a 503, never a pass). A verdict of a policy
         revision whose verdicts depend on the input alone is kept, for that revision and
         exactly that input (the last ACCESS_VERDICTS_KEPT of them)."""
-        stable = self.engine.stable_revision()
-        key = None if stable is None else (
-            stable, orjson.dumps([caller, request], option=orjson.OPT_SORT_KEYS))
+        stable, key = self.engine.stable_revision(), None
+        if stable is not None:
+            try:
+                key = (stable, orjson.dumps([caller, request], option=orjson.OPT_SORT_KEYS))
+            except TypeError:  # beyond JSON orjson writes (an integer past 64 bits): ask
+                key = None
         if key is not None:
             with self._kept_lock:
                 kept = self._kept.get(key)

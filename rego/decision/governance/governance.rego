@@ -386,15 +386,22 @@ _distinct_people if {
 
 _vendor_key := _name_keys[["purchase_request", 0, "vendor"]] if _usable("purchase_request")
 
+# Each sanctions entry's folded name, once per evaluation: position -> key (none for an
+# entry that cannot be compared).
+_entry_keys := {i: key |
+	some i, entry in sanctions.vendors
+	key := _company(entry.name)
+}
+
 # The sanctions entries naming the vendor, and those that cannot be compared.
 _sanctioned_entries := [entry |
-	some entry in sanctions.vendors
-	_company(entry.name) == _vendor_key
+	some i, entry in sanctions.vendors
+	_entry_keys[i] == _vendor_key
 ]
 
 _incomparable_entries := [entry |
-	some entry in sanctions.vendors
-	not _comparable(entry)
+	some i, entry in sanctions.vendors
+	not _entry_keys[i]
 ]
 
 _vendor_actions := {"issue_purchase_order", "expedite_delivery"}
@@ -459,8 +466,6 @@ deny contains msg if {
 _entry_name(entry) := object.get(entry, "name", "(no name)") if is_object(entry)
 
 _entry_name(entry) := entry if not is_object(entry)
-
-_comparable(entry) if _company(entry.name)
 
 # A value to print into a sentence. A plain name or number (words of letters and digits
 # joined by single spaces or the usual marks: "Globex Corp.", "CC-7", "O'Brien") prints as
