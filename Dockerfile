@@ -7,7 +7,7 @@ WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY app ./app
 # durable_rules builds from source; opa-golib-python-bindings claims Python >= 3.14
-# but works on 3.11 (DESIGN.md), so it is fetched without that check.
+# but works on 3.11 (docs/ARCHITECTURE.md), so it is fetched without that check.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --ignore-requires-python \
         opa-golib-python-bindings==0.4.4 \
     && pip wheel --no-cache-dir --wheel-dir /wheels .

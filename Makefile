@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
 	$(PYTHON) -m venv $(VENV)
-	# Its metadata claims Python >= 3.14, but it works on 3.11 (see DESIGN.md); installing it
+	# Its metadata claims Python >= 3.14, but it works on 3.11 (see docs/ARCHITECTURE.md); installing it
 	# first lets the project's own requirement on it resolve to the installed copy.
 	$(BIN)/pip install --ignore-requires-python opa-golib-python-bindings==0.4.4
 	$(BIN)/pip install -e '.[test]'

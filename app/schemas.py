@@ -3,7 +3,7 @@
 The same schemas validate requests and describe them in `/openapi.json`. They are
 Flask-free so that the CLI (replay files, exports) validates exactly like the API.
 Anything that will reach durable_rules' C core passes through here first: it
-crashes on some inputs that JSON allows (see DESIGN.md), so these limits are
+crashes on some inputs that JSON allows (docs/ARCHITECTURE.md), so these limits are
 deliberately tighter than JSON.
 """
 

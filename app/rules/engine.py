@@ -1,6 +1,6 @@
 """Evaluating facts against a ruleset in durable_rules' C core, safely.
 
-The shape of it, and the durable_rules 2.0.28 edge each part answers (DESIGN.md):
+The shape of it, and the durable_rules 2.0.28 edge each part answers (docs/ARCHITECTURE.md):
 - One long-lived engine ruleset per ruleset version (`name@version`), registered
   once per process: names cannot be registered twice and never unregistered.
 - One session id for everything: each sid preallocates ~97 KB and a ruleset
