@@ -221,6 +221,26 @@ def test_a_join_that_fails_on_its_comparison_shows_both_values(make_app: AppFact
     assert 'its policy_no is "P-OTHER", not $c.policy_no ("P-CL-2")' in other["detail"]
 
 
+def test_the_nearest_match_is_chosen_over_every_combination(make_app: AppFactory) -> None:
+    """Two claims in one case: the first has no policy record at all, the second one whose
+    limit is too low. The answer is about the second: it got as far, and nearer."""
+    client = make_app().test_client()
+    facts = [
+        {"id": "A-claim", "type": "claim", "department": "intake",
+         "data": {"claim_id": "A", "amount": 100, "policy_no": "P-A", "payee": "eve"}},
+        {"id": "B-claim", "type": "claim", "department": "intake",
+         "data": {"claim_id": "B", "amount": 7000, "policy_no": "P-B", "payee": "eve"}},
+        {"id": "B-policy", "type": "policy_record", "department": "underwriting",
+         "data": {"policy_no": "P-B", "limit": 6000, "status": "active"}},
+    ]
+    assert client.post("/v1/facts", json={"facts": [{"subject": "CASE-AB", **f}
+                                                    for f in facts]}).status_code == 201
+    answer = why_not(client, decide(client, "CASE-AB")["decision_id"], "covered")
+    steps = steps_of(answer)
+    assert steps["c"]["facts"] == ["B-claim"] and steps["p"]["facts"] == ["B-policy"]
+    assert "its limit is 6000, and 6000 >= $c.amount (7000) is false" in steps["p"]["detail"]
+
+
 def test_an_unless_names_the_fact_that_blocked_the_rule(make_app: AppFactory) -> None:
     client = make_app().test_client()
     post_claim(client, "CL-3", flagged=True)
