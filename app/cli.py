@@ -288,6 +288,52 @@ def decisions_export(subject: str | None, output: Any) -> None:
     click.echo(f"{count} decision(s) exported", err=True)
 
 
+@decisions.command("why-not")
+@click.argument("decision_id")
+@click.argument("rule")
+@click.option("--json", "as_json", is_flag=True, help="the answer as JSON (the API's body)")
+def decisions_why_not(decision_id: str, rule: str, as_json: bool) -> None:
+    """Why RULE did (not) fire in decision DECISION_ID: which condition failed first, on
+    which facts, with the values compared; from the record, on the ruleset version the
+    decision ran with."""
+    import json
+
+    from app.schemas import WhyNotQuerySchema, load
+
+    try:
+        query = load(WhyNotQuerySchema, {"rule": rule})
+    except DecisionServiceError as exc:
+        raise click.ClickException(exc.detail) from exc
+    service = _open_service()
+    try:
+        answer = service.why_not(decision_id, query["rule"])
+    except DecisionServiceError as exc:
+        raise click.ClickException(exc.detail) from exc
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+        return
+    click.echo(_why_not_text(answer))
+
+
+_STATUS_MARK = {"matched": "ok  ", "failed": "FAIL", "not reached": " -  "}
+
+
+def _why_not_text(answer: dict[str, Any]) -> str:
+    """The answer for a terminal: the explanation, then each condition with its status."""
+    lines = [f"decision {answer['decision_id']}, ruleset {answer['ruleset']} version "
+             f"{answer['ruleset_version']}, rule {answer['rule']}: "
+             f"{'fired' if answer['fired'] else 'did not fire'}",
+             "", answer["explanation"], ""]
+    for step in answer["steps"]:
+        facts = f"  [{', '.join(step['facts'])}]" if step["facts"] else ""
+        lines.append(f"{_STATUS_MARK.get(step['status'], step['status'])}  "
+                     f"{step['condition']}{facts}")
+        lines.append(f"      {step['detail']}")
+    return "\n".join(lines)
+
+
 @main.group()
 def actions() -> None:
     """Deliveries of allowed actions: inspect and re-drive the failed ones."""

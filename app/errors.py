@@ -5,6 +5,7 @@
     ├── InvalidInput                422: a request or file failed validation; lists each field
     │   ├── MalformedRequest        400: the body is not JSON at all
     │   ├── RulesetInvalid          422: a rule file failed validation; lists file, line, rule
+    │   ├── UnknownRule             422: the ruleset (version) asked about has no such rule
     │   └── PolicyInvalid           422: a policy or data file failed to load; lists file, line
     ├── UnsupportedMediaType        415: the body is not declared as JSON
     ├── Unauthorized                401: no valid API key
@@ -12,6 +13,7 @@
     ├── PayloadTooLarge             413: over DECISION_MAX_BODY_BYTES
     ├── NotFound                    404
     │   └── UnknownRuleset          no ruleset of that name (or version) is loaded
+    ├── RulesetUnavailable          410: the ruleset version a decision ran with is gone
     ├── Conflict                    409: the request contradicts what is stored
     │   └── RedriveRefused          the current policies no longer allow a parked action
     ├── QuotaExceeded               422: a department's share of a subject's pool is full
@@ -147,6 +149,13 @@ class PolicyInvalid(InvalidInput):
         self.problems = problems
 
 
+class UnknownRule(InvalidInput):
+    """A rule asked about by name that the ruleset version in question does not have."""
+
+    slug = "unknown-rule"
+    title = "No such rule"
+
+
 class MalformedRequest(InvalidInput):
     status = 400
     slug = "malformed-request"
@@ -193,6 +202,15 @@ class NotFound(DecisionServiceError):
 class UnknownRuleset(NotFound):
     slug = "unknown-ruleset"
     title = "No such ruleset"
+
+
+class RulesetUnavailable(DecisionServiceError):
+    """The exact ruleset version a recorded decision ran with is neither archived nor loaded
+    any more: what is asked of that decision is answered from no other version."""
+
+    status = 410
+    slug = "ruleset-unavailable"
+    title = "The ruleset version is no longer available"
 
 
 class EvaluationFailed(DecisionServiceError):

@@ -34,6 +34,7 @@ SUBJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 FACT_ID_PATTERN = SUBJECT_PATTERN
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 DATA_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 
 # The engine sees a fact's data fields beside these (`sid` is durable_rules' own);
 # data may not shadow them.
@@ -382,6 +383,41 @@ class DecisionRecordSchema(Schema):
 class DecisionListSchema(Schema):
     subject = fields.String(required=True)
     decisions = fields.List(fields.Nested(DecisionRecordSchema), required=True)
+
+
+class WhyNotQuerySchema(Schema):
+    rule = Identifier(RULE_NAME_PATTERN, rule="a rule name: starts with a letter and holds only "
+                      "letters, digits and _ (at most 64)", required=True, metadata={
+                          "description": "the rule asked about, in the ruleset version the "
+                                         "decision ran with"})
+
+
+class WhyNotStepSchema(Schema):
+    condition = fields.String(required=True, metadata={
+        "description": "the condition as the rule file writes it (`unless` ones say so; "
+                       "`then: $a.f, ...` for the fields the rule fills in)"})
+    alias = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, metadata={
+        "enum": ["matched", "failed", "not reached"]})
+    facts = fields.List(fields.String(), required=True, metadata={
+        "description": "the fact ids it matched; when it failed, the nearest fact, or the "
+                       "fact that blocked the rule"})
+    detail = fields.String(required=True, metadata={
+        "description": "in plain words, with the values compared"})
+
+
+class WhyNotSchema(Schema):
+    decision_id = fields.String(required=True)
+    rule = fields.String(required=True)
+    ruleset = fields.String(required=True)
+    ruleset_version = fields.String(required=True, metadata={
+        "description": "the version the decision ran with, which the answer is computed on"})
+    fired = fields.Boolean(required=True)
+    explanation = fields.String(required=True)
+    steps = fields.List(fields.Nested(WhyNotStepSchema), required=True, metadata={
+        "description": "each alias of when in order, the fields then fills in, each unless"})
+    capped = fields.Boolean(required=True, metadata={
+        "description": "the search stopped at its limit: the nearest match found within it"})
 
 
 class FactSetSchema(Schema):

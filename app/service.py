@@ -10,6 +10,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,9 @@ from app.errors import (
     InvalidInput,
     NotFound,
     RedriveRefused,
+    RulesetInvalid,
+    RulesetUnavailable,
+    UnknownRuleset,
 )
 from app.facts import FactPool, FactRecord, Quotas
 from app.logs import log_context
@@ -58,11 +62,15 @@ from app.rules.engine import Limits, evaluate
 from app.sandbox import Budget, CandidateSources, Sandbox
 from app.store import EmbeddedRedis, Slots, connect, unavailable_on_outage
 from app.triggers import TriggerQueue, idempotency_key, parse_member
+from app.whynot import why_not
 from app.worker import Worker
 
 log = logging.getLogger(__name__)
 
 TRIGGER_BATCH = 16
+ARCHIVED_RULESETS_KEPT = 16  # parsed archived ruleset versions a process keeps at hand
+# A decision id as the service makes them (a UUID); anything else names no decision.
+_DECISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 TRIGGER_LEASE_SECONDS = 30.0
 
 
@@ -155,6 +163,7 @@ class DecisionService:
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
         self._bundle: Bundle | None = None
+        self._archived: dict[tuple[str, str], Ruleset] = {}
 
     @classmethod
     def open(cls, settings: Settings) -> DecisionService:
@@ -340,6 +349,39 @@ class DecisionService:
                 continue
             self.triggers.done(member, len(triggering))
         return len(members)
+
+    # --- explaining ----------------------------------------------------------------------
+
+    def why_not(self, decision_id: str, rule: str) -> dict[str, Any]:
+        """Whether `rule` fired in a recorded decision and, if not, its nearest partial match
+        (app/whynot.py), computed from the record on the ruleset version the decision ran
+        with, never on another: NotFound for an unknown decision, RulesetUnavailable when
+        that version is gone, UnknownRule when it has no such rule."""
+        if not _DECISION_ID.fullmatch(decision_id):
+            raise NotFound(f"no decision with id {decision_id[:200]!r}")
+        record = self.decisions.get(decision_id)
+        return why_not(record, self.recorded_ruleset(record), rule)
+
+    def recorded_ruleset(self, record: Mapping[str, Any]) -> Ruleset:
+        """The exact ruleset version a decision ran with: loaded by this process, or from
+        the archive (its version is the hash of its source, so either is the same text)."""
+        name, version = record["ruleset"]["name"], record["ruleset"]["version"]
+        try:
+            return self.rulesets.get(name, version)
+        except UnknownRuleset:
+            pass
+        key = (name, version)
+        if key not in self._archived:
+            try:
+                self._archived[key] = self.archive.ruleset(name, version)
+            except (NotFound, RulesetInvalid) as exc:
+                raise RulesetUnavailable(
+                    f"decision {record['decision_id']} ran with ruleset {name} version "
+                    f"{version}, which is neither archived nor loaded any more ({exc.detail}); "
+                    "it is explained on that version or not at all") from exc
+            for stale in list(self._archived)[:-ARCHIVED_RULESETS_KEPT]:
+                self._archived.pop(stale, None)
+        return self._archived[key]
 
     # --- replay ------------------------------------------------------------------------
 

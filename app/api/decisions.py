@@ -19,6 +19,8 @@ from app.schemas import (
     DecisionRecordSchema,
     FailedActionsQuerySchema,
     VerdictSchema,
+    WhyNotQuerySchema,
+    WhyNotSchema,
     load,
 )
 
@@ -76,6 +78,18 @@ def create_decision() -> ResponseReturnValue:
 def get_decision(decision_id: str) -> dict[str, Any]:
     authorize("decisions.read")
     return service().decisions.get(decision_id)
+
+
+@bp.get("/v1/decisions/<decision_id>/why-not")
+@documented(summary="Why a rule did or did not fire in a recorded decision: its nearest "
+                    "partial match, computed from the record on the ruleset version the "
+                    "decision ran with", tag="decisions", query=WhyNotQuerySchema,
+            responses={200: ("whether it fired and, if not, which condition failed first, "
+                             "on which facts", WhyNotSchema)})
+def why_not(decision_id: str) -> dict[str, Any]:
+    query = load(WhyNotQuerySchema, request.args.to_dict())
+    authorize("decisions.read")
+    return service().why_not(decision_id, query["rule"])
 
 
 @bp.get("/v1/decisions")

@@ -43,6 +43,7 @@ from app.schemas import (
     NAME_PATTERN,
     RESERVED_DATA_KEYS,
     RESERVED_DEPARTMENTS,
+    RULE_NAME_PATTERN,
     VERDICT_TYPE,
     json_value_problems,
 )
@@ -58,7 +59,6 @@ MAX_THEN_STEPS = 32
 MAX_PRIORITY = 1000
 MAX_REQUIRES = 8
 
-RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
 META_FIELDS = ("type", "department", "id")
 _RULE_NAME = re.compile(RULE_NAME_PATTERN)
