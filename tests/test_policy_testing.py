@@ -63,8 +63,9 @@ test_with if {
 
 def opa_test(directory: Path, *args: str) -> tuple[int, dict[str, str]]:
     """`opa test --format json`: its exit code and each test's outcome."""
-    run = subprocess.run([str(require_opa()), "test", "--format", "json", *args,
-                          str(directory)], capture_output=True, text=True, timeout=60)
+    # --timeout: opa test's 5 s a test is too short for a busy 2-core CI machine
+    run = subprocess.run([str(require_opa()), "test", "--format", "json", "--timeout=120s",
+                          *args, str(directory)], capture_output=True, text=True, timeout=300)
     results = json.loads(run.stdout) if run.stdout.strip() else []
     outcomes = {}
     for result in results:
