@@ -345,6 +345,9 @@ class FiringSchema(Schema):
     facts = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                         metadata={"description": "alias -> id of the fact it matched"})
     round = fields.Integer(metadata={"description": "the round it first fired in"})
+    table = fields.String(metadata={"description": "a decision table's row fired: the table"})
+    row = fields.Integer(metadata={"description": "a decision table's row fired: its number "
+                                                  "(1-based)"})
 
 
 class DecisionRecordSchema(Schema):
