@@ -150,6 +150,126 @@ def rules_validate(directory: Path | None) -> None:
         sys.exit(1)
 
 
+@rules.command("test")
+@click.argument("directory", required=False, type=click.Path(exists=True, file_okay=True,
+                                                              path_type=Path))
+@click.option("--policies", "policy_dir", type=click.Path(exists=True, file_okay=False,
+                                                          path_type=Path),
+              help="the policies of scenarios that expect verdicts (default: "
+                   "DECISION_POLICY_DIR)")
+@click.option("--coverage", "show_coverage", is_flag=True,
+              help="list the rules no scenario fires")
+def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: bool) -> None:
+    """Run the scenarios (*_test.yaml beside the rule files) in DIRECTORY (default:
+    DECISION_RULES_DIR), or one scenario file, as `opa test` runs Rego tests: one line per
+    scenario (PASS, FAIL or ERROR) and a diff for each failure. Exits 1 if a scenario
+    fails or errs, 2 if a scenario or rule file cannot be read (with file and line)."""
+    from app.rules import evaluate
+    from app.rules.loader import load_ruleset_file, rule_files
+    from app.scenarios import PASS, coverage, run_scenario, scenario_files
+
+    target = directory or _settings().rules_dir
+    folder = target.parent if target.is_file() else target
+    files = [target] if target.is_file() else scenario_files(target)
+    if not files:
+        click.echo(f"no scenario files (*_test.yaml, *_test.yml, *_test.json) in {target}",
+                   err=True)
+        return
+    rulesets: dict[str, Any] = {}  # name -> Ruleset, and rule file stem -> Ruleset
+    malformed = 0
+    for path in rule_files(folder):
+        try:
+            ruleset = load_ruleset_file(path)
+        except RulesetInvalid as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            malformed += 1
+            continue
+        rulesets[ruleset.name] = rulesets[f"file:{path.stem}"] = ruleset
+    gate = _scenario_gate(policy_dir)
+    results: dict[str, list[Any]] = {}  # ruleset name -> the results of its scenarios
+    tested = {}
+    for path in files:
+        loaded = _scenario_file(path, rulesets)
+        if loaded is None:
+            malformed += 1
+            continue
+        ruleset, scenarios = loaded
+        tested[ruleset.name] = ruleset
+        for scenario in scenarios.scenarios:
+            result = run_scenario(scenario, ruleset, file=str(path), evaluator=evaluate,
+                                  gate=gate)
+            results.setdefault(ruleset.name, []).append(result)
+            where = f"{path}:{result.line}" if result.line else str(path)
+            click.echo(f"{where}: {result.name}: {result.outcome} ({result.duration_ms:.1f}ms)")
+            for failure in result.failures:
+                click.echo("    " + failure.replace("\n", "\n    "))
+    everything = [result for found in results.values() for result in found]
+    click.echo("-" * 80)
+    for outcome in ("PASS", "FAIL", "ERROR"):
+        count = sum(1 for r in everything if r.outcome == outcome)
+        if count or outcome == "PASS":
+            click.echo(f"{outcome}: {count}/{len(everything)}")
+    if show_coverage:
+        for name, ruleset in sorted(tested.items()):
+            missing = coverage(ruleset, results.get(name, []))
+            fired = len(ruleset.rules) - len(missing)
+            click.echo(f"coverage: ruleset {name}: {fired}/{len(ruleset.rules)} rules fired "
+                       "by a scenario")
+            for rule in missing:
+                click.echo(f"  not fired: {rule}")
+    if malformed:
+        sys.exit(2)
+    if any(r.outcome != PASS for r in everything):
+        sys.exit(1)
+
+
+def _scenario_file(path: Path, rulesets: dict[str, Any]) -> tuple[Any, Any] | None:
+    """A scenario file's ruleset and scenarios, or None after printing why it cannot be
+    read (with file and line)."""
+    from app.errors import ScenarioInvalid
+    from app.scenarios import bind, parse_scenarios
+
+    try:
+        data, lines = parse_scenarios(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        click.echo(f"error: {path}: cannot be read: {exc}", err=True)
+        return None
+    except ScenarioInvalid as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        return None
+    name = data.get("ruleset")
+    stem = path.stem[:-len("_test")]
+    ruleset = rulesets.get(name) if name else rulesets.get(f"file:{stem}")
+    if ruleset is None:
+        wanted = f"ruleset {name!r}" if name else f"a rule file {stem}.yaml (or ruleset:)"
+        click.echo(f"error: {path}: no {wanted} among the valid rule files beside it",
+                   err=True)
+        return None
+    return ruleset, bind(data, lines, str(path), ruleset)
+
+
+def _scenario_gate(policy_dir: Path | None) -> Any:
+    """The policy gate of scenarios that expect verdicts, made when the first needs it."""
+    made: list[Any] = []
+
+    def gate() -> Any:
+        if not made:
+            from app.policy.engines import EmbeddedPolicyEngine
+            from app.policy.files import load_policy_set
+            from app.policy.gate import PolicyGate
+
+            settings = _settings()
+            policies = load_policy_set(policy_dir or settings.policy_dir)
+            made.append(PolicyGate(EmbeddedPolicyEngine(None, policies=policies),
+                                   governance_path=settings.policy_path,
+                                   access_path=settings.access_policy_path))
+        return made[0]
+
+    return gate
+
+
 @main.group()
 def policy() -> None:
     """Rego policies: test them before they go live."""
