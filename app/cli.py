@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from app.config import OPTIONS, REQUEST_TIMEOUT_SECONDS, Settings
-from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, RulesetInvalid
+from app.errors import (
+    ConfigurationError,
+    DecisionServiceError,
+    PolicyInvalid,
+    RulesetInvalid,
+    ScenarioInvalid,
+)
 from app.store import EmbeddedRedis, is_cluster_url
 
 
@@ -243,9 +249,10 @@ def _scenario_file(path: Path, rulesets: dict[str, Any]) -> tuple[Any, Any] | No
     stem = path.stem[:-len("_test")]
     ruleset = rulesets.get(name) if name else rulesets.get(f"file:{stem}")
     if ruleset is None:
-        wanted = f"ruleset {name!r}" if name else f"a rule file {stem}.yaml (or ruleset:)"
-        click.echo(f"error: {path}: no {wanted} among the valid rule files beside it",
-                   err=True)
+        wanted = f"ruleset {name!r}" if name else f"the ruleset of {stem}.yaml (it names no " \
+                                                   "ruleset:)"
+        click.echo(f"error: {path}: tests {wanted}, which none of the valid rule files "
+                   "beside it is", err=True)
         return None
     return ruleset, bind(data, lines, str(path), ruleset)
 
@@ -518,7 +525,8 @@ def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool)
 @click.option("--json", "json_out", type=click.File("w"), help="write the report as JSON")
 @click.option("--html", "html_out", type=click.File("w"),
               help="write a self-contained HTML report")
-@click.option("--fail-on-change", is_flag=True, help="exit 1 if any decision changed")
+@click.option("--fail-on-change", is_flag=True,
+              help="exit 1 if any decision changed, or a candidate's scenario failed")
 def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until: Any,
            fact_sets: Any, rules_path: Path | None, policy_dir: Path | None, json_out: Any,
            html_out: Any, fail_on_change: bool) -> None:
@@ -532,8 +540,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
     from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
-    from app.replay import bulk, summarize
-    from app.rules.loader import rule_files
+    from app.replay import bulk, candidate_scenarios, summarize
+    from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
     from app.schemas import FactSetSchema, load
 
     def ms(moment: Any) -> int | None:
@@ -546,13 +554,19 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     try:
         sets = [load(FactSetSchema, json.loads(line)) for line in fact_sets
                 if line.strip()] if fact_sets else []
-        rule_sources = {}
+        rule_sources, scenario_sources = {}, {}
         if rules_path is not None:
             for path in [rules_path] if rules_path.is_file() else rule_files(rules_path):
                 rule_sources[str(path)] = path.read_text(encoding="utf-8")
+                for suffix in RULE_FILE_SUFFIXES:  # its scenarios, beside it
+                    tests = path.with_name(f"{path.stem}_test{suffix}")
+                    if tests.is_file():
+                        scenario_sources[str(path)] = tests.read_text(encoding="utf-8")
+                        break
         policy_sources = dict(load_policy_set(policy_dir).sources) if policy_dir else None
         candidates = service.candidates(rule_sources=rule_sources,
-                                        policy_sources=policy_sources, policy_overlay=False)
+                                        policy_sources=policy_sources, policy_overlay=False,
+                                        scenarios=scenario_sources)
         with bulk():
             cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
                                             since_ms=ms(since), until_ms=ms(until),
@@ -563,6 +577,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
             with service.replayer(candidates, per_call_budget=True) as replayer, \
                     click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
                 results = list(replayer.run(bar))
+                scenarios = candidate_scenarios(replayer, candidates.scenarios) if (
+                    candidates.scenarios and replayer.sandbox is not None) else None
                 failure = replayer.sandbox.failure if replayer.sandbox else None
                 loaded = replayer.candidates
         summary = summarize(results, loaded)
@@ -570,7 +586,9 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
             summary["candidate_error"] = failure
         report: dict[str, Any] = {"generated_at": rfc3339(system_clock()),
                                   "summary": summary, "results": results}
-    except (RulesetInvalid, PolicyInvalid) as exc:
+        if scenarios is not None:
+            report["scenarios"] = scenarios
+    except (RulesetInvalid, PolicyInvalid, ScenarioInvalid) as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(2)
@@ -578,6 +596,15 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
         raise click.ClickException(exc.detail) from exc
     finally:
         service.close()
+    if scenarios is not None:
+        click.echo(f"scenarios of the candidate rules: {scenarios['passed']} passed, "
+                   f"{scenarios['failed']} failed")
+        for result in scenarios["results"]:
+            if result["outcome"] != "PASS":
+                click.echo(f"  {result['file']}:{result['line']}: {result['name']}: "
+                           f"{result['outcome']}", err=True)
+                for failure in result["failures"]:
+                    click.echo("    " + failure.replace("\n", "\n    "), err=True)
     click.echo(f"{summary['decisions']} replayed: {summary['changed']} changed, "
                f"{summary['unchanged']} unchanged, {summary['errors']} errors; actions "
                f"+{summary['actions']['added']} -{summary['actions']['removed']} "
@@ -597,7 +624,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
         html_out.write(replay_report_html(report))
     if summary["errors"]:
         sys.exit(2)
-    if fail_on_change and summary["changed"]:
+    if fail_on_change and (summary["changed"] or (scenarios or {}).get("failed")):
         sys.exit(1)
 
 

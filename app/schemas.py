@@ -400,6 +400,10 @@ class CandidateRulesetSchema(Schema):
         "description": "the ruleset the source replaces (its `ruleset:` must say the same)"})
     source = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000),
                            metadata={"description": "rule file text (YAML or JSON)"})
+    scenarios = fields.String(validate=validate.Length(min=1, max=1_000_000), metadata={
+        "description": "the candidate's scenario file (YAML or JSON, as `decision-service "
+                       "rules test` reads it): each runs against the candidate, and the "
+                       "report's scenarios holds the results"})
 
 
 MAX_REPLAY_CASES = 500
@@ -444,6 +448,10 @@ class ReplayReportSchema(Schema):
         "description": "per decision: decision_id, changed, diff (rules, actions, verdicts)"})
     summary = fields.Dict(required=True, metadata={
         "description": "counts and the most changed rules and policies"})
+    scenarios = fields.Dict(metadata={
+        "description": "with a candidate ruleset's scenarios: passed, failed (errors "
+                       "included) and results (file, name, line, outcome PASS, FAIL or "
+                       "ERROR, failures, fired)"})
 
 
 class FactSchema(Schema):

@@ -40,7 +40,8 @@ MAX_INPUT_COLUMNS = 8
 MAX_OUTPUT_COLUMNS = 8
 MAX_COLUMN_VALUES = 64
 MAX_CELL_TEXT = 100
-MAX_ANALYSIS_BOXES = 20_000  # pieces of input space the checks may hold or make in all
+MAX_ANALYSIS_BOXES = 20_000  # pieces of input space the checks may hold at once
+MAX_ANALYSIS_WORK = 300_000  # and column comparisons they may make in all (about 2 s)
 MAX_REPORTED = 10  # overlaps named per table (then "and N more")
 MAX_EXAMPLES = 3  # example inputs per gap warning
 
@@ -385,17 +386,26 @@ class Finding:
 
 
 class _Budget:
+    """What the checks of one table may take: a table's rows cut its input space into
+    pieces, and a hostile (or unlucky) table into more than any check could go through."""
+
     def __init__(self, table: str) -> None:
         self.table = table
         self.used = 0
 
-    def spend(self, boxes: int) -> None:
-        self.used += boxes
-        if self.used > MAX_ANALYSIS_BOXES:
-            raise TooComplex(
-                f"table {self.table} is too fragmented to check for overlaps and gaps (more "
-                f"than {MAX_ANALYSIS_BOXES:,} pieces of input space): split it into smaller "
-                "tables, or use fewer, wider ranges")
+    def _refuse(self, what: str) -> TooComplex:
+        return TooComplex(
+            f"table {self.table} is too fragmented to check for overlaps and gaps ({what}): "
+            "split it into smaller tables, or use fewer, wider ranges")
+
+    def spend(self, work: int) -> None:
+        self.used += work
+        if self.used > MAX_ANALYSIS_WORK:
+            raise self._refuse(f"more than {MAX_ANALYSIS_WORK:,} comparisons")
+
+    def hold(self, pieces: int) -> None:
+        if pieces > MAX_ANALYSIS_BOXES:
+            raise self._refuse(f"more than {MAX_ANALYSIS_BOXES:,} pieces of input space")
 
 
 def _intersect(a: Box, b: Box) -> Box | None:
@@ -412,6 +422,7 @@ def _subtract(region: list[Box], box: Box, budget: _Budget) -> list[Box]:
     """The boxes of `region` less `box`, as disjoint boxes."""
     left: list[Box] = []
     for piece in region:
+        budget.spend(len(piece))
         if _intersect(piece, box) is None:
             left.append(piece)
             continue
@@ -421,8 +432,8 @@ def _subtract(region: list[Box], box: Box, budget: _Budget) -> list[Box]:
             if not rest.empty:
                 left.append((*inside[:i], rest, *piece[i + 1:]))
             inside[i] = x & y  # type: ignore[operator]
-        budget.spend(len(piece))
-    budget.spend(len(left))
+        budget.spend(2 * len(piece))
+        budget.hold(len(left))
     return left
 
 
@@ -449,8 +460,7 @@ def check_table(name: str, hit_policy: str, columns: Sequence[Column],
     if hit_policy == "unique":
         overlaps = []
         for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                budget.spend(1)
+            for j in range(i + 1, len(boxes)):  # at most MAX_TABLE_ROWS² / 2: no budget
                 common = None if i + 1 in empty or j + 1 in empty else _intersect(
                     boxes[i], boxes[j])
                 if common is not None:
