@@ -447,6 +447,9 @@ class _Checker:
         before = len(self.problems)
         name = self.name(raw.get("table"), "table", _RULE_NAME, "the table name")
         self.at_rule = f"table {name}" if name else None
+        if name is not None and f"table {name}" in seen:
+            self.problem("table", "another table has this name")
+        seen.add(f"table {name}")  # (no rule name holds a space)
         self.keys(raw, "", ("table", "description", "hit_policy", "priority", "when", "unless",
                             "inputs", "outputs", "rows"), ("table", "when", "inputs", "rows"))
         hit_policy = raw.get("hit_policy", "unique")
