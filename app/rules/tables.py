@@ -41,7 +41,7 @@ MAX_OUTPUT_COLUMNS = 8
 MAX_COLUMN_VALUES = 64
 MAX_CELL_TEXT = 100
 MAX_ANALYSIS_BOXES = 20_000  # pieces of input space the checks may hold at once
-MAX_ANALYSIS_WORK = 300_000  # and column comparisons they may make in all (about 2 s)
+MAX_ANALYSIS_WORK = 60_000  # and the column sets they may compare or cut (about 1 s)
 MAX_REPORTED = 10  # overlaps named per table (then "and N more")
 MAX_EXAMPLES = 3  # example inputs per gap warning
 
@@ -401,16 +401,18 @@ class _Budget:
     def spend(self, work: int) -> None:
         self.used += work
         if self.used > MAX_ANALYSIS_WORK:
-            raise self._refuse(f"more than {MAX_ANALYSIS_WORK:,} comparisons")
+            raise self._refuse(f"more than {MAX_ANALYSIS_WORK:,} steps to check")
 
     def hold(self, pieces: int) -> None:
         if pieces > MAX_ANALYSIS_BOXES:
             raise self._refuse(f"more than {MAX_ANALYSIS_BOXES:,} pieces of input space")
 
 
-def _intersect(a: Box, b: Box) -> Box | None:
+def _intersect(a: Box, b: Box, budget: _Budget | None = None) -> Box | None:
     parts = []
     for x, y in zip(a, b, strict=True):
+        if budget is not None:
+            budget.spend(1)
         part = x & y  # type: ignore[operator]
         if part.empty:
             return None
@@ -422,8 +424,7 @@ def _subtract(region: list[Box], box: Box, budget: _Budget) -> list[Box]:
     """The boxes of `region` less `box`, as disjoint boxes."""
     left: list[Box] = []
     for piece in region:
-        budget.spend(len(piece))
-        if _intersect(piece, box) is None:
+        if _intersect(piece, box, budget) is None:
             left.append(piece)
             continue
         inside = list(piece)
