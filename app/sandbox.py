@@ -51,6 +51,7 @@ from app.policy.engines import UNDEFINED, Answer
 from app.policy.files import PolicySet
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
+from app.scenarios import bind, parse_scenarios  # imported before the child confines itself
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +424,6 @@ class _Child:
         return {"rulesets": files, "policy_revision": revision}
 
     def scenarios(self, request: dict[str, Any]) -> dict[str, Any]:
-        from app.scenarios import bind, parse_scenarios
-
         ruleset = self.rulesets[request["ruleset"]]
         data, lines = parse_scenarios(request["source"], request["file"])
         named = data.get("ruleset")

@@ -130,8 +130,9 @@ def test_pass_fail_and_error_each_say_so_with_a_diff(claims_dir: Path) -> None:
     assert "fact 2 (unowned_signal) names no department, and ruleset claims declares no " \
            "owner of its type" in out
     assert "PASS: 1/3\nFAIL: 1/3\nERROR: 1/3\n" in out
-    assert "coverage: ruleset claims: 2/3 rules fired by a scenario" in out
-    assert "  not fired: hold_suspicious (line 20)" in out
+    assert "coverage: ruleset claims: 2/4 rules fired by a scenario" in out
+    assert "  not fired: triage_row3 (table triage, row 3, line 19)\n" \
+           "  not fired: hold_suspicious (line 20)" in out
 
 
 def test_verdicts_are_expected_through_the_policies(claims_dir: Path) -> None:
@@ -211,7 +212,8 @@ def test_scenarios_in_python() -> None:
                for s in scenarios.scenarios]
     assert [r.outcome for r in results] == [PASS, FAIL, ERROR]
     assert results[0].fired == ["home_claim"]
-    assert coverage(ruleset, results) == ["hold_suspicious (line 20)"]
+    assert coverage(ruleset, results) == ["triage_row3 (table triage, row 3, line 19)",
+                                          "hold_suspicious (line 20)"]
     with pytest.raises(ScenarioInvalid) as caught:
         parse_scenarios("x" * 1_000_001, "big_test.yaml")
     assert "larger than 1000000 bytes" in caught.value.detail
@@ -241,7 +243,7 @@ scenarios:
     expect: {fired: [legal_review_required]}
   - name: a refused order tells the requester, through the live policies
     facts:
-      - {type: purchase_request, data: {request_id: S-3, amount: 60000, vendor: Globex,
+      - {type: purchase_request, data: {request_id: S-3, amount: 40000, vendor: Globex,
                                         requester: alice, needed_by: "2026-12-15"}}
       - {type: budget_check, data: {request_id: S-3, available: 300000, approver: alice,
                                     cost_center: CC-1}}

@@ -21,7 +21,7 @@ from app.rules.tables import MAX_TABLE_ROWS
 CLAIMS = """\
 ruleset: claims
 facts:
-  claim: {owners: [intake], fields: [claim_id, amount, product, region]}
+  claim: {{owners: [intake], fields: [claim_id, amount, product, region]}}
 rules:
   - table: triage
     hit_policy: {policy}
@@ -129,8 +129,8 @@ def test_unreachable_rows_and_gaps_are_warnings_with_examples() -> None:
         "no value (an empty range)",
         "claims.yaml:19: table triage: row 3 (line 19) is never reached: under hit policy "
         "first, row(s) 2 match every input it does",
-        "claims.yaml:5: table triage: no row covers some inputs, e.g. amount = 1000, "
-        "product = 'travel'; amount = 5000, product = 'auto'",
+        "claims.yaml:5: table triage: no row covers some inputs, e.g. amount = 5000, "
+        "product = 'auto'; amount = 1000, product = 'travel'",
     ]
     # The shadowed row never fires, whatever the engine proposes.
     result = evaluate(table, [claim("C-1", 2500, "auto")])
@@ -140,6 +140,7 @@ def test_unreachable_rows_and_gaps_are_warnings_with_examples() -> None:
 def test_a_numeric_column_with_bounds_is_checked_for_gaps_only_within_them() -> None:
     table = parse_ruleset("""\
 ruleset: scores
+facts: {score: {owners: [exams]}}
 rules:
   - table: bands
     when: {s: {type: score}}
@@ -150,7 +151,7 @@ rules:
       - {value: "(50..100]", grade: {g: high}}
 """, "scores.yaml")
     assert [str(w) for w in table.warnings] == [
-        "scores.yaml:3: table bands: no row covers some inputs, e.g. value = 50"]
+        "scores.yaml:4: table bands: no row covers some inputs, e.g. value = 50"]
 
 
 def test_a_table_in_a_json_rule_file() -> None:
@@ -193,8 +194,8 @@ def test_a_mixed_column_is_refused() -> None:
     problems = problems_of(CLAIMS.format(policy="collect", rows="""\
       - {amount: ">= 1000", route: true}
       - {amount: lots, route: true}"""))
-    assert any("claims.yaml:18" in p and "column amount holds numbers" in p for p in problems), \
-        problems
+    assert any("claims.yaml:18" in p and "'lots' is not a cell of numeric column amount" in p
+               for p in problems), problems
 
 
 def test_a_hostile_table_is_refused_fast_with_a_clear_error() -> None:
