@@ -62,6 +62,7 @@ browser:
 # (tests/redis_cluster.py starts it from the same redis-server binary).
 test: lint browser opa compliance
 	$(BIN)/decision-service rules validate rules/
+	$(BIN)/decision-service rules test rules/
 	$(BIN)/decision-service policy test rego/
 	$(BIN)/pytest
 	DECISION_TEST_REDIS=cluster $(BIN)/pytest

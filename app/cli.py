@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from app.config import OPTIONS, REQUEST_TIMEOUT_SECONDS, Settings
-from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, RulesetInvalid
+from app.errors import (
+    ConfigurationError,
+    DecisionServiceError,
+    PolicyInvalid,
+    RulesetInvalid,
+    ScenarioInvalid,
+)
 from app.store import EmbeddedRedis, is_cluster_url
 
 
@@ -148,6 +154,127 @@ def rules_validate(directory: Path | None) -> None:
     if failed:
         click.echo(f"{failed} problem(s) in {len(files)} rule file(s)", err=True)
         sys.exit(1)
+
+
+@rules.command("test")
+@click.argument("directory", required=False, type=click.Path(exists=True, file_okay=True,
+                                                              path_type=Path))
+@click.option("--policies", "policy_dir", type=click.Path(exists=True, file_okay=False,
+                                                          path_type=Path),
+              help="the policies of scenarios that expect verdicts (default: "
+                   "DECISION_POLICY_DIR)")
+@click.option("--coverage", "show_coverage", is_flag=True,
+              help="list the rules no scenario fires")
+def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: bool) -> None:
+    """Run the scenarios (*_test.yaml beside the rule files) in DIRECTORY (default:
+    DECISION_RULES_DIR), or one scenario file, as `opa test` runs Rego tests: one line per
+    scenario (PASS, FAIL or ERROR) and a diff for each failure. Exits 1 if a scenario
+    fails or errs, 2 if a scenario or rule file cannot be read (with file and line)."""
+    from app.rules import evaluate
+    from app.rules.loader import load_ruleset_file, rule_files
+    from app.scenarios import PASS, coverage, run_scenario, scenario_files
+
+    target = directory or _settings().rules_dir
+    folder = target.parent if target.is_file() else target
+    files = [target] if target.is_file() else scenario_files(target)
+    if not files:
+        click.echo(f"no scenario files (*_test.yaml, *_test.yml, *_test.json) in {target}",
+                   err=True)
+        return
+    rulesets: dict[str, Any] = {}  # name -> Ruleset, and rule file stem -> Ruleset
+    malformed = 0
+    for path in rule_files(folder):
+        try:
+            ruleset = load_ruleset_file(path)
+        except RulesetInvalid as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            malformed += 1
+            continue
+        rulesets[ruleset.name] = rulesets[f"file:{path.stem}"] = ruleset
+    gate = _scenario_gate(policy_dir)
+    results: dict[str, list[Any]] = {}  # ruleset name -> the results of its scenarios
+    tested = {}
+    for path in files:
+        loaded = _scenario_file(path, rulesets)
+        if loaded is None:
+            malformed += 1
+            continue
+        ruleset, scenarios = loaded
+        tested[ruleset.name] = ruleset
+        for scenario in scenarios.scenarios:
+            result = run_scenario(scenario, ruleset, file=str(path), evaluator=evaluate,
+                                  gate=gate)
+            results.setdefault(ruleset.name, []).append(result)
+            where = f"{path}:{result.line}" if result.line else str(path)
+            click.echo(f"{where}: {result.name}: {result.outcome} ({result.duration_ms:.1f}ms)")
+            for failure in result.failures:
+                click.echo("    " + failure.replace("\n", "\n    "))
+    everything = [result for found in results.values() for result in found]
+    click.echo("-" * 80)
+    for outcome in ("PASS", "FAIL", "ERROR"):
+        count = sum(1 for r in everything if r.outcome == outcome)
+        if count or outcome == "PASS":
+            click.echo(f"{outcome}: {count}/{len(everything)}")
+    if show_coverage:
+        for name, ruleset in sorted(tested.items()):
+            missing = coverage(ruleset, results.get(name, []))
+            fired = len(ruleset.rules) - len(missing)
+            click.echo(f"coverage: ruleset {name}: {fired}/{len(ruleset.rules)} rules fired "
+                       "by a scenario")
+            for rule in missing:
+                click.echo(f"  not fired: {rule}")
+    if malformed:
+        sys.exit(2)
+    if any(r.outcome != PASS for r in everything):
+        sys.exit(1)
+
+
+def _scenario_file(path: Path, rulesets: dict[str, Any]) -> tuple[Any, Any] | None:
+    """A scenario file's ruleset and scenarios, or None after printing why it cannot be
+    read (with file and line)."""
+    from app.errors import ScenarioInvalid
+    from app.scenarios import bind, parse_scenarios
+
+    try:
+        data, lines = parse_scenarios(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        click.echo(f"error: {path}: cannot be read: {exc}", err=True)
+        return None
+    except ScenarioInvalid as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        return None
+    name = data.get("ruleset")
+    stem = path.stem[:-len("_test")]
+    ruleset = rulesets.get(name) if name else rulesets.get(f"file:{stem}")
+    if ruleset is None:
+        wanted = f"ruleset {name!r}" if name else f"the ruleset of {stem}.yaml (it names no " \
+                                                   "ruleset:)"
+        click.echo(f"error: {path}: tests {wanted}, which none of the valid rule files "
+                   "beside it is", err=True)
+        return None
+    return ruleset, bind(data, lines, str(path), ruleset)
+
+
+def _scenario_gate(policy_dir: Path | None) -> Any:
+    """The policy gate of scenarios that expect verdicts, made when the first needs it."""
+    made: list[Any] = []
+
+    def gate() -> Any:
+        if not made:
+            from app.policy.engines import EmbeddedPolicyEngine
+            from app.policy.files import load_policy_set
+            from app.policy.gate import PolicyGate
+
+            settings = _settings()
+            policies = load_policy_set(policy_dir or settings.policy_dir)
+            made.append(PolicyGate(EmbeddedPolicyEngine(None, policies=policies),
+                                   governance_path=settings.policy_path,
+                                   access_path=settings.access_policy_path))
+        return made[0]
+
+    return gate
 
 
 @main.group()
@@ -444,7 +571,8 @@ def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool)
 @click.option("--json", "json_out", type=click.File("w"), help="write the report as JSON")
 @click.option("--html", "html_out", type=click.File("w"),
               help="write a self-contained HTML report")
-@click.option("--fail-on-change", is_flag=True, help="exit 1 if any decision changed")
+@click.option("--fail-on-change", is_flag=True,
+              help="exit 1 if any decision changed, or a candidate's scenario failed")
 def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until: Any,
            fact_sets: Any, rules_path: Path | None, policy_dir: Path | None, json_out: Any,
            html_out: Any, fail_on_change: bool) -> None:
@@ -458,8 +586,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
     from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
-    from app.replay import bulk, summarize
-    from app.rules.loader import rule_files
+    from app.replay import bulk, candidate_scenarios, summarize
+    from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
     from app.schemas import FactSetSchema, load
 
     def ms(moment: Any) -> int | None:
@@ -472,13 +600,19 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     try:
         sets = [load(FactSetSchema, json.loads(line)) for line in fact_sets
                 if line.strip()] if fact_sets else []
-        rule_sources = {}
+        rule_sources, scenario_sources = {}, {}
         if rules_path is not None:
             for path in [rules_path] if rules_path.is_file() else rule_files(rules_path):
                 rule_sources[str(path)] = path.read_text(encoding="utf-8")
+                for suffix in RULE_FILE_SUFFIXES:  # its scenarios, beside it
+                    tests = path.with_name(f"{path.stem}_test{suffix}")
+                    if tests.is_file():
+                        scenario_sources[str(path)] = tests.read_text(encoding="utf-8")
+                        break
         policy_sources = dict(load_policy_set(policy_dir).sources) if policy_dir else None
         candidates = service.candidates(rule_sources=rule_sources,
-                                        policy_sources=policy_sources, policy_overlay=False)
+                                        policy_sources=policy_sources, policy_overlay=False,
+                                        scenarios=scenario_sources)
         with bulk():
             cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
                                             since_ms=ms(since), until_ms=ms(until),
@@ -489,6 +623,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
             with service.replayer(candidates, per_call_budget=True) as replayer, \
                     click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
                 results = list(replayer.run(bar))
+                scenarios = candidate_scenarios(replayer, candidates.scenarios) if (
+                    candidates.scenarios and replayer.sandbox is not None) else None
                 failure = replayer.sandbox.failure if replayer.sandbox else None
                 loaded = replayer.candidates
         summary = summarize(results, loaded)
@@ -496,7 +632,9 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
             summary["candidate_error"] = failure
         report: dict[str, Any] = {"generated_at": rfc3339(system_clock()),
                                   "summary": summary, "results": results}
-    except (RulesetInvalid, PolicyInvalid) as exc:
+        if scenarios is not None:
+            report["scenarios"] = scenarios
+    except (RulesetInvalid, PolicyInvalid, ScenarioInvalid) as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(2)
@@ -504,6 +642,15 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
         raise click.ClickException(exc.detail) from exc
     finally:
         service.close()
+    if scenarios is not None:
+        click.echo(f"scenarios of the candidate rules: {scenarios['passed']} passed, "
+                   f"{scenarios['failed']} failed")
+        for result in scenarios["results"]:
+            if result["outcome"] != "PASS":
+                click.echo(f"  {result['file']}:{result['line']}: {result['name']}: "
+                           f"{result['outcome']}", err=True)
+                for failure in result["failures"]:
+                    click.echo("    " + failure.replace("\n", "\n    "), err=True)
     click.echo(f"{summary['decisions']} replayed: {summary['changed']} changed, "
                f"{summary['unchanged']} unchanged, {summary['errors']} errors; actions "
                f"+{summary['actions']['added']} -{summary['actions']['removed']} "
@@ -523,7 +670,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
         html_out.write(replay_report_html(report))
     if summary["errors"]:
         sys.exit(2)
-    if fail_on_change and summary["changed"]:
+    if fail_on_change and (summary["changed"] or (scenarios or {}).get("failed")):
         sys.exit(1)
 
 

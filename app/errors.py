@@ -6,6 +6,7 @@
     │   ├── MalformedRequest        400: the body is not JSON at all
     │   ├── RulesetInvalid          422: a rule file failed validation; lists file, line, rule
     │   ├── UnknownRule             422: the ruleset (version) asked about has no such rule
+    │   ├── ScenarioInvalid         422: a scenario file failed validation; lists file, line
     │   └── PolicyInvalid           422: a policy or data file failed to load; lists file, line
     ├── UnsupportedMediaType        415: the body is not declared as JSON
     ├── Unauthorized                401: no valid API key
@@ -119,6 +120,21 @@ class RulesetInvalid(InvalidInput):
     def __init__(self, problems: list[RuleProblem]) -> None:
         params = [InvalidParam(f"{p.file}" + (f":{p.line}" if p.line else "")
                                + (f" rule {p.rule}" if p.rule else ""), p.message)
+                  for p in problems]
+        more = len(problems) - 1
+        super().__init__(str(problems[0]) + (f" (and {more} more)" if more else ""), params)
+        self.problems = problems
+
+
+class ScenarioInvalid(InvalidInput):
+    """A file of scenarios for a ruleset (`decision-service rules test`) that cannot be read:
+    each problem with its file and line (`RuleProblem`, without a rule)."""
+
+    slug = "invalid-scenarios"
+    title = "The scenario file is not valid"
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        params = [InvalidParam(p.file + (f":{p.line}" if p.line else ""), p.message)
                   for p in problems]
         more = len(problems) - 1
         super().__init__(str(problems[0]) + (f" (and {more} more)" if more else ""), params)

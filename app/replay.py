@@ -331,3 +331,32 @@ def summarize(results: list[dict[str, Any]], candidates: Candidates) -> dict[str
                                   for reason, count in reasons.most_common(TOP)],
         "candidates": candidates.describe(),
     }
+
+
+def candidate_scenarios(replayer: Replayer, sources: Mapping[str, str]) -> dict[str, Any]:
+    """The scenarios sent with candidate rule files (rule file -> scenario text), each run
+    against its candidate in the replayer's sandbox, through the gate the what-if uses (the
+    candidate policies, else the live ones): `report["scenarios"]`, {passed, failed,
+    results}. ScenarioInvalid (file and line) for a malformed scenario text."""
+    from app.errors import CandidateFailed
+    from app.scenarios import ERROR, ScenarioResult, run_scenario, scenario_from_dict, summary
+
+    assert replayer.sandbox is not None  # candidates always run in one
+    by_file = {ruleset.file: ruleset for ruleset in replayer.candidates.rulesets.values()}
+    gate = replayer._candidate_gate or replayer.gate
+    results = []
+    for rule_file, text in sources.items():
+        ruleset = by_file.get(rule_file)
+        if ruleset is None:
+            continue  # (every candidate rule file is loaded, or the what-if failed)
+        file = f"{ruleset.name}_test.yaml"
+        try:
+            scenarios = replayer.sandbox.scenarios(ruleset, text, file)
+        except CandidateFailed as exc:  # its budget ran out: that is the candidate's error
+            results.append(ScenarioResult(file, "(reading the scenarios)", None, ERROR,
+                                          [exc.detail]))
+            continue
+        for scenario in scenarios:
+            results.append(run_scenario(scenario_from_dict(scenario), ruleset, file=file,
+                                        evaluator=replayer.sandbox.evaluate, gate=gate))
+    return summary(results)

@@ -51,6 +51,7 @@ from app.policy.engines import UNDEFINED, Answer
 from app.policy.files import PolicySet
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
+from app.scenarios import bind, parse_scenarios  # imported before the child confines itself
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class CandidateSources:
     rules: Mapping[str, str] = field(default_factory=dict)
     policies: Mapping[str, str] | None = None
     declared: Mapping[str, str] = field(default_factory=dict)  # file -> ruleset name
+    # rule file -> the text of its scenarios (app.scenarios), run against its candidate
+    scenarios: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -161,6 +164,13 @@ class Sandbox:
             rulesets[name] = Ruleset(name=name, version=version, source=sources.rules[file],
                                      file=file, rules=())  # its rules run only in the child
         return Candidates(rulesets, loaded["policy_revision"])
+
+    def scenarios(self, ruleset: Ruleset, source: str, file: str) -> list[dict[str, Any]]:
+        """A candidate ruleset's scenarios (app.scenarios), read and bound to it in the
+        child (each as `Scenario.as_dict`): ScenarioInvalid with file and line if malformed."""
+        reply = self._call({"op": "scenarios", "ruleset": ruleset.name, "source": source,
+                            "file": file})
+        return list(reply["scenarios"])
 
     def evaluate(self, ruleset: Ruleset, facts: Sequence[Mapping[str, Any]], *,
                  seconds: float | None = None) -> Evaluation:
@@ -366,6 +376,8 @@ def _error_from(error: dict[str, Any]) -> DecisionServiceError:
     kind, detail = error["class"], error["detail"]
     if kind == "RulesetInvalid":
         return errors.RulesetInvalid([RuleProblem(**p) for p in error["problems"]])
+    if kind == "ScenarioInvalid":
+        return errors.ScenarioInvalid([RuleProblem(**p) for p in error["problems"]])
     if kind == "PolicyInvalid":
         return errors.PolicyInvalid([PolicyProblem(**p) for p in error["problems"]])
     if kind == "InvalidInput":
@@ -378,7 +390,7 @@ def _error_from(error: dict[str, Any]) -> DecisionServiceError:
 
 def _error_reply(exc: DecisionServiceError) -> dict[str, Any]:
     error: dict[str, Any] = {"class": type(exc).__name__, "detail": exc.detail}
-    if isinstance(exc, errors.RulesetInvalid | errors.PolicyInvalid):
+    if isinstance(exc, errors.RulesetInvalid | errors.PolicyInvalid | errors.ScenarioInvalid):
         error["problems"] = [dataclasses.asdict(p) for p in exc.problems]
     elif isinstance(exc, errors.InvalidInput):
         error["params"] = [p.as_dict() for p in exc.invalid_params]
@@ -411,6 +423,17 @@ class _Child:
             revision = policies.revision
         return {"rulesets": files, "policy_revision": revision}
 
+    def scenarios(self, request: dict[str, Any]) -> dict[str, Any]:
+        ruleset = self.rulesets[request["ruleset"]]
+        data, lines = parse_scenarios(request["source"], request["file"])
+        named = data.get("ruleset")
+        if named is not None and named != ruleset.name:
+            raise errors.ScenarioInvalid([RuleProblem(
+                request["file"], f"ruleset: names {named!r}, but these are the scenarios of "
+                f"the candidate ruleset {ruleset.name!r}")])
+        bound = bind(data, lines, request["file"], ruleset)
+        return {"scenarios": [scenario.as_dict() for scenario in bound.scenarios]}
+
     def evaluate(self, request: dict[str, Any]) -> dict[str, Any]:
         from app.rules import evaluate
 
@@ -428,7 +451,8 @@ class _Child:
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     child = _Child()
-    calls = {"load": child.load, "evaluate": child.evaluate, "decide": child.decide}
+    calls = {"load": child.load, "evaluate": child.evaluate, "decide": child.decide,
+             "scenarios": child.scenarios}
     for line in stdin:
         request = orjson.loads(line)
         try:

@@ -346,6 +346,9 @@ class FiringSchema(Schema):
     facts = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                         metadata={"description": "alias -> id of the fact it matched"})
     round = fields.Integer(metadata={"description": "the round it first fired in"})
+    table = fields.String(metadata={"description": "a decision table's row fired: the table"})
+    row = fields.Integer(metadata={"description": "a decision table's row fired: its number "
+                                                  "(1-based)"})
 
 
 class DecisionRecordSchema(Schema):
@@ -433,6 +436,10 @@ class CandidateRulesetSchema(Schema):
         "description": "the ruleset the source replaces (its `ruleset:` must say the same)"})
     source = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000),
                            metadata={"description": "rule file text (YAML or JSON)"})
+    scenarios = fields.String(validate=validate.Length(min=1, max=1_000_000), metadata={
+        "description": "the candidate's scenario file (YAML or JSON, as `decision-service "
+                       "rules test` reads it): each runs against the candidate, and the "
+                       "report's scenarios holds the results"})
 
 
 MAX_REPLAY_CASES = 500
@@ -477,6 +484,10 @@ class ReplayReportSchema(Schema):
         "description": "per decision: decision_id, changed, diff (rules, actions, verdicts)"})
     summary = fields.Dict(required=True, metadata={
         "description": "counts and the most changed rules and policies"})
+    scenarios = fields.Dict(metadata={
+        "description": "with a candidate ruleset's scenarios: passed, failed (errors "
+                       "included) and results (file, name, line, outcome PASS, FAIL or "
+                       "ERROR, failures, fired)"})
 
 
 class FactSchema(Schema):

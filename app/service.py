@@ -56,7 +56,7 @@ from app.policy.engines import (
     SidecarPolicyEngine,
 )
 from app.policy.gate import PolicyGate
-from app.replay import ReplayCase, Replayer, summarize
+from app.replay import ReplayCase, Replayer, candidate_scenarios, summarize
 from app.rules import Evaluation, Ruleset, RulesetRegistry
 from app.rules.engine import Limits, evaluate
 from app.sandbox import Budget, CandidateSources, Sandbox
@@ -388,7 +388,8 @@ class DecisionService:
     def candidates(self, *, rule_sources: Mapping[str, str] | None = None,
                    policy_sources: Mapping[str, str] | None = None,
                    policy_overlay: bool = True,
-                   declared: Mapping[str, str] | None = None) -> CandidateSources:
+                   declared: Mapping[str, str] | None = None,
+                   scenarios: Mapping[str, str] | None = None) -> CandidateSources:
         """Candidate rule files (file name -> text; `declared`: the ruleset each should be)
         and policy files (path -> text), as a sandbox will load them. With
         `policy_overlay`, the given policy files replace (or, when empty, remove) the files
@@ -400,7 +401,8 @@ class DecisionService:
             files = dict(current.sources) if policy_overlay and current is not None else {}
             files.update(policy_sources)
             policies = {k: v for k, v in files.items() if v}
-        return CandidateSources(dict(rule_sources or {}), policies, dict(declared or {}))
+        return CandidateSources(dict(rule_sources or {}), policies, dict(declared or {}),
+                                dict(scenarios or {}))
 
     def replay_cases(self, *, decision_ids: Sequence[str] = (), subject: str | None = None,
                      since_ms: int | None = None, until_ms: int | None = None,
@@ -456,14 +458,18 @@ class DecisionService:
         """{results, summary} of replaying `cases` (against candidates, if any: one what-if
         at a time per DECISION_WHATIF_CONCURRENCY, else Busy)."""
         what_if = sources is not None and not sources.empty
+        scenarios = None
         with self.whatifs.hold() if what_if else contextlib.nullcontext(), \
                 self.replayer(sources) as replayer:
             results = list(replayer.run(cases))
+            if sources is not None and sources.scenarios and replayer.sandbox is not None:
+                scenarios = candidate_scenarios(replayer, sources.scenarios)
             failure = replayer.sandbox.failure if replayer.sandbox else None
         summary = summarize(results, replayer.candidates)
         if failure:
             summary["candidate_error"] = failure
-        return {"results": results, "summary": summary}
+        return {"results": results, "summary": summary,
+                **({"scenarios": scenarios} if scenarios is not None else {})}
 
     # --- the policy bundle -------------------------------------------------------------
 

@@ -269,7 +269,8 @@ def test_the_cli_writes_json_and_html_reports_and_gates_on_change(
 
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text((ROOT / "rules" / "procurement.yaml").read_text().replace(
-        "score: {\"<\": 0.5}", "score: {\"<\": 0.7}"))
+        '{score: "< 0.5", clear: true', '{score: "< 0.7", clear: true').replace(
+        '      - {score: "[0.5..0.7)"}\n', ""))
     report, page = tmp_path / "report.json", tmp_path / "report.html"
     what_if = CliRunner().invoke(main, ["replay", "--since", "2000-01-01", "--rules",
                                         str(candidate), "--json", str(report), "--html",

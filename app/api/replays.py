@@ -25,13 +25,15 @@ def create_replay() -> dict[str, Any]:
     body = load(ReplayInSchema, json_body())
     authorize("replays.create")
     svc = service()
-    rule_sources, declared = {}, {}
+    rule_sources, declared, scenarios = {}, {}, {}
     if "ruleset" in body:
         candidate = body["ruleset"]
         file = f"{candidate['name']}.yaml"
         rule_sources[file], declared[file] = candidate["source"], candidate["name"]
+        if "scenarios" in candidate:
+            scenarios[file] = candidate["scenarios"]
     candidates = svc.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"),
-                                declared=declared)
+                                declared=declared, scenarios=scenarios)
     cases, next_cursor = svc.replay_cases(
         decision_ids=body.get("decision_ids", []), subject=body.get("subject"),
         since_ms=_ms(body.get("since")), until_ms=_ms(body.get("until")),

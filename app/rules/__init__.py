@@ -1,6 +1,7 @@
 """The rules engine: rule files as data, compiled to durable_rules, forward chaining.
 
     loader    rule file text -> validated `Ruleset` (or every problem, located)
+    tables    decision tables: what their cells mean; overlaps, unreachable rows and gaps
     model     the validated form, and what each condition means
     regex     the `matches` dialect, checked and run in RE2
     compiler  `Ruleset` -> durable_rules definition

@@ -93,9 +93,12 @@ _TAGS = itertools.count(1)
 class Firing:
     rule: str
     facts: dict[str, str]  # alias -> id of the fact it matched
+    table: str | None = None  # a decision table's row: the table, and the row (1-based)
+    row: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "facts": dict(self.facts)}
+        return {"rule": self.rule, "facts": dict(self.facts),
+                **({"table": self.table, "row": self.row} if self.table is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ class Evaluation:
         """The evaluation `as_dict` describes (as a sandbox sends it back)."""
         return cls(data["ruleset"]["name"], data["ruleset"]["version"],
                    reads_verdicts=bool(data.get("reads_verdicts")),
-                   fired=[Firing(f["rule"], dict(f["facts"])) for f in data["fired"]],
+                   fired=[Firing(f["rule"], dict(f["facts"]), f.get("table"), f.get("row"))
+                          for f in data["fired"]],
                    derived_facts=list(data["derived_facts"]),
                    actions=[ProposedAction(a["id"], a["type"], a["params"], a["rule"],
                                            tuple(a.get("requires", ())))
@@ -364,7 +368,8 @@ class _Run:
                 f"ruleset {self.ruleset.name} did not come to rest within "
                 f"{self.limits.firings} firings (DECISION_MAX_FIRINGS; last: rule {rule.name})")
         self.result.fired.append(
-            Firing(rule.name, {p.alias: bindings[p.alias]["_id"] for p in rule.when}))
+            Firing(rule.name, {p.alias: bindings[p.alias]["_id"] for p in rule.when},
+                   rule.table, rule.row))
         for step in rule.then:
             if isinstance(step, Propose):
                 self._propose(rule, step, bindings)

@@ -264,6 +264,12 @@ class Rule:
     then: tuple[Step, ...]
     line: int | None = None
     description: str = ""
+    # A rule compiled from a row of a decision table (app.rules.tables): the table's name
+    # and the row's number (1-based), recorded with each firing; and under hit policy
+    # `first`, the earlier rows' cell tests, none of which may hold for this row to fire.
+    table: str | None = None
+    row: int | None = None
+    excludes: tuple[tuple[Pattern, ...], ...] = ()
     # The fields `then` fills in: a match whose facts lack one (or hold null there) is no
     # match, so no action or derived fact ever carries a null the rule did not write.
     needs: tuple[Ref, ...] = dataclass_field(default=(), init=False, compare=False)
@@ -276,11 +282,14 @@ class Rule:
 
     def holds(self, bindings: Bindings, facts: list[EngineFact],
               by_type: Mapping[str, list[EngineFact]] | None = None) -> bool:
-        """Do the matched facts satisfy `when`, hold every field `then` refers to, and does
-        no fact satisfy any `unless`? (`by_type`, the same facts grouped by type, spares
-        scanning them all.)"""
+        """Do the matched facts satisfy `when` (and no earlier row of a `first` table), hold
+        every field `then` refers to, and does no fact satisfy any `unless`? (`by_type`, the
+        same facts grouped by type, spares scanning them all.)"""
         for pattern in self.when:
             if not pattern.matches(bindings[pattern.alias], bindings):
+                return False
+        for earlier in self.excludes:  # a `first` table's earlier row that matches takes it
+            if all(p.matches(bindings[p.alias], bindings) for p in earlier):
                 return False
         for ref in self.needs:
             if ref.resolve(bindings) is None:
