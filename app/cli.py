@@ -13,6 +13,44 @@ from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, 
 from app.store import EmbeddedRedis, is_cluster_url
 
 
+class Moment(click.ParamType):
+    """`YYYY-MM-DD` (midnight UTC) or an ISO 8601 time with its offset (`app.clock.parse_moment`,
+    the one reading of a moment every command shares)."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from datetime import datetime
+
+        from app.clock import parse_moment
+
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_moment(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _epoch_ms(moment: Any) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _subject(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A subject as the API takes it (GET /v1/decisions?subject=): a typo is refused, not
+    answered with nothing."""
+    from app.errors import InvalidInput
+    from app.schemas import DecisionQuerySchema, load
+
+    if value is None:
+        return None
+    try:
+        return str(load(DecisionQuerySchema, {"subject": value})["subject"])
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.detail) from exc
+
+
 def _settings() -> Settings:
     try:
         return Settings.load()
@@ -260,27 +298,34 @@ def decisions() -> None:
 
 
 @decisions.command("export")
-@click.option("--subject", help="only this subject's decisions (newest first)")
+@click.option("--subject", callback=_subject, help="only this subject's decisions (newest first)")
+@click.option("--since", type=Moment(),
+              help="recorded at or after: YYYY-MM-DD (midnight UTC) or an ISO 8601 time with "
+                   "its offset (2026-11-01T09:30:00+01:00)")
+@click.option("--until", type=Moment(), help="recorded at or before (as --since)")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="file (default: stdout)")
-def decisions_export(subject: str | None, output: Any) -> None:
-    """Write recorded decisions as JSON lines."""
+def decisions_export(subject: str | None, since: Any, until: Any, output: Any) -> None:
+    """Write recorded decisions as JSON lines (oldest first; a subject's newest first)."""
     import json
 
     from app.errors import NotFound
 
+    if since is not None and until is not None and until < since:
+        raise click.BadParameter(f"{until.isoformat()} is before --since {since.isoformat()}",
+                                 param_hint="--until")
     service = _open_service()
     count = 0
     try:
+        log = service.decisions
         if subject:
-            records = service.decisions.recent(subject, limit=1_000_000)
+            ids = log.ids_of(subject, since_ms=_epoch_ms(since), until_ms=_epoch_ms(until))[::-1]
         else:
-            records = []
-            for decision_id in service.decisions.all_ids():
-                try:
-                    records.append(service.decisions.get(decision_id))
-                except NotFound:
-                    continue  # expired while exporting
-        for record in records:
+            ids = log.all_ids(since_ms=_epoch_ms(since), until_ms=_epoch_ms(until))
+        for decision_id in ids:
+            try:
+                record = log.get(decision_id)
+            except NotFound:
+                continue  # expired while exporting
             output.write(json.dumps(record, sort_keys=True) + "\n")
             count += 1
     finally:
@@ -384,10 +429,10 @@ def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool)
 @main.command()
 @click.option("--decision", "decision_ids", multiple=True, help="a decision id (repeatable)")
 @click.option("--subject", help="every recorded decision of this subject")
-@click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or after (e.g. 2026-11-01 or 2026-11-01T00:00:00+00:00, UTC)")
-@click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or before")
+@click.option("--since", type=Moment(),
+              help="recorded at or after: YYYY-MM-DD (midnight UTC) or an ISO 8601 time with "
+                   "its offset (2026-11-01T09:30:00+01:00)")
+@click.option("--until", type=Moment(), help="recorded at or before (as --since)")
 @click.option("--fact-sets", type=click.File("r"),
               help="JSON lines of {subject, ruleset, facts} to decide on")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path),
@@ -408,19 +453,12 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     revision it was recorded with, and nothing may change. Never dispatches. Exits 2
     when a decision could not be replayed, 1 with --fail-on-change when one changed."""
     import json
-    from datetime import UTC
 
     from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
     from app.replay import bulk, summarize
     from app.rules.loader import rule_files
     from app.schemas import FactSetSchema, load
-
-    def ms(moment: Any) -> int | None:
-        if moment is None:
-            return None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
 
     service = _open_service()
     try:
@@ -435,7 +473,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
                                         policy_sources=policy_sources, policy_overlay=False)
         with bulk():
             cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
-                                            since_ms=ms(since), until_ms=ms(until),
+                                            since_ms=_epoch_ms(since), until_ms=_epoch_ms(until),
                                             fact_sets=sets)
             if not cases:
                 raise click.UsageError("nothing to replay: give --decision, --subject, "

@@ -372,6 +372,44 @@ def test_the_export_writes_json_lines(make_app: AppFactory, tmp_path: Path,
     assert {json.loads(line)["decision_id"] for line in out.read_text().splitlines()} == ids
 
 
+def test_the_export_takes_a_time_range_and_refuses_a_bad_subject(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case() + case("PR-2")})
+    pr2 = decide(client, "PR-2")["decision_id"]
+    ids = {decide(client)["decision_id"], pr2}
+    monkeypatch.setenv("DECISION_REDIS_URL", redis_url)
+
+    def export(*options: str) -> tuple[int, set[str], str]:
+        result = CliRunner().invoke(main, ["decisions", "export", *options])
+        lines = result.stdout.splitlines() if result.exit_code == 0 else []
+        return result.exit_code, {json.loads(line)["decision_id"] for line in lines}, \
+            result.output
+
+    now = datetime.now(UTC)
+    a_minute_ago = (now - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=2)))
+    tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert export("--since", a_minute_ago.isoformat())[:2] == (0, ids)
+    assert export("--since", now.strftime("%Y-%m-%d"), "--until", tomorrow)[:2] == (0, ids)
+    assert export("--since", tomorrow)[:2] == (0, set())
+    assert export("--until", "2026-01-01T00:00:00Z")[:2] == (0, set())
+    assert export("--subject", "PR-2", "--since", a_minute_ago.isoformat())[:2] == (0, {pr2})
+    assert export("--subject", "PR-2", "--until", "2026-01-01")[:2] == (0, set())
+
+    code, _, output = export("--subject", "PR 2")
+    assert code != 0 and "Invalid value for '--subject'" in output and "letters" in output
+    code, _, output = export("--since", "last week")
+    assert code != 0 and "'last week' is not YYYY-MM-DD" in output
+    code, _, output = export("--since", "2026-11-02", "--until", "2026-11-01")
+    assert code != 0 and "before --since" in output
+
+
 def test_an_action_already_queued_for_the_subject_is_not_sent_again(
         make_app: AppFactory, executor: Executor, tmp_path: Path) -> None:
     app = make_app(executors_file=executors_file(tmp_path, executor.url))
