@@ -58,17 +58,28 @@ def _settings() -> Settings:
         raise click.ClickException(exc.detail) from exc
 
 
+# Commands that run until stopped: their INFO lines (what was loaded, started, decided)
+# are what an operator watches. The others log warnings and errors only, unless asked.
+_LONG_RUNNING = ("serve", "worker")
+
+
 @click.group()
-@click.option("-v", "--verbose", is_flag=True, help="log debug messages")
-def main(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="log info and debug messages too")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Rule-engine decision service with OPA governance."""
     from app.logs import configure
 
     try:
-        log_format = Settings.load().log_format
+        settings = Settings.load()
+        log_format, level = settings.log_format, settings.log_level
     except ConfigurationError:
-        log_format = "json"  # the command itself reports the bad setting
-    configure(log_format, verbose=verbose)
+        log_format, level = "json", None  # the command itself reports the bad setting
+    if verbose:
+        level = "DEBUG"
+    elif level is None:
+        level = "INFO" if ctx.invoked_subcommand in _LONG_RUNNING else "WARNING"
+    configure(log_format, level=level)
 
 
 @main.command()
@@ -520,6 +531,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
 
 def _run_gunicorn(settings: Settings) -> None:
+    import logging
+
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
 
@@ -540,7 +553,8 @@ def _run_gunicorn(settings: Settings) -> None:
             self.cfg.set("worker_class", "sync")
             self.cfg.set("timeout", REQUEST_TIMEOUT_SECONDS)
             self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("logconfig_dict", dict_config(settings.log_format))
+            self.cfg.set("logconfig_dict", dict_config(  # the level `main` chose
+                settings.log_format, level=logging.getLevelName(logging.getLogger().level)))
             self.cfg.set("logger_class", AccessLogger)
 
         def load(self) -> Any:
