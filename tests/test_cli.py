@@ -35,11 +35,28 @@ def test_rules_validate_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert "2 problem(s) in 3 rule file(s)" in result.output
 
 
-def test_config_prints_every_variable() -> None:
+def test_config_prints_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DECISION_REDIS_URL", "DECISION_MASK_FIELDS", "DECISION_BACKGROUND_WORKER",
+                 "DECISION_REDIS_CLUSTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DECISION_POLICY_ALLOWED_BUILTINS", "http.send,opa.runtime")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 0
-    assert "DECISION_REDIS_URL=" in result.output
-    assert "DECISION_RULES_DIR=" in result.output
+    lines = result.output.splitlines()
+    values = dict(line.split("=", 1) for line in lines if line.startswith("DECISION_"))
+    assert values["DECISION_RULES_DIR"] == "rules"
+    # Unset and empty in words, never Python's None or ()
+    assert values["DECISION_REDIS_URL"] == "(not set)"
+    assert values["DECISION_MASK_FIELDS"] == "none"
+    assert values["DECISION_POLICY_ALLOWED_BUILTINS"] == "http.send,opa.runtime"
+    assert values["DECISION_BACKGROUND_WORKER"] == "true"
+    defaults = [line for line in lines if "(default: " in line]
+    assert len(defaults) == len(values)
+    assert not [line for line in defaults if line.endswith(("(default: )", "(default: ())"))]
+    assert "(default: not set)" in "\n".join(defaults)
+    assert "(default: none)" in "\n".join(defaults)
+    assert values["DECISION_REDIS_CLUSTER"] == "auto"
+    assert not [line for line in lines if line.endswith(("=", "=()", "=None"))]
 
 
 def test_policy_test_runs_the_sample_policy_tests() -> None:
