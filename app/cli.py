@@ -122,6 +122,12 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
         host=host or settings.host, port=port or settings.port,
         workers=workers or settings.workers,
     )
+    taken = _cannot_listen(settings.host, settings.port)
+    if taken:  # before Redis starts and before "listening": gunicorn would retry, then fail
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {taken} (another server, "
+            "perhaps another `decision-service serve`, holds it: stop it, or choose another "
+            "port with --port or DECISION_PORT)")
     embedded = None
     if settings.redis_url is None:
         # Started here, before the workers fork, so that every worker shares it.
@@ -143,6 +149,36 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not bind host:port now (as gunicorn binds: SO_REUSEADDR, so a
+    port left in TIME_WAIT is free), or None when it could."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"{host} is no address here ({exc.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _control_socket(settings: Settings) -> Path | None:
+    """gunicorn's control socket (`gunicornc`) of this instance, in the data directory and
+    named by port; by default gunicorn puts one in ~/.gunicorn that every instance of the
+    user shares, each new one taking it from the last. None (no control socket) when the
+    path is too long for a Unix socket."""
+    from app.store import MAX_SOCKET_PATH
+
+    path = settings.data_dir.resolve() / f"gunicorn-{settings.port}.ctl"
+    return path if len(str(path)) <= MAX_SOCKET_PATH else None
 
 
 @main.command("echo-executor")
@@ -571,6 +607,13 @@ def _run_gunicorn(settings: Settings) -> None:
             self.cfg.set("logconfig_dict", dict_config(  # the level `main` chose
                 settings.log_format, level=logging.getLevelName(logging.getLogger().level)))
             self.cfg.set("logger_class", AccessLogger)
+            control = _control_socket(settings)
+            if "control_socket" not in self.cfg.settings:
+                pass  # a gunicorn before 25.1 has none
+            elif control is None:
+                self.cfg.set("control_socket_disable", True)
+            else:
+                self.cfg.set("control_socket", str(control))
 
         def load(self) -> Any:
             # Each worker builds its own app after fork: its own Redis pool and engines.
