@@ -39,7 +39,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \
-	  scripts/name-folding scripts/compliance
+	  scripts/name-folding scripts/compliance scripts/_venv.py
 	$(BIN)/mypy
 
 # The compliance toolchain on rego/ with the OPA the service runs (README, "Compliance

@@ -19,6 +19,44 @@ from app.errors import (
 from app.store import EmbeddedRedis, is_cluster_url
 
 
+class Moment(click.ParamType):
+    """`YYYY-MM-DD` (midnight UTC) or an ISO 8601 time with its offset (`app.clock.parse_moment`,
+    the one reading of a moment every command shares)."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from datetime import datetime
+
+        from app.clock import parse_moment
+
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_moment(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _epoch_ms(moment: Any) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _subject(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A subject as the API takes it (GET /v1/decisions?subject=): a typo is refused, not
+    answered with nothing."""
+    from app.errors import InvalidInput
+    from app.schemas import DecisionQuerySchema, load
+
+    if value is None:
+        return None
+    try:
+        return str(load(DecisionQuerySchema, {"subject": value})["subject"])
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.detail) from exc
+
+
 def _settings() -> Settings:
     try:
         return Settings.load()
@@ -26,17 +64,28 @@ def _settings() -> Settings:
         raise click.ClickException(exc.detail) from exc
 
 
+# Commands that run until stopped: their INFO lines (what was loaded, started, decided)
+# are what an operator watches. The others log warnings and errors only, unless asked.
+_LONG_RUNNING = ("serve", "worker")
+
+
 @click.group()
-@click.option("-v", "--verbose", is_flag=True, help="log debug messages")
-def main(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="log info and debug messages too")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Rule-engine decision service with OPA governance."""
     from app.logs import configure
 
     try:
-        log_format = Settings.load().log_format
+        settings = Settings.load()
+        log_format, level = settings.log_format, settings.log_level
     except ConfigurationError:
-        log_format = "json"  # the command itself reports the bad setting
-    configure(log_format, verbose=verbose)
+        log_format, level = "json", None  # the command itself reports the bad setting
+    if verbose:
+        level = "DEBUG"
+    elif level is None:
+        level = "INFO" if ctx.invoked_subcommand in _LONG_RUNNING else "WARNING"
+    configure(log_format, level=level)
 
 
 @main.command()
@@ -45,8 +94,23 @@ def config() -> None:
     settings = _settings()
     for option in OPTIONS:
         value = getattr(settings, option.field)
-        click.echo(f"{option.env}={'' if value is None else value}")
-        click.echo(f"    {option.help} (default: {option.default or 'unset'})")
+        shown = (option.default or "(not set)") if value is None else _shown(value)
+        default = option.default or _shown(option.parse("")).strip("()")
+        click.echo(f"{option.env}={shown}")
+        click.echo(f"    {option.help} (default: {default})")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in words, not Python's: '(not set)', 'none' for an empty list, a
+    list comma-separated, a flag true or false. (An option that parses to None from a
+    default it has, `auto`, shows that default.)"""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 @main.command()
@@ -64,6 +128,12 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
         host=host or settings.host, port=port or settings.port,
         workers=workers or settings.workers,
     )
+    taken = _cannot_listen(settings.host, settings.port)
+    if taken:  # before Redis starts and before "listening": gunicorn would retry, then fail
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {taken} (another server, "
+            "perhaps another `decision-service serve`, holds it: stop it, or choose another "
+            "port with --port or DECISION_PORT)")
     embedded = None
     if settings.redis_url is None:
         # Started here, before the workers fork, so that every worker shares it.
@@ -85,6 +155,36 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not bind host:port now (as gunicorn binds: SO_REUSEADDR, so a
+    port left in TIME_WAIT is free), or None when it could."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"{host} is no address here ({exc.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _control_socket(settings: Settings) -> Path | None:
+    """gunicorn's control socket (`gunicornc`) of this instance, in the data directory and
+    named by port; by default gunicorn puts one in ~/.gunicorn that every instance of the
+    user shares, each new one taking it from the last. None (no control socket) when the
+    path is too long for a Unix socket."""
+    from app.store import MAX_SOCKET_PATH
+
+    path = settings.data_dir.resolve() / f"gunicorn-{settings.port}.ctl"
+    return path if len(str(path)) <= MAX_SOCKET_PATH else None
 
 
 @main.command("echo-executor")
@@ -387,27 +487,34 @@ def decisions() -> None:
 
 
 @decisions.command("export")
-@click.option("--subject", help="only this subject's decisions (newest first)")
+@click.option("--subject", callback=_subject, help="only this subject's decisions (newest first)")
+@click.option("--since", type=Moment(),
+              help="recorded at or after: YYYY-MM-DD (midnight UTC) or an ISO 8601 time with "
+                   "its offset (2026-11-01T09:30:00+01:00)")
+@click.option("--until", type=Moment(), help="recorded at or before (as --since)")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="file (default: stdout)")
-def decisions_export(subject: str | None, output: Any) -> None:
-    """Write recorded decisions as JSON lines."""
+def decisions_export(subject: str | None, since: Any, until: Any, output: Any) -> None:
+    """Write recorded decisions as JSON lines (oldest first; a subject's newest first)."""
     import json
 
     from app.errors import NotFound
 
+    if since is not None and until is not None and until < since:
+        raise click.BadParameter(f"{until.isoformat()} is before --since {since.isoformat()}",
+                                 param_hint="--until")
     service = _open_service()
     count = 0
     try:
+        log = service.decisions
         if subject:
-            records = service.decisions.recent(subject, limit=1_000_000)
+            ids = log.ids_of(subject, since_ms=_epoch_ms(since), until_ms=_epoch_ms(until))[::-1]
         else:
-            records = []
-            for decision_id in service.decisions.all_ids():
-                try:
-                    records.append(service.decisions.get(decision_id))
-                except NotFound:
-                    continue  # expired while exporting
-        for record in records:
+            ids = log.all_ids(since_ms=_epoch_ms(since), until_ms=_epoch_ms(until))
+        for decision_id in ids:
+            try:
+                record = log.get(decision_id)
+            except NotFound:
+                continue  # expired while exporting
             output.write(json.dumps(record, sort_keys=True) + "\n")
             count += 1
     finally:
@@ -557,10 +664,10 @@ def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool)
 @main.command()
 @click.option("--decision", "decision_ids", multiple=True, help="a decision id (repeatable)")
 @click.option("--subject", help="every recorded decision of this subject")
-@click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or after (e.g. 2026-11-01 or 2026-11-01T00:00:00+00:00, UTC)")
-@click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or before")
+@click.option("--since", type=Moment(),
+              help="recorded at or after: YYYY-MM-DD (midnight UTC) or an ISO 8601 time with "
+                   "its offset (2026-11-01T09:30:00+01:00)")
+@click.option("--until", type=Moment(), help="recorded at or before (as --since)")
 @click.option("--fact-sets", type=click.File("r"),
               help="JSON lines of {subject, ruleset, facts} to decide on")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path),
@@ -582,19 +689,12 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     revision it was recorded with, and nothing may change. Never dispatches. Exits 2
     when a decision could not be replayed, 1 with --fail-on-change when one changed."""
     import json
-    from datetime import UTC
 
     from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
     from app.replay import bulk, candidate_scenarios, summarize
     from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
     from app.schemas import FactSetSchema, load
-
-    def ms(moment: Any) -> int | None:
-        if moment is None:
-            return None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
 
     service = _open_service()
     try:
@@ -615,7 +715,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
                                         scenarios=scenario_sources)
         with bulk():
             cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
-                                            since_ms=ms(since), until_ms=ms(until),
+                                            since_ms=_epoch_ms(since), until_ms=_epoch_ms(until),
                                             fact_sets=sets)
             if not cases:
                 raise click.UsageError("nothing to replay: give --decision, --subject, "
@@ -675,6 +775,8 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
 
 def _run_gunicorn(settings: Settings) -> None:
+    import logging
+
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
 
@@ -695,8 +797,16 @@ def _run_gunicorn(settings: Settings) -> None:
             self.cfg.set("worker_class", "sync")
             self.cfg.set("timeout", REQUEST_TIMEOUT_SECONDS)
             self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("logconfig_dict", dict_config(settings.log_format))
+            self.cfg.set("logconfig_dict", dict_config(  # the level `main` chose
+                settings.log_format, level=logging.getLevelName(logging.getLogger().level)))
             self.cfg.set("logger_class", AccessLogger)
+            control = _control_socket(settings)
+            if "control_socket" not in self.cfg.settings:
+                pass  # a gunicorn before 25.1 has none
+            elif control is None:
+                self.cfg.set("control_socket_disable", True)
+            else:
+                self.cfg.set("control_socket", str(control))
 
         def load(self) -> Any:
             # Each worker builds its own app after fork: its own Redis pool and engines.

@@ -78,6 +78,12 @@ def _log_format(raw: str) -> str:
     return raw
 
 
+def _log_level(raw: str) -> str | None:
+    if raw and raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR (or empty)")
+    return raw.upper() or None
+
+
 def _bundle_name(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", raw):
         raise ValueError("must be 1 to 64 letters, digits, '_', '.' or '-'")
@@ -106,6 +112,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("env", "development", _environment,
            "'production' refuses to start without an API keys file"),
     Option("log_format", "json", _log_format, "json (one object a line) or text"),
+    Option("log_level", "", _log_level,
+           "DEBUG, INFO, WARNING or ERROR; empty: INFO for `serve` and `worker`, warnings and "
+           "errors only for the other commands (`--verbose`: DEBUG)"),
     Option("access_log", "false", _boolean,
            "`serve` also logs a line per HTTP request (gunicorn's access log)"),
     Option("host", "127.0.0.1", str, "address `serve` binds to"),
@@ -207,6 +216,7 @@ class Settings:
 
     env: str
     log_format: str
+    log_level: str | None
     access_log: bool
     host: str
     port: int

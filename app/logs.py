@@ -73,9 +73,9 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s:%(context_text)s %(message)s"
 
 
-def dict_config(log_format: str, *, verbose: bool = False) -> dict[str, Any]:
+def dict_config(log_format: str, *, level: str = "INFO") -> dict[str, Any]:
     """The logging configuration (for `logging.config.dictConfig`, and for gunicorn, whose
-    own lines then come out the same way): stderr, JSON lines or text."""
+    own lines then come out the same way): stderr, JSON lines or text, from `level` up."""
     formatter = {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
     return {
         "version": 1,
@@ -83,11 +83,11 @@ def dict_config(log_format: str, *, verbose: bool = False) -> dict[str, Any]:
         "formatters": {"service": formatter},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "service",
                                 "stream": "ext://sys.stderr"}},
-        "root": {"level": "DEBUG" if verbose else "INFO", "handlers": ["stderr"]},
-        "loggers": {name: {"level": "INFO", "handlers": [], "propagate": True}
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {name: {"level": level, "handlers": [], "propagate": True}
                     for name in ("gunicorn.error", "gunicorn.access")},
     }
 
 
-def configure(log_format: str, *, verbose: bool = False) -> None:
-    logging.config.dictConfig(dict_config(log_format, verbose=verbose))
+def configure(log_format: str, *, level: str = "INFO") -> None:
+    logging.config.dictConfig(dict_config(log_format, level=level))

@@ -281,9 +281,38 @@ class InlineFactSchema(Schema):
     data = FactData(required=True)
     id = Identifier(FACT_ID_PATTERN, rule=_SUBJECT_RULE, metadata={
         "description": "an inline fact with a pooled fact's id stands in for it"})
+    subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, metadata={
+        "description": "optional, as a fact copied from the pool has it: must be the "
+                       "request's subject"})
 
 
-class DecisionInSchema(Schema):
+class _InlineFactsOfItsSubject(Schema):
+    """A request whose inline facts are about its subject. A fact copied from the pool names
+    its subject: taken when that is the request's (and dropped: the request says it once),
+    refused when it is another, naming the fact, rather than decided on as if it were not."""
+
+    @validates_schema
+    def _same_subject(self, data: Mapping[str, Any], **_: Any) -> None:
+        subject = data.get("subject")
+        wrong = {}
+        for index, fact in enumerate(data.get("facts") or ()):
+            if subject is None or fact.get("subject", subject) == subject:
+                continue
+            named = f"the fact {fact['id']!r}" if fact.get("id") else "the fact"
+            wrong[f"facts.{index}.subject"] = [
+                f"{named} is about {fact['subject']!r}, not {subject!r}, the subject of the "
+                "request"]
+        if wrong:
+            raise ValidationError(wrong)
+
+    @post_load
+    def _subjects_dropped(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        data["facts"] = [{key: value for key, value in fact.items() if key != "subject"}
+                         for fact in data["facts"]]
+        return data
+
+
+class DecisionInSchema(_InlineFactsOfItsSubject):
     """A request for a decision on one subject."""
 
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
@@ -423,7 +452,7 @@ class WhyNotSchema(Schema):
         "description": "the search stopped at its limit: the nearest match found within it"})
 
 
-class FactSetSchema(Schema):
+class FactSetSchema(_InlineFactsOfItsSubject):
     """Facts to decide on without a recorded decision: what-if for a hand-made case."""
 
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)

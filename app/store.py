@@ -36,7 +36,7 @@ from app.errors import Busy, StoreUnavailable
 log = logging.getLogger(__name__)
 
 # A unix socket path longer than this does not fit in sockaddr_un.
-_MAX_SOCKET_PATH = 100
+MAX_SOCKET_PATH = 100
 _PR_SET_PDEATHSIG = 1
 
 
@@ -168,7 +168,7 @@ class EmbeddedRedis:
 
     def _choose_socket_path(self) -> str:
         path = str(self.data_dir / "redis.sock")
-        if len(path) <= _MAX_SOCKET_PATH:
+        if len(path) <= MAX_SOCKET_PATH:
             return path
         self._socket_dir = tempfile.mkdtemp(prefix="ds-redis-")
         return os.path.join(self._socket_dir, "redis.sock")
@@ -215,6 +215,10 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # Not in the terminal's process group: Ctrl-C reaches the server processes,
+            # which stop first, and `stop()` ends Redis after them (a Redis that got the
+            # same SIGINT went away under workers still using it: "Redis did not answer").
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout_seconds
         while time.monotonic() < deadline:

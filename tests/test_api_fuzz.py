@@ -43,7 +43,12 @@ def strategy(operation: Any, mode: GenerationMode) -> SearchStrategy[schemathesi
 
 
 def on_the_sample_ruleset(case: schemathesis.Case) -> schemathesis.Case:
-    case.body = {**case.body, "ruleset": "procurement"}
+    """On the sample ruleset; and an inline fact that names a subject names the request's
+    (a rule across fields that JSON Schema cannot state: another subject is a 422)."""
+    facts = [{**fact, "subject": case.body["subject"]} if "subject" in fact else fact
+             for fact in case.body.get("facts", [])]
+    case.body = {**case.body, "ruleset": "procurement",
+                 **({"facts": facts} if "facts" in case.body else {})}
     return case
 
 

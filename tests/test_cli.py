@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pytest
+import redis
 from click.testing import CliRunner
 from rules_support import SAMPLE_RULES
 
@@ -32,11 +35,28 @@ def test_rules_validate_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert "2 problem(s) in 3 rule file(s)" in result.output
 
 
-def test_config_prints_every_variable() -> None:
+def test_config_prints_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DECISION_REDIS_URL", "DECISION_MASK_FIELDS", "DECISION_BACKGROUND_WORKER",
+                 "DECISION_REDIS_CLUSTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DECISION_POLICY_ALLOWED_BUILTINS", "http.send,opa.runtime")
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 0
-    assert "DECISION_REDIS_URL=" in result.output
-    assert "DECISION_RULES_DIR=" in result.output
+    lines = result.output.splitlines()
+    values = dict(line.split("=", 1) for line in lines if line.startswith("DECISION_"))
+    assert values["DECISION_RULES_DIR"] == "rules"
+    # Unset and empty in words, never Python's None or ()
+    assert values["DECISION_REDIS_URL"] == "(not set)"
+    assert values["DECISION_MASK_FIELDS"] == "none"
+    assert values["DECISION_POLICY_ALLOWED_BUILTINS"] == "http.send,opa.runtime"
+    assert values["DECISION_BACKGROUND_WORKER"] == "true"
+    defaults = [line for line in lines if "(default: " in line]
+    assert len(defaults) == len(values)
+    assert not [line for line in defaults if line.endswith(("(default: )", "(default: ())"))]
+    assert "(default: not set)" in "\n".join(defaults)
+    assert "(default: none)" in "\n".join(defaults)
+    assert values["DECISION_REDIS_CLUSTER"] == "auto"
+    assert not [line for line in lines if line.endswith(("=", "=()", "=None"))]
 
 
 def test_policy_test_runs_the_sample_policy_tests() -> None:
@@ -100,3 +120,31 @@ def test_rules_validate_warns_about_unowned_types_and_refuses_owner_conflicts(
     assert refused.exit_code == 1
     assert ("facts.approval: ruleset claims lets finance post 'approval', but ruleset "
             "procurement derives it: it cannot be posted") in refused.output
+
+
+def _levels(stderr: str) -> set[str]:
+    return {json.loads(line)["level"] for line in stderr.splitlines() if line.startswith("{")}
+
+
+def test_commands_log_warnings_and_errors_only_unless_asked(
+        redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's command prints its answer, not the service's INFO lines (what it
+    loaded); --verbose or DECISION_LOG_LEVEL brings them back; the worker keeps them."""
+    from app.policy.engines import GO_RUNTIME
+
+    for name, value in GO_RUNTIME.items():
+        monkeypatch.setenv(name, value)  # else `worker` starts this process again with them
+    monkeypatch.setenv("DECISION_REDIS_URL", redis_url)
+    monkeypatch.setenv("DECISION_LOG_FORMAT", "json")
+    monkeypatch.delenv("DECISION_LOG_LEVEL", raising=False)
+
+    def levels(*args: str) -> set[str]:
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == 0, result.output
+        return _levels(result.stderr)
+
+    assert "INFO" in levels("--verbose", "actions", "failed")
+    assert levels("actions", "failed") <= {"WARNING", "ERROR", "CRITICAL"}
+    assert "INFO" in levels("worker", "--once")
+    monkeypatch.setenv("DECISION_LOG_LEVEL", "info")
+    assert "INFO" in levels("actions", "failed")

@@ -206,6 +206,39 @@ def test_inline_facts_are_seen_but_not_stored(make_app: AppFactory) -> None:
     assert "urgency_assessment" not in {f["type"] for f in pooled}
 
 
+def test_a_pooled_fact_copied_inline_may_keep_its_subject_if_it_is_the_decisions(
+        make_app: AppFactory) -> None:
+    """A caller copies a fact from GET /v1/subjects/<s>/facts into a decision request: its
+    `subject` is taken when it is the request's, and a fact about another subject is a 422
+    that names it, not an "Unknown field" nor a fact decided on under the wrong subject."""
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case()})
+    pooled = client.get("/v1/subjects/PR-1/facts").get_json()["facts"]
+    urgency = next(f for f in pooled if f["type"] == "urgency_assessment")
+    copied = {key: urgency[key] for key in ("id", "subject", "type", "department", "data")}
+    copied["data"] = {**copied["data"], "level": "critical"}
+    body = {"subject": "PR-1", "ruleset": "procurement", "facts": [copied]}
+    first = client.post("/v1/decisions", json=body, headers={"Idempotency-Key": "copy-1"})
+    assert first.status_code == 201, first.get_json()
+    seen = [f for f in first.get_json()["facts"] if f["id"] == urgency["id"]]
+    assert [(f["data"]["level"], f.get("inline")) for f in seen] == [("critical", True)]
+    # the subject said twice is the same request as said once
+    without = {**body, "facts": [{k: v for k, v in copied.items() if k != "subject"}]}
+    again = client.post("/v1/decisions", json=without, headers={"Idempotency-Key": "copy-1"})
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+
+    other = {"subject": "PR-2", "ruleset": "procurement",
+             "facts": [{"type": "risk_assessment", "department": "risk",
+                        "data": {"request_id": "PR-2", "score": 0.1}}, copied]}
+    refused = client.post("/v1/decisions", json=other)
+    assert refused.status_code == 422
+    assert refused.mimetype == "application/problem+json"
+    problem = refused.get_json()
+    assert [p["name"] for p in problem["invalid-params"]] == ["facts.1.subject"]
+    assert repr(urgency["id"]) in problem["detail"] and "'PR-1', not 'PR-2'" in problem["detail"]
+    assert client.get("/v1/decisions?subject=PR-2").get_json()["decisions"] == []
+
+
 def test_a_retried_request_returns_the_first_decision(make_app: AppFactory, executor: Executor,
                                                       tmp_path: Path) -> None:
     app = make_app(executors_file=executors_file(tmp_path, executor.url))
@@ -370,6 +403,44 @@ def test_the_export_writes_json_lines(make_app: AppFactory, tmp_path: Path,
     result = CliRunner().invoke(main, ["decisions", "export", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert {json.loads(line)["decision_id"] for line in out.read_text().splitlines()} == ids
+
+
+def test_the_export_takes_a_time_range_and_refuses_a_bad_subject(
+        make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    client = make_app().test_client()
+    client.post("/v1/facts", json={"facts": case() + case("PR-2")})
+    pr2 = decide(client, "PR-2")["decision_id"]
+    ids = {decide(client)["decision_id"], pr2}
+    monkeypatch.setenv("DECISION_REDIS_URL", redis_url)
+
+    def export(*options: str) -> tuple[int, set[str], str]:
+        result = CliRunner().invoke(main, ["decisions", "export", *options])
+        lines = result.stdout.splitlines() if result.exit_code == 0 else []
+        return result.exit_code, {json.loads(line)["decision_id"] for line in lines}, \
+            result.output
+
+    now = datetime.now(UTC)
+    a_minute_ago = (now - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=2)))
+    tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert export("--since", a_minute_ago.isoformat())[:2] == (0, ids)
+    assert export("--since", now.strftime("%Y-%m-%d"), "--until", tomorrow)[:2] == (0, ids)
+    assert export("--since", tomorrow)[:2] == (0, set())
+    assert export("--until", "2026-01-01T00:00:00Z")[:2] == (0, set())
+    assert export("--subject", "PR-2", "--since", a_minute_ago.isoformat())[:2] == (0, {pr2})
+    assert export("--subject", "PR-2", "--until", "2026-01-01")[:2] == (0, set())
+
+    code, _, output = export("--subject", "PR 2")
+    assert code != 0 and "Invalid value for '--subject'" in output and "letters" in output
+    code, _, output = export("--since", "last week")
+    assert code != 0 and "'last week' is not YYYY-MM-DD" in output
+    code, _, output = export("--since", "2026-11-02", "--until", "2026-11-01")
+    assert code != 0 and "before --since" in output
 
 
 def test_an_action_already_queued_for_the_subject_is_not_sent_again(

@@ -15,15 +15,12 @@ from click.testing import CliRunner
 from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
+from golden_support import decide_golden, differences
 
 from app import create_app
 from app.access import hash_key
 from app.cli import main
 from app.config import Settings
-from app.policy.engines import EmbeddedPolicyEngine
-from app.policy.gate import PolicyGate
-from app.replay import outcomes_of_fact_sets
-from app.rules import RulesetRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -302,20 +299,32 @@ def test_fact_sets_from_a_file_through_the_cli(tmp_path: Path, redis_url: str,
 
 def test_golden_fact_sets_still_decide_as_recorded() -> None:
     """A change to rules/ or rego/ that alters a golden decision fails here until
-    tests/golden/*.expected.json is regenerated on purpose: scripts/update-golden."""
-    registry = RulesetRegistry(ROOT / "rules", check_interval_seconds=0)
-    registry.reload()
-    gate = PolicyGate(EmbeddedPolicyEngine(ROOT / "rego", reload_seconds=0),
-                      governance_path="decision/governance", access_path="decision/access")
-    for fact_sets in sorted(GOLDEN.glob("*.jsonl")):
-        expected = json.loads(fact_sets.with_suffix(".expected.json").read_text())
-        actual = outcomes_of_fact_sets(fact_sets.read_text().splitlines(), registry=registry,
-                                       gate=gate, created_at="2026-11-24T00:00:00.000000Z")
-        for subject in expected:
-            assert actual[subject] == expected[subject], (
-                f"{fact_sets.name}: {subject} decides differently now; if that is intended, "
-                "run scripts/update-golden and review the diff")
-        assert set(actual) == set(expected)
+    tests/golden/*.expected.json is regenerated on purpose: scripts/update-golden. Every
+    subject that decides differently is reported, each with its diff."""
+    problems = []
+    for expected_file, actual in decide_golden(ROOT).items():
+        expected = json.loads(expected_file.read_text())
+        problems += [f"{expected_file.name}: {found}" for found in differences(expected, actual)]
+    assert not problems, (
+        f"{len(problems)} golden subject(s) decide differently now; if that is intended, run "
+        "scripts/update-golden and review the diff:\n\n" + "\n\n".join(problems))
+
+
+def test_golden_differences_name_every_subject_with_its_diff() -> None:
+    """Not only the first difference: each changed, new and gone subject, with a diff that
+    shows the changed lines."""
+    order = {"fired": ["a", "b"], "actions": [{"type": "po", "verdict": "allow"}]}
+    expected = {"S-1": order, "S-2": order, "S-3": order, "S-4": order}
+    actual = {"S-1": order, "S-2": {**order, "fired": ["a"]},
+              "S-3": {**order, "actions": [{"type": "po", "verdict": "deny"}]},
+              "S-5": order}
+    found = differences(expected, actual)
+    assert [entry.split(" ", 1)[0] for entry in found] == ["S-2", "S-3", "S-4", "S-5"]
+    s2, s3, s4, s5 = found
+    assert s2.startswith("S-2 decides differently:") and '-  "b"' in s2
+    assert '-   "verdict": "allow"' in s3 and '+   "verdict": "deny"' in s3
+    assert s4.startswith("S-4 is gone:") and s5.startswith("S-5 is new:")
+    assert differences(expected, dict(expected)) == []
 
 
 def test_a_time_range_is_replayed_a_page_at_a_time(app: Flask,

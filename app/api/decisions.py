@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields
 
-from app.api.openapi import documented
+from app.api.openapi import Header, documented
 from app.api.request_context import authorize, caller, json_body, service
 from app.errors import InvalidInput, InvalidParam
 from app.schemas import (
@@ -26,7 +26,16 @@ from app.schemas import (
 
 bp = Blueprint("decisions", __name__)
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"  # visible ASCII
+_IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_KEY_PATTERN)
+IDEMPOTENCY_KEY = Header("Idempotency-Key", (
+    "a retried request with the same key gets the first decision back (200, "
+    "Idempotent-Replayed: true) instead of a second decision; the same key with a different "
+    "request is 409. Remembered for DECISION_IDEMPOTENCY_TTL_SECONDS"),
+    {"type": "string", "pattern": _IDEMPOTENCY_KEY_PATTERN, "maxLength": 200})
+IDEMPOTENT_REPLAYED = Header(
+    "Idempotent-Replayed", "true: this is the earlier decision for the Idempotency-Key",
+    {"type": "string", "enum": ["true"]})
 
 
 class FailedActionListSchema(Schema):
@@ -53,7 +62,8 @@ def _idempotency_key() -> str | None:
             tag="decisions", body=DecisionInSchema,
             responses={201: ("the decision record", DecisionRecordSchema),
                        200: ("the earlier decision for this Idempotency-Key",
-                             DecisionRecordSchema)})
+                             DecisionRecordSchema)},
+            headers=(IDEMPOTENCY_KEY,), response_headers={200: (IDEMPOTENT_REPLAYED,)})
 def create_decision() -> ResponseReturnValue:
     svc = service()
     body = load(DecisionInSchema, json_body(), max_facts=svc.settings.max_batch)

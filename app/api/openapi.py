@@ -7,7 +7,8 @@ walks the URL map, so a route cannot exist without showing up in the document.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from apispec import APISpec
@@ -49,14 +50,30 @@ class ProblemSchema(Schema):
         "description": "readiness: each dependency, 'ok' or why not"})
 
 
+@dataclass(frozen=True)
+class Header:
+    """An HTTP header an operation reads (optional) or answers with, as the document says it."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+    def described(self) -> dict[str, Any]:
+        return {"description": self.description, "schema": dict(self.schema)}
+
+
 def documented(*, summary: str, tag: str, responses: dict[int, tuple[str, type[Schema] | None]],
                body: type[Schema] | list[type[Schema]] | None = None,
-               query: type[Schema] | None = None) -> Callable[[F], F]:
-    """Attach the OpenAPI description of one operation to its view."""
+               query: type[Schema] | None = None, headers: tuple[Header, ...] = (),
+               response_headers: Mapping[int, tuple[Header, ...]] | None = None,
+               ) -> Callable[[F], F]:
+    """Attach the OpenAPI description of one operation to its view: `headers` are the
+    request headers it reads, `response_headers` those it may answer with, by status."""
 
     def attach(view: F) -> F:
         view._openapi = {  # type: ignore[attr-defined]
             "summary": summary, "tag": tag, "responses": responses, "body": body, "query": query,
+            "headers": headers, "response_headers": dict(response_headers or {}),
         }
         return view
 
@@ -93,12 +110,17 @@ def _operation(spec: APISpec, rule: Any, method: str, notes: dict[str, Any]) -> 
         operation["security"] = [{"bearer": []}, {"apiKey": []}]
     if notes["query"] is not None:
         operation["parameters"].append({"in": "query", "schema": notes["query"]})
+    operation["parameters"] += [{"in": "header", "name": header.name, "required": False,
+                                 **header.described()} for header in notes["headers"]]
     if notes["body"] is not None:
         operation["requestBody"] = {"required": True, "content": _content(spec, notes["body"])}
     for status, (description, schema) in notes["responses"].items():
         response: dict[str, Any] = {"description": description}
         if schema is not None:
             response["content"] = _content(spec, schema)
+        if notes["response_headers"].get(status):
+            response["headers"] = {header.name: header.described()
+                                   for header in notes["response_headers"][status]}
         operation["responses"][str(status)] = response
     return operation
 
