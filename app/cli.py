@@ -13,6 +13,26 @@ from app.errors import ConfigurationError, DecisionServiceError, PolicyInvalid, 
 from app.store import EmbeddedRedis, is_cluster_url
 
 
+class MomentParam(click.ParamType):
+    """A date or a date and time with its offset, read by the API's own parser
+    (app.schemas.parse_moment), so that the command line and the API agree."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from datetime import datetime
+
+        from app.schemas import parse_moment
+
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_moment(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def _settings() -> Settings:
     try:
         return Settings.load()
@@ -384,10 +404,10 @@ def triggers_redrive(subject: str | None, ruleset: str | None, everything: bool)
 @main.command()
 @click.option("--decision", "decision_ids", multiple=True, help="a decision id (repeatable)")
 @click.option("--subject", help="every recorded decision of this subject")
-@click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or after (e.g. 2026-11-01 or 2026-11-01T00:00:00+00:00, UTC)")
-@click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-              help="recorded at or before")
+@click.option("--since", type=MomentParam(),
+              help="recorded at or after: 2026-11-01 (midnight UTC) or a date and time with "
+                   "its offset, 2026-11-01T09:30:00+01:00")
+@click.option("--until", type=MomentParam(), help="recorded at or before (the same forms)")
 @click.option("--fact-sets", type=click.File("r"),
               help="JSON lines of {subject, ruleset, facts} to decide on")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path),
@@ -408,19 +428,15 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     revision it was recorded with, and nothing may change. Never dispatches. Exits 2
     when a decision could not be replayed, 1 with --fail-on-change when one changed."""
     import json
-    from datetime import UTC
 
     from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
     from app.replay import bulk, summarize
     from app.rules.loader import rule_files
-    from app.schemas import FactSetSchema, load
+    from app.schemas import FactSetSchema, epoch_ms, load
 
     def ms(moment: Any) -> int | None:
-        if moment is None:
-            return None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
+        return None if moment is None else epoch_ms(moment)
 
     service = _open_service()
     try:
