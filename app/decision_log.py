@@ -339,11 +339,18 @@ class DecisionLog:
             raise NotFound(f"no decision with id {decision_id!r}")
         return self._merge(jsontext.loads(raw), statuses)
 
-    def recent(self, subject: str, limit: int) -> list[dict[str, Any]]:
-        """The subject's decisions, newest first."""
+    def recent(self, subject: str, limit: int, *, since_ms: int | None = None,
+               until_ms: int | None = None) -> list[dict[str, Any]]:
+        """The subject's decisions (recorded between `since_ms` and `until_ms`, both
+        included, when given), newest first."""
         with unavailable_on_outage():
-            ids = cast(list[str], self._redis.zrevrange(keys.subject_decisions(subject), 0,
-                                                        limit - 1))
+            if since_ms is None and until_ms is None:
+                ids = cast(list[str], self._redis.zrevrange(keys.subject_decisions(subject), 0,
+                                                            limit - 1))
+            else:
+                ids = cast(list[str], self._redis.zrevrangebyscore(
+                    keys.subject_decisions(subject), "+inf" if until_ms is None else until_ms,
+                    "-inf" if since_ms is None else since_ms, start=0, num=limit))
             with self._redis.pipeline(transaction=False) as pipe:
                 for decision_id in ids:
                     pipe.get(keys.decision_record(subject, decision_id))

@@ -152,6 +152,18 @@ def archived_policies(revision: str) -> str:
     return f"{PREFIX}:archive:policies:{revision}"
 
 
+def policy_processes() -> str:
+    """Hash: "<host>:<pid>" of a running process -> the policies it has live and the last
+    change it rejected (JSON, with when it said so), for `decision-service policy status`."""
+    return f"{PREFIX}:policy:processes"
+
+
+def policy_rejected(disk_revision: str) -> str:
+    """String: when a policy directory with this content was first rejected, so that a
+    change is counted once however many processes reject it."""
+    return f"{PREFIX}:policy:rejected:{disk_revision}"
+
+
 def metrics() -> str:
     """Hash: "<metric>|<labels>" -> total, summed over every process."""
     return f"{PREFIX}:metrics"

@@ -36,6 +36,9 @@ HELP = {
     "decision_policy_duration_seconds": ("histogram", "time for the policy gate to judge the "
                                          "actions of one decision, by backend"),
     "decision_policy_failures_total": ("counter", "policy evaluations that held actions"),
+    "decision_policy_files_rejected": ("counter", "changes to the policy directory that were "
+                                       "rejected (did not load), each counted once across "
+                                       "all processes; the last good policies stay live"),
     "decision_dispatch_attempts_total": ("counter", "delivery attempts, by action type and "
                                          "result (delivered, retry, failed)"),
     "decision_http_requests_total": ("counter", "HTTP requests, by route and status"),

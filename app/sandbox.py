@@ -47,7 +47,7 @@ from app.errors import (
     PolicyProblem,
     RuleProblem,
 )
-from app.policy.engines import UNDEFINED, Answer
+from app.policy.engines import UNDEFINED, Answer, PolicyStatus
 from app.policy.files import PolicySet
 from app.rules import Evaluation, Ruleset
 from app.rules.engine import Limits
@@ -320,6 +320,9 @@ class SandboxedPolicyEngine:
 
     def stable_revision(self) -> str | None:
         return None  # a candidate is asked once per replayed decision
+
+    def status(self, *, check: bool = True) -> PolicyStatus:
+        return PolicyStatus(self.kind, self._revision, None)  # text stays in the sandbox
 
     def decide(self, path: str, common: dict[str, Any], items: list[dict[str, Any]], *,
                item_key: str = "action") -> Answer:

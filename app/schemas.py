@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import (
@@ -218,6 +219,70 @@ class FactData(fields.Dict):
         return value
 
 
+# A moment, as the API, the pages and the CLI accept it: a date (midnight UTC), or a date
+# and time with its offset (RFC 3339; ISO 8601's extended form: a space may stand for the
+# T, seconds and their fraction are optional, the offset may leave out its colon).
+_MOMENT = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})"
+    r"(?:[Tt ](?P<time>[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?P<fraction>\.[0-9]+)?)?)"
+    r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<oh>[0-9]{2})(?::?(?P<om>[0-9]{2}))?)?)?")
+MOMENT_FORMATS = ("YYYY-MM-DD (midnight UTC) or a date and time with its offset, RFC 3339 / "
+                  "ISO 8601 (2026-11-01T09:30:00Z, 2026-11-01T09:30:00+01:00)")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_moment(text: str) -> datetime:
+    """A moment given as text (see MOMENT_FORMATS), as an aware datetime; ValueError with
+    a message that says what was wrong and what is accepted. A time without an offset is
+    refused: whose midnight it is would be a guess."""
+    match = _MOMENT.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{str(text)[:40]!r} is not a moment: give {MOMENT_FORMATS}")
+    given = text.strip()
+    if match["time"] is not None and match["offset"] is None:
+        raise ValueError(f"{given!r} has no offset: add Z for UTC or +hh:mm (e.g. "
+                         f"{match['date']}T{match['time']}Z), or give the date alone")
+    hours, minutes = int(match["oh"] or 0), int(match["om"] or 0)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"{given!r} is not a valid moment: its offset is out of range "
+                         "(at most 23:59)")
+    time_part = match["time"] or "00:00"
+    if match["fraction"]:  # Python reads at most microseconds; RFC 3339 allows more digits
+        time_part = time_part.replace(match["fraction"], match["fraction"][:7])
+    offset = f"{match['sign'] or '+'}{hours:02d}:{minutes:02d}"
+    try:
+        return datetime.fromisoformat(f"{match['date']}T{time_part}{offset}")
+    except ValueError as exc:
+        raise ValueError(f"{given!r} is not a valid moment: {exc}") from exc
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since 1970 of an aware moment (exact, for any year)."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+class Moment(fields.Field[datetime]):
+    """A moment (see `parse_moment`): one field for every date and time a caller gives."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {
+            "type": "string", "description": MOMENT_FORMATS,
+            "anyOf": [{"format": "date"}, {"format": "date-time"}],
+            **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str):
+            raise ValidationError(f"must be text: {MOMENT_FORMATS}")
+        try:
+            return parse_moment(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else str(value.isoformat())
+
+
 _SUBJECT_RULE = (
     "starts with a letter or digit and holds only letters, digits and _ . : @ - (at most 128)"
 )
@@ -334,6 +399,8 @@ class DecisionInSchema(_InlineFactsOfItsSubject):
 class DecisionQuerySchema(Schema):
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE, required=True)
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+    since = Moment(metadata={"description": "recorded at or after: " + MOMENT_FORMATS})
+    until = Moment(metadata={"description": "recorded at or before: " + MOMENT_FORMATS})
 
 
 class FailedActionsQuerySchema(Schema):
@@ -484,8 +551,8 @@ class ReplayInSchema(Schema):
     decision_ids = fields.List(fields.String(),
                                validate=validate.Length(min=1, max=MAX_REPLAY_CASES))
     subject = Identifier(SUBJECT_PATTERN, rule=_SUBJECT_RULE)
-    since = fields.AwareDateTime(format="iso")
-    until = fields.AwareDateTime(format="iso")
+    since = Moment(metadata={"description": "recorded at or after: " + MOMENT_FORMATS})
+    until = Moment(metadata={"description": "recorded at or before: " + MOMENT_FORMATS})
     fact_sets = fields.List(fields.Nested(FactSetSchema),
                             validate=validate.Length(min=1, max=MAX_REPLAY_CASES))
     ruleset = fields.Nested(CandidateRulesetSchema)

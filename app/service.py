@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import json
 import logging
+import os
 import re
+import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import redis
 
@@ -34,11 +37,13 @@ from app.decisions import (
 from app.dispatch import Dispatcher, Executors, Outbox
 from app.errors import (
     ConfigurationError,
+    Conflict,
     DecisionServiceError,
     EvaluationFailed,
     Forbidden,
     InvalidInput,
     NotFound,
+    PolicyUnavailable,
     RedriveRefused,
     RulesetInvalid,
     RulesetUnavailable,
@@ -53,8 +58,10 @@ from app.policy.engines import (
     EmbeddedPolicyEngine,
     PolicyDirectory,
     PolicyEngine,
+    PolicyStatus,
     SidecarPolicyEngine,
 )
+from app.policy.files import PolicySet, disk_revision
 from app.policy.gate import PolicyGate
 from app.replay import ReplayCase, Replayer, candidate_scenarios, summarize
 from app.rules import Evaluation, Ruleset, RulesetRegistry
@@ -72,6 +79,13 @@ ARCHIVED_RULESETS_KEPT = 16  # parsed archived ruleset versions a process keeps 
 # A decision id as the service makes them (a UUID); anything else names no decision.
 _DECISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 TRIGGER_LEASE_SECONDS = 30.0
+# How often a process records in Redis what policies it has live (for `policy status`),
+# and after how long without a word a process's record no longer counts.
+POLICY_REPORT_SECONDS = 5.0
+POLICY_REPORT_STALE_SECONDS = 60.0
+# How long a rejected policy directory's content is remembered, so that every process
+# rejecting it counts it once between them.
+POLICY_REJECTED_KEPT_SECONDS = 7 * 24 * 3600
 
 
 def _loopback(host: str) -> bool:
@@ -94,17 +108,56 @@ def _access_keys(settings: Settings) -> ApiKeys | None:
     return None
 
 
-def policy_engine(settings: Settings) -> PolicyEngine:
+def policy_engine(settings: Settings, *,
+                  on_rejected: Callable[[PolicyDirectory], None] | None = None) -> PolicyEngine:
     """Embedded OPA on the policy directory, or the OPA sidecar, with the policy directory
-    as the bundle this service serves it."""
+    as the bundle this service serves it. `on_rejected` hears of each rejected change."""
     if settings.opa_url:
         served = PolicyDirectory(settings.policy_dir, keep_engine=False,
                                  reload_seconds=settings.policy_reload_seconds,
-                                 allowed_builtins=frozenset(settings.policy_allowed_builtins))
+                                 allowed_builtins=frozenset(settings.policy_allowed_builtins),
+                                 on_rejected=on_rejected)
         return SidecarPolicyEngine(settings.opa_url, timeout_seconds=settings.opa_timeout_seconds,
                                    bundle=settings.opa_bundle, served=served)
-    return EmbeddedPolicyEngine(settings.policy_dir, reload_seconds=settings.policy_reload_seconds,
-                                allowed_builtins=frozenset(settings.policy_allowed_builtins))
+    return EmbeddedPolicyEngine(settings.policy_dir,
+                                reload_seconds=settings.policy_reload_seconds,
+                                allowed_builtins=frozenset(settings.policy_allowed_builtins),
+                                on_rejected=on_rejected)
+
+
+def process_name() -> str:
+    """A running service, as its policy report names it: "<host>:<pid>:<token>" (the token
+    tells apart two services of one process, as tests make)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def policy_report(status: PolicyStatus, reported_at: float) -> dict[str, Any]:
+    """What a process records of its policies (keys.policy_processes)."""
+    return {"kind": status.kind, "revision": status.revision, "served": status.served,
+            "disk_revision": status.disk_revision,
+            "problems": [{"file": p.file, "line": p.line, "message": p.message}
+                         for p in status.problems],
+            "rejected_at": status.rejected_at, "reported_at": rfc3339(reported_at)}
+
+
+def policy_reports(redis_client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """What each process last recorded of its policies (`policy_report`), by process."""
+    with unavailable_on_outage():
+        raw = cast(dict[str, str], redis_client.hgetall(keys.policy_processes()))
+    reports = {}
+    for process, text in sorted(raw.items()):
+        try:
+            reports[process] = json.loads(text)
+        except ValueError:
+            continue
+    return reports
+
+
+def forget_policy_reports(redis_client: redis.Redis, processes: Sequence[str]) -> None:
+    """Drop the records of processes that stopped without a word (killed)."""
+    if processes:
+        with unavailable_on_outage():
+            redis_client.hdel(keys.policy_processes(), *processes)
 
 
 class DecisionService:
@@ -130,7 +183,12 @@ class DecisionService:
                 f"evaluation (DECISION_MAX_EVALUATION_FACTS, {self.limits.facts}), or a full "
                 "subject could not be decided")
         self.metrics = Metrics(redis_client)
-        self.policy = PolicyGate(policy_engine(settings), governance_path=settings.policy_path,
+        # The first report is due a report period after start (or at once on /readyz,
+        # /v1/policies or a rejected change): a process that lives a moment writes nothing.
+        self._policy_reported_at, self._policy_reported = time.monotonic(), False
+        self.process_name = process_name()
+        self.policy = PolicyGate(policy_engine(settings, on_rejected=self._policy_rejected),
+                                 governance_path=settings.policy_path,
                                  access_path=settings.access_policy_path, metrics=self.metrics)
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
@@ -159,7 +217,7 @@ class DecisionService:
                              busy=f"{settings.whatif_concurrency} what-if(s) with candidate "
                                   "rules or policies run already (DECISION_WHATIF_CONCURRENCY)")
         self.worker = Worker([self.run_triggers_once, self.dispatcher.run_once,
-                              self._flush_metrics, self._expire_parked],
+                              self._flush_metrics, self._expire_parked, self._report_policy],
                              poll_seconds=settings.worker_poll_seconds)
         self._embedded_redis = embedded_redis
         self._bundle: Bundle | None = None
@@ -394,11 +452,12 @@ class DecisionService:
         and policy files (path -> text), as a sandbox will load them. With
         `policy_overlay`, the given policy files replace (or, when empty, remove) the files
         of the same path in the policies in use, so an analyst sends only what changed.
-        Nothing is parsed here: the sandbox does, within the what-if's budget."""
+        The policies in use are those live now, after a reload check (this worker may not
+        have decided since the files changed). Nothing is parsed here: the sandbox does,
+        within the what-if's budget."""
         policies = None
         if policy_sources:
-            current = self.policy.engine.policy_set
-            files = dict(current.sources) if policy_overlay and current is not None else {}
+            files = dict(self.live_policies()[1].sources) if policy_overlay else {}
             files.update(policy_sources)
             policies = {k: v for k, v in files.items() if v}
         return CandidateSources(dict(rule_sources or {}), policies, dict(declared or {}),
@@ -490,6 +549,76 @@ class DecisionService:
                 policies, [self.policy.governance_path, self.policy.access_path])
         return cached
 
+    # --- what is live ------------------------------------------------------------------
+
+    def policy_status(self, *, check: bool = True) -> PolicyStatus:
+        """What policies this process has live, after a reload check (`check`: if the files
+        changed; else only if a reload is due, as for a decision), a sidecar's as OPA says
+        now, beside the directory as it is on disk; recorded in Redis for
+        `decision-service policy status`."""
+        status = self.policy.engine.status(check=check)
+        self._write_policy_report(status)
+        return status
+
+    def policy_overview(self) -> tuple[PolicyStatus, PolicySet | None]:
+        """The status of the policies live now, and their text when this service has it:
+        this process's, or, for a sidecar that runs an earlier revision of the bundle, the
+        archived one (None for a sidecar on files of its own, or when none ever loaded)."""
+        status = self.policy_status()
+        if status.policies is not None or status.revision == "none":
+            return status, status.policies
+        try:
+            return status, self.archive.policies(status.revision)
+        except NotFound:
+            return status, None
+
+    def live_policies(self) -> tuple[PolicyStatus, PolicySet]:
+        """The status and the text of the policies live now (see `policy_overview`);
+        PolicyUnavailable when none ever loaded, Conflict when this service has not their
+        text (a sidecar on files of its own)."""
+        status, policies = self.policy_overview()
+        if policies is not None:
+            return status, policies
+        if status.revision == "none":
+            problems = "; ".join(str(p) for p in status.problems) or "no policy files"
+            raise PolicyUnavailable(f"no policies are loaded: {problems}")
+        raise Conflict(
+            f"the live policies are revision {status.revision}, which the OPA sidecar runs, "
+            "and this service does not have their text (files of the sidecar's own, or a "
+            "revision of the bundle no decision used): replay with the whole set "
+            "(decision-service replay --policies DIR), or serve the sidecar this service's "
+            "bundle")
+
+    def _policy_rejected(self, directory: PolicyDirectory) -> None:
+        """A change to the policy directory did not load: counted once across the service
+        (the first process to reject that content counts it), and reported soon."""
+        revision = disk_revision(directory.path)
+        with unavailable_on_outage():
+            first = self.redis.set(keys.policy_rejected(revision), rfc3339(system_clock()),
+                                   nx=True, ex=POLICY_REJECTED_KEPT_SECONDS)
+        if first:
+            self.metrics.inc("decision_policy_files_rejected", {})
+        self._policy_reported_at = float("-inf")
+
+    def _report_policy(self, *, first_now: bool = False) -> int:
+        """Record what policies this process has live, at most every POLICY_REPORT_SECONDS
+        (and soon after a rejected change; with `first_now`, at once if it never did);
+        bookkeeping, like the metrics. It reloads only when a reload is due, as a decision
+        would (DECISION_POLICY_RELOAD_SECONDS)."""
+        if time.monotonic() - self._policy_reported_at >= POLICY_REPORT_SECONDS or (
+                first_now and not self._policy_reported):
+            try:
+                self.policy_status(check=False)
+            except DecisionServiceError as exc:
+                log.debug("policy status not reported: %s", exc.detail)
+        return 0
+
+    def _write_policy_report(self, status: PolicyStatus) -> None:
+        self._policy_reported_at, self._policy_reported = time.monotonic(), True
+        with unavailable_on_outage():
+            self.redis.hset(keys.policy_processes(), self.process_name,
+                            json.dumps(policy_report(status, system_clock()), sort_keys=True))
+
     # --- operations --------------------------------------------------------------------
 
     def readiness(self) -> dict[str, str]:
@@ -502,7 +631,17 @@ class DecisionService:
         except DecisionServiceError as exc:
             checks["redis"] = exc.detail
         checks["policy"] = self.policy.readiness()
+        self._report_policy(first_now=True)
         return checks
+
+    def policy_rejection(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The last rejected change to the policy directory, while the policies live are
+        the last good ones: its problems (file, line, message) and when it was rejected."""
+        directory = self.policy.engine.directory
+        if directory is None or not directory.problems:
+            return [], None
+        return ([{"file": p.file, "line": p.line, "message": p.message}
+                 for p in directory.problems], directory.rejected_at)
 
     def policy_revisions(self) -> dict[str, str]:
         """The policy revision each side has (after `readiness`, which refreshes them):
@@ -538,6 +677,10 @@ class DecisionService:
     def close(self) -> None:
         self.worker.stop()
         self.dispatcher.close()
+        with contextlib.suppress(DecisionServiceError):
+            if self._policy_reported:  # it said what it had live: it has nothing now
+                with unavailable_on_outage():
+                    self.redis.hdel(keys.policy_processes(), self.process_name)
         with contextlib.suppress(DecisionServiceError):
             self.metrics.flush(force=True)
         self.redis.close()

@@ -20,6 +20,7 @@ from app.api import (
     health,
     openapi,
     pages,
+    policies,
     problems,
     replays,
     rulesets,
@@ -51,7 +52,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.after_request(end_request)
     app.teardown_request(leave_request)
     for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, bundles.bp,
-                      openapi.bp, pages.bp):
+                      policies.bp, openapi.bp, pages.bp):
         app.register_blueprint(blueprint)
     if settings.background_worker:
         service.worker.start()

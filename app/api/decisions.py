@@ -21,6 +21,7 @@ from app.schemas import (
     VerdictSchema,
     WhyNotQuerySchema,
     WhyNotSchema,
+    epoch_ms,
     load,
 )
 
@@ -103,14 +104,17 @@ def why_not(decision_id: str) -> dict[str, Any]:
 
 
 @bp.get("/v1/decisions")
-@documented(summary="Recent decisions of a subject, newest first", tag="decisions",
+@documented(summary="Recent decisions of a subject, newest first (optionally those recorded "
+                    "between since and until)", tag="decisions",
             query=DecisionQuerySchema,
             responses={200: ("the subject's decisions", DecisionListSchema)})
 def list_decisions() -> dict[str, Any]:
     query = load(DecisionQuerySchema, request.args.to_dict())
     authorize("decisions.read", subject=query["subject"])
-    return {"subject": query["subject"],
-            "decisions": service().decisions.recent(query["subject"], query["limit"])}
+    since, until = query.get("since"), query.get("until")
+    return {"subject": query["subject"], "decisions": service().decisions.recent(
+        query["subject"], query["limit"], since_ms=None if since is None else epoch_ms(since),
+        until_ms=None if until is None else epoch_ms(until))}
 
 
 @bp.get("/v1/actions/failed")

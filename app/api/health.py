@@ -8,10 +8,21 @@ from flask import Blueprint, Response
 from marshmallow import Schema, fields
 
 from app.api.openapi import documented
+from app.api.policies import PolicyProblemSchema
 from app.api.request_context import service
 from app.errors import ServiceUnavailable
 
 bp = Blueprint("health", __name__)
+
+
+class LivePolicySchema(Schema):
+    revision = fields.String(required=True, metadata={
+        "description": "the live policy revision (what OPA runs, with a sidecar)"})
+    problems = fields.List(fields.Nested(PolicyProblemSchema), required=True, metadata={
+        "description": "the last rejected change to the policy directory: the last good "
+                       "revision stays live, and the service stays ready"})
+    rejected_at = fields.String(required=True, allow_none=True,
+                                metadata={"format": "date-time"})
 
 
 class HealthSchema(Schema):
@@ -20,21 +31,28 @@ class HealthSchema(Schema):
     policy_revisions = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
         "description": "the policy revision each side has: embedded, or served (the bundle "
                        "this service serves) and sidecar (what OPA runs)"})
+    policy = fields.Nested(LivePolicySchema)
+    warnings = fields.List(fields.String(), metadata={
+        "description": "what an operator should know though the service is ready, such as "
+                       "a rejected policy change (file:line: message)"})
 
 
 class DependenciesUnavailable(ServiceUnavailable):
     slug = "not-ready"
     title = "Not ready"
 
-    def __init__(self, checks: dict[str, str], revisions: dict[str, str]) -> None:
+    def __init__(self, checks: dict[str, str], revisions: dict[str, str],
+                 policy: dict[str, Any]) -> None:
         failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items()
                             if reason != "ok")
         super().__init__(failing)
         self.checks = checks
         self.revisions = revisions
+        self.policy = policy
 
     def problem_extensions(self) -> dict[str, Any]:
-        return {"checks": self.checks, "policy_revisions": self.revisions}
+        return {"checks": self.checks, "policy_revisions": self.revisions,
+                "policy": self.policy}
 
 
 @bp.get("/healthz")
@@ -54,13 +72,24 @@ def metrics() -> Response:
 
 
 @bp.get("/readyz")
-@documented(summary="Readiness: Redis and the policy engine answer, on one policy revision",
+@documented(summary="Readiness: Redis and the policy engine answer, on one policy revision; "
+                    "the live revision and the last rejected policy change",
             tag="operations",
             responses={200: ("ready", HealthSchema), 503: ("a dependency is down", None)})
 def readyz() -> dict[str, Any]:
     svc = service()
     checks = svc.readiness()
     revisions = svc.policy_revisions()
+    problems, rejected_at = svc.policy_rejection()
+    policy = {"revision": svc.policy.revision, "problems": problems, "rejected_at": rejected_at}
     if any(reason != "ok" for reason in checks.values()):
-        raise DependenciesUnavailable(checks, revisions)
-    return {"status": "ready", "checks": checks, "policy_revisions": revisions}
+        raise DependenciesUnavailable(checks, revisions, policy)
+    answer = {"status": "ready", "checks": checks, "policy_revisions": revisions,
+              "policy": policy}
+    if problems:
+        answer["warnings"] = [
+            f"a policy change was rejected at {rejected_at}; revision {policy['revision']} "
+            f"stays live: " + "; ".join(
+                p["file"] + (f":{p['line']}" if p["line"] else "") + f": {p['message']}"
+                for p in problems)]
+    return answer

@@ -8,13 +8,13 @@ from flask import Blueprint
 
 from app.api.openapi import documented
 from app.api.request_context import authorize, json_body, service
-from app.schemas import ReplayInSchema, ReplayReportSchema, load
+from app.schemas import ReplayInSchema, ReplayReportSchema, epoch_ms, load
 
 bp = Blueprint("replays", __name__)
 
 
 def _ms(moment: Any) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+    return None if moment is None else epoch_ms(moment)
 
 
 @bp.post("/v1/replays")

@@ -16,7 +16,9 @@ that into held actions, never into an allow.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,11 +36,18 @@ import requests
 from opa_bindings import OpaEngine, OpaError
 
 from app import jsontext
+from app.clock import rfc3339, system_clock
 from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
 from app.http_client import Endpoint
 from app.logs import traceparent
 from app.policy.bundle import batch_document
-from app.policy.files import PolicySet, load_policy_set, policy_files, problems_from_opa
+from app.policy.files import (
+    PolicySet,
+    disk_revision,
+    load_policy_set,
+    policy_files,
+    problems_from_opa,
+)
 from app.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
@@ -97,6 +106,26 @@ class Answer:
     decision_ids: tuple[str | None, ...] = ()  # OPA's, one per action (a sidecar's)
 
 
+@dataclass(frozen=True)
+class PolicyStatus:
+    """What is live in this process, after a reload check, and what the policy directory
+    holds now. `problems` and `rejected_at` are the directory's last rejected change, while
+    it is not superseded by one that loaded (the last good set stays live meanwhile)."""
+
+    kind: str  # "embedded" or "sidecar"
+    revision: str  # what decisions are evaluated with ("none": nothing ever loaded)
+    policies: PolicySet | None  # its files, when this process has their text
+    problems: tuple[PolicyProblem, ...] = ()
+    rejected_at: str | None = None  # RFC 3339
+    disk_revision: str | None = None  # the directory as it is now (None: no directory)
+    served: str | None = None  # a sidecar's: the revision of the bundle this service serves
+
+    @property
+    def live(self) -> bool:
+        """The directory on disk is what is live (always, without a directory)."""
+        return self.disk_revision is None or self.disk_revision == self.revision
+
+
 class PolicyEngine(Protocol):
     kind: str  # "embedded" or "sidecar"
 
@@ -124,6 +153,11 @@ class PolicyEngine(Protocol):
     @property
     def directory(self) -> PolicyDirectory | None:
         """The policy directory this process reads (and serves as a bundle), if any."""
+
+    def status(self, *, check: bool = True) -> PolicyStatus:
+        """What is live, after re-reading the directory if its files changed (without
+        `check`: only if a reload is due); a sidecar's after asking OPA what it runs
+        (PolicyUnavailable when it cannot be asked)."""
 
 
 # --- embedded --------------------------------------------------------------------------
@@ -274,15 +308,18 @@ class PolicyDirectory:
 
     def __init__(self, path: Path, *, reload_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, keep_engine: bool = True,
-                 allowed_builtins: frozenset[str] = frozenset()) -> None:
+                 allowed_builtins: frozenset[str] = frozenset(),
+                 on_rejected: Callable[[PolicyDirectory], None] | None = None) -> None:
         self.path = path
         self.keep_engine = keep_engine
         self.allowed_builtins = allowed_builtins
+        self.on_rejected = on_rejected  # told of each change rejected (once per change)
         self._watch = ChangeWatch(reload_seconds, clock)
         self._lock = threading.Lock()
         self._loaded: tuple[OpaEngine | None, PolicySet] | None = None
         self._signature: Signature | None = None
         self.problems: list[PolicyProblem] = []
+        self.rejected_at: str | None = None  # RFC 3339, while `problems` has any
         self.reload(force=True)
 
     @property
@@ -305,16 +342,35 @@ class PolicyDirectory:
                 policies = load_policy_set(self.path)
                 engine = compile_policy_set(policies, allowed_builtins=self.allowed_builtins)
             except PolicyInvalid as exc:
-                self.problems = exc.problems
+                self.problems, self.rejected_at = exc.problems, rfc3339(system_clock())
+                outcome = (f"revision {self._loaded[1].revision} stays active" if self._loaded
+                           else "no policies are loaded: every action is held until a valid "
+                                "set loads")
                 for problem in exc.problems:
-                    log.error("policy rejected, previous policies stay active: %s", problem)
-                return exc.problems
-            if not self.keep_engine:
-                engine.close()
-            # Evaluations in flight keep their reference to the old engine.
-            self._loaded, self.problems = (engine if self.keep_engine else None, policies), []
-            log.info("policies loaded from %s, revision %s", self.path, policies.revision)
-            return []
+                    log.error("policy rejected, %s: %s", outcome, problem)
+                result, rejected = list(exc.problems), True
+            else:
+                if not self.keep_engine:
+                    engine.close()
+                # Evaluations in flight keep their reference to the old engine.
+                self._loaded = (engine if self.keep_engine else None, policies)
+                self.problems, self.rejected_at = [], None
+                log.info("policies loaded from %s, revision %s", self.path, policies.revision)
+                result, rejected = [], False
+        if rejected and self.on_rejected is not None:
+            try:  # outside the lock: it may take a round trip
+                self.on_rejected(self)
+            except Exception:  # telling of it never stands in the way of deciding
+                log.exception("could not report the rejected policy change")
+        return result
+
+    def status(self, kind: str, *, check: bool = True) -> PolicyStatus:
+        """What is live from this directory, after a reload check (see `current`)."""
+        with contextlib.suppress(PolicyUnavailable):
+            self.current(check=check)
+        policies = self.policy_set
+        return PolicyStatus(kind, policies.revision if policies else "none", policies,
+                            tuple(self.problems), self.rejected_at, disk_revision(self.path))
 
     def current(self, *, check: bool = False) -> tuple[OpaEngine | None, PolicySet]:
         """The loaded policies (re-read first if due, or with `check` if the files changed);
@@ -337,10 +393,11 @@ class EmbeddedPolicyEngine:
     def __init__(self, directory: Path | None, *, reload_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
                  policies: PolicySet | None = None,
-                 allowed_builtins: frozenset[str] = frozenset()) -> None:
+                 allowed_builtins: frozenset[str] = frozenset(),
+                 on_rejected: Callable[[PolicyDirectory], None] | None = None) -> None:
         self._directory = None if directory is None else PolicyDirectory(
             directory, reload_seconds=reload_seconds, clock=clock,
-            allowed_builtins=allowed_builtins)
+            allowed_builtins=allowed_builtins, on_rejected=on_rejected)
         self._fixed = None if policies is None else (
             compile_policy_set(policies, allowed_builtins=allowed_builtins), policies)
         self._stable: dict[str, bool] = {}  # revision -> stable_revision's finding
@@ -403,6 +460,12 @@ class EmbeddedPolicyEngine:
 
     def revisions(self) -> dict[str, str]:
         return {"embedded": self.revision}
+
+    def status(self, *, check: bool = True) -> PolicyStatus:
+        if self._fixed is not None:
+            return PolicyStatus(self.kind, self._fixed[1].revision, self._fixed[1])
+        assert self._directory is not None
+        return self._directory.status(self.kind, check=check)
 
     def stable_revision(self) -> str | None:
         engine, policies = self._current()  # reloads first when the files changed
@@ -664,6 +727,20 @@ class SidecarPolicyEngine:
 
     def stable_revision(self) -> str | None:
         return None  # OPA logs each decision it makes: every one is asked
+
+    def status(self, *, check: bool = True) -> PolicyStatus:
+        """What OPA runs (asked now, unless it said so within `readiness_ttl_seconds`) and
+        what the served directory holds: the sidecar is live with the directory when it
+        runs the revision the service serves. Its text is this process's only then."""
+        bundles = self._fresh_bundles()
+        if not bundles:  # OPA on files of its own: their revision, derived
+            self._current_revision(bundles)
+        if self.served is None:
+            return PolicyStatus(self.kind, self._revision, None)
+        served = self.served.status(self.kind, check=check)
+        return dataclasses.replace(
+            served, revision=self._revision, served=served.revision,
+            policies=served.policies if served.revision == self._revision else None)
 
     def revisions(self) -> dict[str, str]:
         sides = {"sidecar": self._revision}

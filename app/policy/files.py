@@ -116,6 +116,31 @@ def load_policy_set(directory: Path) -> PolicySet:
     return PolicySet.from_sources(sources)
 
 
+def file_kind(name: str) -> str:
+    """"module", "test" or "data": what a file of a policy set is."""
+    if name.endswith(TEST_SUFFIX):
+        return "test"
+    return "module" if name.endswith(".rego") else "data"
+
+
+def disk_revision(directory: Path) -> str:
+    """The revision of the policy directory as it is on disk now, comparable with a loaded
+    set's: its content hash when the files can be read and parsed (whether or not the
+    modules compile), else "unreadable-" and a hash of the raw bytes of every file."""
+    try:
+        return load_policy_set(directory).revision
+    except PolicyInvalid:
+        digest = hashlib.sha256()
+        for path in policy_files(directory):
+            try:
+                with path.open("rb") as file:
+                    content = file.read(MAX_POLICY_FILE_BYTES + 1)
+            except OSError:
+                content = b"\0unreadable"
+            digest.update(f"{path.relative_to(directory)}\n".encode() + content + b"\n")
+        return "unreadable-" + digest.hexdigest()[:16]
+
+
 def problems_from_opa(message: str, default_file: str) -> list[PolicyProblem]:
     """OPA's error text, one PolicyProblem per located error."""
     problems = [PolicyProblem(m.group("file"), m.group("message").strip(), int(m.group("line")))

@@ -21,6 +21,7 @@ _operations := {
 	"facts.write", "facts.read", "facts.retract",
 	"decisions.create", "decisions.read",
 	"replays.create", "rulesets.read", "actions.operate", "triggers.operate",
+	"policies.read",
 }
 
 _known_operation if input.request.operation in _operations
@@ -90,6 +91,15 @@ deny contains msg if {
 	input.request.operation in {"actions.operate", "triggers.operate"}
 	not _granted("operator")
 	msg := sprintf("%v needs the operator grant to re-drive actions.", [_caller])
+}
+
+# METADATA
+# description: Reading the live policies needs the analyst or the operator grant.
+deny contains msg if {
+	input.request.operation == "policies.read"
+	not _granted("analyst")
+	not _granted("operator")
+	msg := sprintf("%v needs the analyst or the operator grant to read the policies.", [_caller])
 }
 
 _reports_for(department) if department in input.caller.departments

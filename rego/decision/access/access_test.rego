@@ -54,6 +54,16 @@ test_replay_needs_the_analyst_grant if {
 	not access.allow with input as {"caller": _portal, "request": {"operation": "replays.create"}}
 }
 
+test_reading_the_policies_needs_the_analyst_or_the_operator_grant if {
+	access.allow with input as {"caller": _analyst, "request": {"operation": "policies.read"}}
+	operator := {"id": "ops", "departments": [], "rulesets": [], "grants": ["operator"]}
+	access.allow with input as {"caller": operator, "request": {"operation": "policies.read"}}
+	result := access with input as {"caller": _finance, "request": {"operation": "policies.read"}}
+	not result.allow
+	result.deny == {"finance-system needs the analyst or the operator grant to read the policies."}
+	not access.allow with input as {"caller": {"id": "x", "grants": "analyst"}, "request": {"operation": "policies.read"}}
+}
+
 test_anyone_with_a_key_may_read if {
 	access.allow with input as {"caller": _finance, "request": {"operation": "facts.read"}}
 	access.allow with input as {"caller": _finance, "request": {"operation": "decisions.read"}}
