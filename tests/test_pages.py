@@ -7,6 +7,7 @@ for every status, labels shown whole."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,9 +177,11 @@ def test_the_explorer_shows_a_subject_and_how_its_decision_was_taken(
         "budget_confirmed", "risk_acceptable", "legal_not_needed", "approve_purchase",
         "issue_purchase_order", "expedite_critical_order"]
     assert "rules" in [e.split(" (")[0] for e in browser.texts("#facts .dept h4")]
-    first = browser.texts("#fired li")[0]
+    first, second = browser.texts("#fired li")[:2]
     assert first == ("budget_confirmed matched req=purchase_request (procurement), "
                      "bud=budget_check (finance)")
+    # a rule compiled from a decision table's row says which
+    assert second.startswith("risk_acceptable (table risk_routing, row 1) matched ")
     assert "[object" not in browser.text("main")
     rows = browser.texts("#actions tr[data-action]")
     assert rows[0].startswith("issue_purchase_order") and "allow" in rows[0]
@@ -324,7 +327,7 @@ def test_a_decision_links_to_its_subject_its_versions_and_its_replay(
 
 
 def test_the_why_not_panel_offers_the_rules_that_did_not_fire(
-        browser: Browser, site: Site) -> None:
+        browser: Browser, site: Site, shots: Path) -> None:
     open_decision(browser, site, "PR-7")
     browser.wait_for("#why-not-rule option")
     offered = browser.texts("#why-not-rule option")
@@ -335,24 +338,15 @@ def test_the_why_not_panel_offers_the_rules_that_did_not_fire(
     if site.serves("/v1/decisions/<decision_id>/why-not"):
         browser.wait_for("#why-not-answer .explanation")
         assert browser.text("#why-not-answer .explanation")
-        assert browser.elements("#why-not-answer tr[data-step]")
+        steps = browser.texts("#why-not-answer tr[data-step] td:first-child")
+        assert steps and not [step for step in steps if step.startswith("req: req:")]
+        assert browser.elements("#why-not-answer tr[data-step='failed']")
+        for width in WIDTHS:
+            browser.resize(width, 1000)
+            browser.screenshot_page(shots / f"why-not-{width}.png", width)
+        browser.resize(1280, 1000)
     else:  # the endpoint is another change's: until it is there, the panel says so
         assert "no why-not endpoint" in browser.text("#why-not-missing")
-
-
-def test_a_firing_from_a_decision_table_names_the_table_and_row(
-        browser: Browser, site: Site) -> None:
-    browser.get(f"{site.url}/explorer")
-    browser.wait_for("#lookup")
-    text = browser.run("""
-        const section = firedSection({fired: [
-            {rule: "small_orders_row_3", facts: {req: "f-1"}, table: "small_orders", row: 3},
-            {rule: "budget_confirmed", facts: {req: "f-1"}}]},
-          {"f-1": {type: "purchase_request", department: "procurement"}}, () => "");
-        return [...section.querySelectorAll("li")].map((li) => li.textContent);""")
-    assert text == ["small_orders_row_3 (table small_orders, row 3) matched "
-                    "req=purchase_request (procurement)",
-                    "budget_confirmed matched req=purchase_request (procurement)"]
 
 
 def candidate_policy(browser: Browser, site: Site, path: str, text: str) -> None:
@@ -463,10 +457,16 @@ def test_the_html_report_of_the_cli_stands_alone(browser: Browser, site: Site, r
     candidate.write_text((ROOT / "rules" / "procurement.yaml").read_text().replace(
         "level: {in: [critical, high]}", "level: {in: [high]}").replace(
         "urgency: {in: [critical, high]}", "urgency: {in: [high]}"))
-    page = tmp_path / "report.html"
+    # the sample's scenarios, beside the candidate: those of critical orders now fail
+    (tmp_path / "candidate_test.yaml").write_text(
+        (ROOT / "rules" / "procurement_test.yaml").read_text())
+    page, written = tmp_path / "report.html", tmp_path / "report.json"
     result = CliRunner().invoke(main, ["replay", "--since", "2000-01-01", "--rules",
-                                       str(candidate), "--html", str(page)])
+                                       str(candidate), "--html", str(page), "--json",
+                                       str(written)])
     assert result.exit_code == 0, result.output
+    scenarios = json.loads(written.read_text())["scenarios"]
+    assert scenarios["passed"] and scenarios["failed"]
     browser.get(page.as_uri())
     browser.wait_for("#summary .card")
     assert browser.elements("#request")  # the form is there, but hidden
@@ -474,8 +474,17 @@ def test_the_html_report_of_the_cli_stands_alone(browser: Browser, site: Site, r
     rows = browser.elements("#results tr.result")
     assert len(rows) == 2
     assert [row["note"] for row in browser.run(CHART, "#chart-rules")] == ["no longer fires"]
+    assert browser.text("#scenarios h2") == (
+        f"The candidate's scenarios: {scenarios['passed']} passed, "
+        f"{scenarios['failed']} failed")
+    failed = [r["name"] for r in scenarios["results"] if r["outcome"] != "PASS"]
+    assert browser.texts("#scenarios li:not([data-outcome='PASS']) strong") == failed
+    assert browser.elements("#scenarios li[data-outcome='FAIL'] pre.failures")
     browser.click("#only-changed")
     shown = browser.run("return [...document.querySelectorAll('#results tr.result')]"
                         ".filter(r => !r.hidden).map(r => r.textContent)")
     assert len(shown) == 1 and "\u2212expedite_delivery" in shown[0]  # minus sign
-    browser.screenshot(shots / "report-1280.png")
+    for width in WIDTHS:
+        browser.resize(width, 1000)
+        browser.screenshot_page(shots / f"report-{width}.png", width)
+    browser.resize(1280, 1000)
