@@ -345,13 +345,13 @@ def test_the_why_not_panel_offers_the_rules_that_did_not_fire(
             browser.resize(width, 1000)
             browser.screenshot_page(shots / f"why-not-{width}.png", width)
         browser.resize(1280, 1000)
-    else:  # the endpoint is another change's: until it is there, the panel says so
+    else:  # a service without the endpoint: the panel says so
         assert "no why-not endpoint" in browser.text("#why-not-missing")
 
 
 def candidate_policy(browser: Browser, site: Site, path: str, text: str) -> None:
     """Edit a live policy file in place, or where the service cannot hand out its live
-    files (GET /v1/policies/sources is another change's), name the file and give its text."""
+    files (no GET /v1/policies/sources), name the file and give its text."""
     if site.serves("/v1/policies/sources"):
         browser.click(f"details.policy-file[data-path='{path}'] summary")
         area = f"textarea[data-path='{path}']"
