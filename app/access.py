@@ -117,6 +117,15 @@ class AccessControl:
                       f"{BUNDLE_GRANT} grant (an OPA sidecar's) may.")
             raise Forbidden(reason, [reason])
 
+    def allows(self, caller: Caller, operation: str, **resource: Any) -> bool:
+        """Whether the access policy allows it (for what a page offers; the request itself
+        is authorized when made). PolicyUnavailable (503) when the engine cannot decide."""
+        try:
+            self.authorize(caller, operation, **resource)
+        except Forbidden:
+            return False
+        return True
+
     def authorize(self, caller: Caller, operation: str, **resource: Any) -> None:
         """Forbidden (403) with the policy's reasons unless the access policy allows it;
         PolicyUnavailable (503) when the policy engine cannot decide."""

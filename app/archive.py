@@ -39,18 +39,27 @@ class Archive:
     def written(self, entries: dict[str, str]) -> None:
         self._written.update(entries)
 
-    def ruleset(self, name: str, version: str) -> Ruleset:
+    def ruleset_source(self, name: str, version: str) -> str:
+        """The text of a ruleset version a decision ran with; NotFound if none did."""
         with unavailable_on_outage():
             source = self._redis.get(keys.archived_ruleset(name, version))
         if source is None:
             raise NotFound(f"ruleset {name} version {version} is not archived")
-        ruleset = parse_ruleset(cast(str, source), f"{name}@{version}.yaml")
-        return ruleset
+        return cast(str, source)
 
-    def policies(self, revision: str) -> PolicySet:
+    def ruleset(self, name: str, version: str) -> Ruleset:
+        return parse_ruleset(self.ruleset_source(name, version), f"{name}@{version}.yaml")
+
+    def policy_sources(self, revision: str) -> dict[str, str]:
+        """The policy files (path -> text) of a revision a decision ran with; NotFound if
+        none did, or if an OPA sidecar on files of its own judged it."""
         with unavailable_on_outage():
             raw = self._redis.get(keys.archived_policies(revision))
         if raw is None:
             raise NotFound(f"policy revision {revision} is not archived (policies evaluated by "
                            "an OPA sidecar are its own: replay them with candidate policies)")
-        return PolicySet.from_sources(json.loads(cast(str, raw)))
+        sources: dict[str, str] = json.loads(cast(str, raw))
+        return sources
+
+    def policies(self, revision: str) -> PolicySet:
+        return PolicySet.from_sources(self.policy_sources(revision))

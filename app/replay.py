@@ -296,27 +296,39 @@ def outcomes_of_fact_sets(lines: Iterable[str], *, registry: RulesetRegistry, ga
 
 
 def summarize(results: list[dict[str, Any]], candidates: Candidates) -> dict[str, Any]:
-    """Counts, and the rules and policy reasons that changed the most decisions."""
+    """Counts, the rules that changed the most decisions (how many now fire, how many no
+    longer fire), and the policy reasons of the verdicts that flipped in the most decisions
+    (given now, or no longer). A reason counts only where a verdict on the same action
+    flipped: the reasons of an added or removed action are the rules' change, not the
+    policies'. A decision counts once per rule and per reason (a reason it both gives
+    and no longer gives, on two actions, counts as given)."""
     errors = [r for r in results if "error" in r]
     changed = [r for r in results if r["changed"]]
-    rules: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
+    now_fire: Counter[str] = Counter()
+    no_longer_fire: Counter[str] = Counter()
+    given: Counter[str] = Counter()
+    no_longer_given: Counter[str] = Counter()
     totals = Counter(added=0, removed=0, changed=0, verdicts_flipped=0, now_blocked=0,
                      no_longer_blocked=0)
     for result in changed:
         delta = result["diff"]
         totals["now_blocked"] += len(delta["blocked"]["now"])
         totals["no_longer_blocked"] += len(delta["blocked"]["no_longer"])
-        rules.update(set(delta["rules"]["now_fire"]) | set(delta["rules"]["no_longer_fire"]))
+        now_fire.update(set(delta["rules"]["now_fire"]))
+        no_longer_fire.update(set(delta["rules"]["no_longer_fire"]))
         for kind in ("added", "removed", "changed"):
             totals[kind] += len(delta["actions"][kind])
         totals["verdicts_flipped"] += len(delta["verdicts"])
-        touched: set[str] = set()
+        now: set[str] = set()
+        gone: set[str] = set()
         for flip in delta["verdicts"]:
-            touched.update(set(flip["before"]["reasons"]) ^ set(flip["after"]["reasons"]))
-        for action in delta["actions"]["added"] + delta["actions"]["removed"]:
-            touched.update(action["verdict"]["reasons"])
-        reasons.update(touched)
+            before, after = set(flip["before"]["reasons"]), set(flip["after"]["reasons"])
+            now.update(after - before)
+            gone.update(before - after)
+        given.update(now)
+        no_longer_given.update(gone - now)
+    rules = now_fire + no_longer_fire
+    reasons = given + no_longer_given
     return {
         "decisions": len(results),
         "changed": len(changed),
@@ -325,9 +337,13 @@ def summarize(results: list[dict[str, Any]], candidates: Candidates) -> dict[str
         "actions": {kind: totals[kind] for kind in ("added", "removed", "changed")},
         "verdicts_flipped": totals["verdicts_flipped"],
         "blocked": {"now": totals["now_blocked"], "no_longer": totals["no_longer_blocked"]},
-        "most_changed_rules": [{"rule": rule, "decisions": count}
+        "most_changed_rules": [{"rule": rule, "decisions": count,
+                                "now_fires": now_fire[rule],
+                                "no_longer_fires": no_longer_fire[rule]}
                                for rule, count in rules.most_common(TOP)],
-        "most_changed_policies": [{"reason": reason, "decisions": count}
+        "most_changed_policies": [{"reason": reason, "decisions": count,
+                                   "now_given": given[reason],
+                                   "no_longer_given": no_longer_given[reason]}
                                   for reason, count in reasons.most_common(TOP)],
         "candidates": candidates.describe(),
     }

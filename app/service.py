@@ -530,6 +530,26 @@ class DecisionService:
         return {"results": results, "summary": summary,
                 **({"scenarios": scenarios} if scenarios is not None else {})}
 
+    # --- what a decision ran with (the explorer links to it) ---------------------------
+
+    def ruleset_version(self, name: str, version: str) -> tuple[Ruleset, bool]:
+        """A ruleset version a decision ran with (loaded by this process, else archived;
+        NotFound if neither has it), and whether it is the active version now."""
+        try:
+            ruleset = self.rulesets.get(name, version)
+        except NotFound:
+            ruleset = self.archive.ruleset(name, version)
+        try:
+            live = self.rulesets.get(name).version == version
+        except NotFound:
+            live = False
+        return ruleset, live
+
+    def policy_revision(self, revision: str) -> tuple[dict[str, str], bool]:
+        """The policy files (path -> text) of a revision a decision ran with (NotFound if
+        it is not archived), and whether it is the revision in use now."""
+        return self.archive.policy_sources(revision), revision == self.policy.revision
+
     # --- the policy bundle -------------------------------------------------------------
 
     def bundle(self, name: str) -> Bundle:

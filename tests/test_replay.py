@@ -136,7 +136,10 @@ def test_candidate_rules_show_the_actions_and_rules_that_change(app: Flask) -> N
     assert [a["type"] for a in changed["diff"]["actions"]["added"]] == ["request_legal_review"]
     summary = report["summary"]
     assert (summary["changed"], summary["unchanged"]) == (1, 1)
-    assert {"rule": "legal_review_required", "decisions": 1} in summary["most_changed_rules"]
+    assert {"rule": "legal_review_required", "decisions": 1, "now_fires": 1,
+            "no_longer_fires": 0} in summary["most_changed_rules"]
+    assert {"rule": "issue_purchase_order", "decisions": 1, "now_fires": 0,
+            "no_longer_fires": 1} in summary["most_changed_rules"]
     assert summary["candidates"]["rulesets"]["procurement"] != changed["versions"]["before"][
         "ruleset"]
 
@@ -152,7 +155,30 @@ def test_candidate_policies_flip_verdicts_and_say_why(app: Flask) -> None:
     assert (flip["before"]["outcome"], flip["after"]["outcome"]) == ("allow", "deny")
     reason = "Purchase orders above EUR 60000 need a cleared legal review; PR-P has none."
     assert flip["after"]["reasons"] == [reason]
-    assert report["summary"]["most_changed_policies"] == [{"reason": reason, "decisions": 1}]
+    assert report["summary"]["most_changed_policies"] == [
+        {"reason": reason, "decisions": 1, "now_given": 1, "no_longer_given": 0}]
+
+
+def test_the_reasons_of_removed_actions_are_no_policy_change(app: Flask) -> None:
+    """Candidate rules that stop proposing a denied order remove it with its reason; no
+    verdict flipped, so no policy changed anything: "most changed policies" stays empty."""
+    client = app.test_client()
+    denied = record(client, "PR-D", case("PR-D", vendor="Acme Shell Corp"))
+    urgency = 'urg: {type: urgency_assessment, request_id: "$ok.request_id"}'
+    source = (ROOT / "rules" / "procurement.yaml").read_text()
+    assert urgency in source
+    source = source.replace(urgency, urgency[:-1] + ", level: critical}", 1)
+    report = replay(client, decision_ids=[denied],
+                    ruleset={"name": "procurement", "source": source})
+    [result] = report["results"]
+    [removed] = [a for a in result["diff"]["actions"]["removed"]
+                 if a["type"] == "issue_purchase_order"]
+    assert removed["verdict"]["outcome"] == "deny" and removed["verdict"]["reasons"]
+    assert result["diff"]["verdicts"] == []
+    summary = report["summary"]
+    assert summary["most_changed_policies"] == []
+    assert {"rule": "issue_purchase_order", "decisions": 1, "now_fires": 0,
+            "no_longer_fires": 1} in summary["most_changed_rules"]
 
 
 def test_a_subject_and_a_time_range_select_decisions(app: Flask) -> None:
@@ -275,8 +301,9 @@ def test_the_cli_writes_json_and_html_reports_and_gates_on_change(
     assert what_if.exit_code == 1, what_if.output
     written = json.loads(report.read_text())
     assert written["summary"]["changed"] > 0
-    assert {"rule": "risk_acceptable", "decisions": written["summary"]["changed"]} in written[
-        "summary"]["most_changed_rules"]
+    changed = written["summary"]["changed"]
+    assert {"rule": "risk_acceptable", "decisions": changed, "now_fires": changed,
+            "no_longer_fires": 0} in written["summary"]["most_changed_rules"]
     html = page.read_text()
     assert '"most_changed_rules"' in html and "/*REPORT*/null" not in html
 

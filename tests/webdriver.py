@@ -92,11 +92,32 @@ class Browser:
     def type(self, css: str, text: str) -> None:
         self._session_call("POST", f"/element/{self.wait_for(css)}/value", {"text": text})
 
+    def clear(self, css: str) -> None:
+        self._session_call("POST", f"/element/{self.wait_for(css)}/clear", {})
+
+    def attribute(self, css: str, name: str) -> str | None:
+        value = self._session_call("GET", f"/element/{self.wait_for(css)}/attribute/{name}")
+        return None if value is None else str(value)
+
+    def resize(self, width: int, height: int) -> None:
+        """The window's size; headless, the page's viewport is as wide as the window."""
+        self._session_call("POST", "/window/rect", {"width": width, "height": height})
+
     def run(self, script: str, *args: Any) -> Any:
         return self._session_call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._session_call("GET", "/screenshot")))
+
+    def screenshot_page(self, path: Path, width: int, *, most: int = 6000) -> None:
+        """The whole page at `width` (the window made as tall as the page, up to `most`
+        pixels), then the window as it was."""
+        self.run("window.scrollTo(0, 0)")
+        height = int(self.run("return document.documentElement.scrollHeight"))
+        frame = int(self.run("return window.outerHeight - window.innerHeight"))
+        self.resize(width, min(max(height, 600), most) + frame)
+        self.screenshot(path)
+        self.resize(width, 1000)
 
     def quit(self) -> None:
         try:

@@ -14,7 +14,9 @@ from typing import Any
 from flask import Flask
 
 from app.api import (
+    archive,
     bundles,
+    caller,
     decisions,
     facts,
     health,
@@ -52,7 +54,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.after_request(end_request)
     app.teardown_request(leave_request)
     for blueprint in (health.bp, facts.bp, decisions.bp, replays.bp, rulesets.bp, bundles.bp,
-                      policies.bp, openapi.bp, pages.bp):
+                      policies.bp, archive.bp, caller.bp, openapi.bp, pages.bp):
         app.register_blueprint(blueprint)
     if settings.background_worker:
         service.worker.start()

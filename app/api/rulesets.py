@@ -9,6 +9,7 @@ from marshmallow import Schema, fields
 
 from app.api.openapi import documented
 from app.api.request_context import authorize, service
+from app.rules import Ruleset
 
 bp = Blueprint("rulesets", __name__)
 
@@ -55,3 +56,38 @@ def list_rulesets() -> dict[str, Any]:
         "problems": [{"file": p.file, "line": p.line, "rule": p.rule, "message": p.message}
                      for p in registry.problems],
     }
+
+
+class RulesetSourceSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True, metadata={"description": "content hash of the file"})
+    file = fields.String(required=True, metadata={
+        "description": "the file it was loaded from (an archived version: name@version.yaml)"})
+    source = fields.String(required=True, metadata={"description": "the rule file's text"})
+    rules = fields.List(fields.String(), required=True, metadata={"description": "rule names"})
+    live = fields.Boolean(required=True, metadata={
+        "description": "whether this is the active version of the ruleset"})
+
+
+def ruleset_source(ruleset: Ruleset, *, live: bool) -> dict[str, Any]:
+    return {"name": ruleset.name, "version": ruleset.version, "file": ruleset.file,
+            "source": ruleset.source, "rules": [rule.name for rule in ruleset.rules],
+            "live": live}
+
+
+@bp.get("/v1/rulesets/<name>")
+@documented(summary="The active version of a ruleset with its source (a what-if starts "
+                    "from it)", tag="rules",
+            responses={200: ("the active version and its text", RulesetSourceSchema)})
+def get_ruleset(name: str) -> dict[str, Any]:
+    authorize("rulesets.read")
+    return ruleset_source(service().rulesets.get(name), live=True)
+
+
+@bp.get("/v1/rulesets/<name>/versions/<version>")
+@documented(summary="A ruleset version a decision ran with, from the archive", tag="rules",
+            responses={200: ("the version and its text", RulesetSourceSchema)})
+def get_ruleset_version(name: str, version: str) -> dict[str, Any]:
+    authorize("rulesets.read")
+    ruleset, live = service().ruleset_version(name, version)
+    return ruleset_source(ruleset, live=live)

@@ -3,7 +3,9 @@
 Both are static HTML with inline CSS and JavaScript that read the JSON API (so they
 show exactly what the API says, and need no build step). The replay report page is
 also the template of the self-contained HTML report `decision-service replay --html`
-writes: the report JSON is embedded where the page would otherwise fetch it.
+writes: the report JSON is embedded where the page would otherwise fetch it. What both
+pages share (`common.css`, `common.js`) is inlined into each where it names the slot, so
+each page, and the report, stays one file.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ from importlib import resources
 from typing import Any
 
 _REPORT_SLOT = "/*REPORT*/null"
+_SHARED = {"/*COMMON-CSS*/": "common.css", "/*COMMON-JS*/": "common.js"}
+
+
+def _text(name: str) -> str:
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
 def page(name: str) -> str:
-    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    text = _text(name)
+    for slot, shared in _SHARED.items():
+        text = text.replace(slot, _text(shared), 1)
+    return text
 
 
 def replay_report_html(report: dict[str, Any]) -> str:

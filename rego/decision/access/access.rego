@@ -26,6 +26,9 @@ _operations := {
 
 _known_operation if input.request.operation in _operations
 
+# Any identified caller may ask who it is and what it may do (GET /v1/caller).
+_known_operation if input.request.operation == "caller.read"
+
 _caller := object.get(input, ["caller", "id"], "an unidentified caller")
 
 # METADATA

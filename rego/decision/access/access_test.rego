@@ -104,3 +104,8 @@ test_no_input_at_all_is_refused if {
 	not result.allow
 	result.deny == {"Unknown operation (none)."}
 }
+
+test_any_caller_may_ask_who_it_is if {
+	access.allow with input as {"caller": _finance, "request": {"operation": "caller.read"}}
+	access.allow with input as {"caller": {"id": "bare"}, "request": {"operation": "caller.read"}}
+}
