@@ -25,16 +25,27 @@ class LivePolicySchema(Schema):
                                 metadata={"format": "date-time"})
 
 
+class ReadyPolicySchema(Schema):
+    revision = fields.String(required=True, metadata={
+        "description": "the live policy revision (what OPA runs, with a sidecar)"})
+    rejected_problems = fields.Integer(required=True, metadata={
+        "description": "how many problems the last rejected change to the policy directory "
+                       "had (0: none); which, with file and line, only GET /v1/policies "
+                       "says, to a key that may read the policies"})
+    rejected_at = fields.String(required=True, allow_none=True,
+                                metadata={"format": "date-time"})
+
+
 class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
     policy_revisions = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
         "description": "the policy revision each side has: embedded, or served (the bundle "
                        "this service serves) and sidecar (what OPA runs)"})
-    policy = fields.Nested(LivePolicySchema)
+    policy = fields.Nested(ReadyPolicySchema)
     warnings = fields.List(fields.String(), metadata={
         "description": "what an operator should know though the service is ready, such as "
-                       "a rejected policy change (file:line: message)"})
+                       "a rejected policy change"})
 
 
 class DependenciesUnavailable(ServiceUnavailable):
@@ -81,15 +92,16 @@ def readyz() -> dict[str, Any]:
     checks = svc.readiness()
     revisions = svc.policy_revisions()
     problems, rejected_at = svc.policy_rejection()
-    policy = {"revision": svc.policy.revision, "problems": problems, "rejected_at": rejected_at}
+    # No key is needed here: the count and the time, not the files and OPA's messages.
+    policy = {"revision": svc.policy.revision, "rejected_problems": len(problems),
+              "rejected_at": rejected_at}
     if any(reason != "ok" for reason in checks.values()):
         raise DependenciesUnavailable(checks, revisions, policy)
     answer = {"status": "ready", "checks": checks, "policy_revisions": revisions,
               "policy": policy}
     if problems:
         answer["warnings"] = [
-            f"a policy change was rejected at {rejected_at}; revision {policy['revision']} "
-            f"stays live: " + "; ".join(
-                p["file"] + (f":{p['line']}" if p["line"] else "") + f": {p['message']}"
-                for p in problems)]
+            f"a policy change was rejected at {rejected_at} ({len(problems)} problem(s): "
+            "GET /v1/policies or `decision-service policy status` says which); revision "
+            f"{policy['revision']} stays live"]
     return answer

@@ -109,7 +109,9 @@ def load_policy_set(directory: Path) -> PolicySet:
                 problems.append(PolicyProblem(name, f"larger than {MAX_POLICY_FILE_BYTES} bytes"))
                 continue
             sources[name] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:  # its reason, not its absolute path
+            problems.append(PolicyProblem(name, f"cannot be read: {exc.strerror or exc}"))
+        except UnicodeDecodeError as exc:
             problems.append(PolicyProblem(name, f"cannot be read: {exc}"))
     if problems:
         raise PolicyInvalid(problems)
