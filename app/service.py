@@ -425,18 +425,23 @@ class DecisionService:
         the archive (its version is the hash of its source, so either is the same text)."""
         name, version = record["ruleset"]["name"], record["ruleset"]["version"]
         try:
+            return self._loaded_or_archived(name, version)
+        except (NotFound, RulesetInvalid) as exc:
+            raise RulesetUnavailable(
+                f"decision {record['decision_id']} ran with ruleset {name} version "
+                f"{version}, which is neither archived nor loaded any more ({exc.detail}); "
+                "it is explained on that version or not at all") from exc
+
+    def _loaded_or_archived(self, name: str, version: str) -> Ruleset:
+        """A ruleset version loaded by this process, or parsed from the archive once and
+        kept (the last ARCHIVED_RULESETS_KEPT): NotFound, or RulesetInvalid."""
+        try:
             return self.rulesets.get(name, version)
         except UnknownRuleset:
             pass
         key = (name, version)
         if key not in self._archived:
-            try:
-                self._archived[key] = self.archive.ruleset(name, version)
-            except (NotFound, RulesetInvalid) as exc:
-                raise RulesetUnavailable(
-                    f"decision {record['decision_id']} ran with ruleset {name} version "
-                    f"{version}, which is neither archived nor loaded any more ({exc.detail}); "
-                    "it is explained on that version or not at all") from exc
+            self._archived[key] = self.archive.ruleset(name, version)
             for stale in list(self._archived)[:-ARCHIVED_RULESETS_KEPT]:
                 self._archived.pop(stale, None)
         return self._archived[key]
@@ -536,9 +541,10 @@ class DecisionService:
         """A ruleset version a decision ran with (loaded by this process, else archived;
         NotFound if neither has it), and whether it is the active version now."""
         try:
-            ruleset = self.rulesets.get(name, version)
-        except NotFound:
-            ruleset = self.archive.ruleset(name, version)
+            ruleset = self._loaded_or_archived(name, version)
+        except RulesetInvalid as exc:  # archived, but no longer read as rules here
+            raise RulesetUnavailable(f"ruleset {name} version {version} is archived but "
+                                     f"cannot be read any more: {exc.detail}") from exc
         try:
             live = self.rulesets.get(name).version == version
         except NotFound:
@@ -627,6 +633,7 @@ class DecisionService:
         would (DECISION_POLICY_RELOAD_SECONDS)."""
         if time.monotonic() - self._policy_reported_at >= POLICY_REPORT_SECONDS or (
                 first_now and not self._policy_reported):
+            self._policy_reported_at = time.monotonic()  # tried: not again at every poll
             try:
                 self.policy_status(check=False)
             except DecisionServiceError as exc:

@@ -94,8 +94,9 @@ def test_the_caller_learns_what_the_access_policy_lets_it_do(secured: Flask) -> 
     assert analyst["may"]["replays.create"] is True
     portal = client.get("/v1/caller", headers=as_("portal")).get_json()
     assert portal["may"] == {"decisions.read": True, "facts.read": True,
-                             "rulesets.read": True, "policies.read": False,
-                             "replays.create": False, "actions.operate": False}
+                             "rulesets.read": True, "rulesets.source": False,
+                             "policies.read": False, "replays.create": False,
+                             "actions.operate": False}
 
 
 def test_without_keys_the_caller_is_anonymous_and_may_do_everything(open_app: Flask) -> None:
@@ -106,14 +107,17 @@ def test_without_keys_the_caller_is_anonymous_and_may_do_everything(open_app: Fl
 
 def test_a_ruleset_comes_with_its_live_source(secured: Flask, live: Path) -> None:
     client = secured.test_client()
-    answer = client.get("/v1/rulesets/procurement", headers=as_("portal"))
+    # a department may not read the rules its facts are judged by: it could tune them to pass
+    refused = client.get("/v1/rulesets/procurement", headers=as_("portal"))
+    assert refused.status_code == 403 and "analyst or the operator" in refused.get_json()["detail"]
+    answer = client.get("/v1/rulesets/procurement", headers=as_("analyst"))
     assert answer.status_code == 200
     ruleset = answer.get_json()
     assert ruleset["source"] == (live / "rules" / "procurement.yaml").read_text()
     assert ruleset["name"] == "procurement" and ruleset["live"] is True
     assert ruleset["file"].endswith("procurement.yaml")
     assert {"budget_confirmed", "issue_purchase_order"} <= set(ruleset["rules"])
-    missing = client.get("/v1/rulesets/payroll", headers=as_("portal"))
+    missing = client.get("/v1/rulesets/payroll", headers=as_("analyst"))
     assert missing.status_code == 404
     assert missing.mimetype == "application/problem+json"
     assert client.get("/v1/rulesets/procurement").status_code == 401

@@ -387,3 +387,12 @@ def test_a_time_range_is_replayed_a_page_at_a_time(app: Flask,
             break
     assert seen == ids
     assert fetched == [3, 3, 1]
+
+
+def test_no_text_of_a_report_can_break_out_of_its_html_page() -> None:
+    from app.web import replay_report_html
+
+    hostile = "<!--<script></script><b>&amp;"
+    page = replay_report_html({"summary": {}, "results": [{"note": hostile}]})
+    assert hostile not in page and "<!--<script" not in page
+    assert page.count("</script>") == replay_report_html({}).count("</script>")

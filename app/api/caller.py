@@ -15,7 +15,8 @@ from app.api.request_context import authorize, caller, service
 bp = Blueprint("caller", __name__)
 
 # What the pages offer that not every caller may do.
-PAGE_OPERATIONS = ("decisions.read", "facts.read", "rulesets.read", "policies.read",
+PAGE_OPERATIONS = ("decisions.read", "facts.read", "rulesets.read", "rulesets.source",
+                   "policies.read",
                    "replays.create", "actions.operate")
 
 

@@ -80,7 +80,7 @@ def ruleset_source(ruleset: Ruleset, *, live: bool) -> dict[str, Any]:
                     "from it)", tag="rules",
             responses={200: ("the active version and its text", RulesetSourceSchema)})
 def get_ruleset(name: str) -> dict[str, Any]:
-    authorize("rulesets.read")
+    authorize("rulesets.source", ruleset=name)
     return ruleset_source(service().rulesets.get(name), live=True)
 
 
@@ -88,6 +88,6 @@ def get_ruleset(name: str) -> dict[str, Any]:
 @documented(summary="A ruleset version a decision ran with, from the archive", tag="rules",
             responses={200: ("the version and its text", RulesetSourceSchema)})
 def get_ruleset_version(name: str, version: str) -> dict[str, Any]:
-    authorize("rulesets.read")
+    authorize("rulesets.source", ruleset=name)
     ruleset, live = service().ruleset_version(name, version)
     return ruleset_source(ruleset, live=live)

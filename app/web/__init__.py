@@ -31,5 +31,8 @@ def page(name: str) -> str:
 
 def replay_report_html(report: dict[str, Any]) -> str:
     """A self-contained HTML file showing `report` (no server needed to open it)."""
-    embedded = json.dumps(report).replace("</", "<\\/")  # no early </script>
+    # <, > and & as JSON escapes: no text of the report can end the script or open a
+    # comment in it ("<!--<script" would keep the page's own </script> from ending it)
+    embedded = (json.dumps(report).replace("<", "\\u003c").replace(">", "\\u003e")
+                .replace("&", "\\u0026"))
     return page("replay.html").replace(_REPORT_SLOT, embedded, 1)

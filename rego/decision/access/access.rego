@@ -21,7 +21,7 @@ _operations := {
 	"facts.write", "facts.read", "facts.retract",
 	"decisions.create", "decisions.read",
 	"replays.create", "rulesets.read", "actions.operate", "triggers.operate",
-	"policies.read",
+	"policies.read", "rulesets.source",
 }
 
 _known_operation if input.request.operation in _operations
@@ -103,6 +103,18 @@ deny contains msg if {
 	not _granted("analyst")
 	not _granted("operator")
 	msg := sprintf("%v needs the analyst or the operator grant to read the policies.", [_caller])
+}
+
+# METADATA
+# description: |
+#   Reading a ruleset's source (its thresholds, the conditions a department's facts are
+#   judged by) needs the analyst or the operator grant: a department that read them could
+#   tune what it reports to pass.
+deny contains msg if {
+	input.request.operation == "rulesets.source"
+	not _granted("analyst")
+	not _granted("operator")
+	msg := sprintf("%v needs the analyst or the operator grant to read the rule files.", [_caller])
 }
 
 _reports_for(department) if department in input.caller.departments

@@ -64,6 +64,16 @@ test_reading_the_policies_needs_the_analyst_or_the_operator_grant if {
 	not access.allow with input as {"caller": {"id": "x", "grants": "analyst"}, "request": {"operation": "policies.read"}}
 }
 
+test_reading_the_rule_files_needs_the_analyst_or_the_operator_grant if {
+	access.allow with input as {"caller": _analyst, "request": {"operation": "rulesets.source"}}
+	operator := {"id": "ops", "departments": [], "rulesets": [], "grants": ["operator"]}
+	access.allow with input as {"caller": operator, "request": {"operation": "rulesets.source"}}
+	result := access with input as {"caller": _finance, "request": {"operation": "rulesets.source"}}
+	not result.allow
+	result.deny == {"finance-system needs the analyst or the operator grant to read the rule files."}
+	access.allow with input as {"caller": _finance, "request": {"operation": "rulesets.read"}}
+}
+
 test_anyone_with_a_key_may_read if {
 	access.allow with input as {"caller": _finance, "request": {"operation": "facts.read"}}
 	access.allow with input as {"caller": _finance, "request": {"operation": "decisions.read"}}
