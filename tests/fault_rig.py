@@ -189,10 +189,6 @@ class Rig:
         self.opa_port = free_port()
         self.opa: OpaServer | None = None
         self.executor = Executor()
-        # One expedite in ten fails at every attempt, so some are parked whatever the faults
-        # do (an expedite waits for its order, which the executor's own faults also delay).
-        self.executor.refuses = lambda path, headers: path.endswith("/expedite_delivery") and (
-            zlib.crc32(headers.get("Idempotency-Key", "").encode()) % 10 == 0)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.worker_count = workers
@@ -403,6 +399,13 @@ class Fault:
 
 def _restart_redis(rig: Rig) -> None:
     rig.redis.start()  # on its data: the append-only file brings back what was acknowledged
+
+
+def refuse_some_expedites(rig: Rig) -> None:
+    """One expedite in ten fails at every attempt, so some are parked whatever the faults
+    do (an expedite waits for its order, which the executor's own faults also delay)."""
+    rig.executor.refuses = lambda path, headers: path.endswith("/expedite_delivery") and (
+        zlib.crc32(headers.get("Idempotency-Key", "").encode()) % 10 == 0)
 
 
 def _executor(**knobs: Any) -> Callable[[Rig], None]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import CLUSTER
-from fault_rig import FAULTS, Rig, run_fault
+from fault_rig import FAULTS, Rig, refuse_some_expedites, run_fault
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     CLUSTER, reason="the fault rig runs its own Redis; once, in the single-server run")]
@@ -31,6 +31,7 @@ RECOVERY_SECONDS = 2.0
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     started = Rig(tmp_path_factory.mktemp("rig"))
+    refuse_some_expedites(started)
     started.start()
     yield started
     started.stop()
