@@ -40,8 +40,10 @@ MAX_INPUT_COLUMNS = 8
 MAX_OUTPUT_COLUMNS = 8
 MAX_COLUMN_VALUES = 64
 MAX_CELL_TEXT = 100
-MAX_ANALYSIS_BOXES = 20_000  # pieces of input space the checks may hold at once
-MAX_ANALYSIS_WORK = 60_000  # and the column sets they may compare or cut (about 1 s)
+MAX_ANALYSIS_BOXES = 20_000  # intervals and values the pieces of input space may hold at once
+# and the pairs of intervals (or values) the checks may compare or cut: each set operation
+# is charged what it really costs, |intervals| x |intervals|, before it runs (about 1 s)
+MAX_ANALYSIS_WORK = 100_000
 MAX_REPORTED = 10  # overlaps named per table (then "and N more")
 MAX_EXAMPLES = 3  # example inputs per gap warning
 
@@ -120,6 +122,12 @@ class Interval:
 ALL_NUMBERS = Interval(-math.inf, False, math.inf, False)
 
 
+def _apart(a: Interval, b: Interval) -> bool:
+    """Whether two intervals surely share no number (a quick test; the costly cut is
+    needed only when it says no)."""
+    return a.hi < b.lo or b.hi < a.lo
+
+
 def _number_text(number: float) -> str:
     if isinstance(number, float) and number.is_integer() and abs(number) < 1e16:
         return str(int(number))
@@ -143,12 +151,13 @@ class Numbers:
 
     def __and__(self, other: Numbers) -> Numbers:
         return Numbers(tuple(part for a in self.intervals for b in other.intervals
-                             if not (part := a & b).empty), self.other and other.other)
+                             if not _apart(a, b) and not (part := a & b).empty),
+                       self.other and other.other)
 
     def __sub__(self, other: Numbers) -> Numbers:
         left = list(self.intervals)
         for b in other.intervals:
-            left = [part for a in left for part in a - b]
+            left = [part for a in left for part in ((a,) if _apart(a, b) else a - b)]
         return Numbers(tuple(left), self.other and not other.other)
 
     def example(self, column: str) -> str:
@@ -403,16 +412,38 @@ class _Budget:
         if self.used > MAX_ANALYSIS_WORK:
             raise self._refuse(f"more than {MAX_ANALYSIS_WORK:,} steps to check")
 
-    def hold(self, pieces: int) -> None:
-        if pieces > MAX_ANALYSIS_BOXES:
-            raise self._refuse(f"more than {MAX_ANALYSIS_BOXES:,} pieces of input space")
+    def hold(self, size: int) -> None:
+        """`size`: the intervals and values of every piece held, not the pieces: one piece
+        of a column of listed numbers can hold thousands of intervals."""
+        if size > MAX_ANALYSIS_BOXES:
+            raise self._refuse(f"more than {MAX_ANALYSIS_BOXES:,} intervals and values in "
+                               "its pieces of input space")
 
 
-def _intersect(a: Box, b: Box, budget: _Budget | None = None) -> Box | None:
+def _size(part: ColumnSet) -> int:
+    """What a set holds: its intervals or values (at least 1)."""
+    if isinstance(part, Numbers):
+        return max(1, len(part.intervals) + part.other)
+    return max(1, len(part.keys))
+
+
+def _cost(x: ColumnSet, y: ColumnSet, cut: bool = False) -> int:
+    """What `x & y` (or, `cut`, `x - y`) costs: every interval of x against every one of y
+    (a cut leaves up to |x| + |y| intervals, each cut by the rest of y); sets of values
+    hash, the smaller into the larger (a cut: x's into y)."""
+    if isinstance(x, Numbers) and isinstance(y, Numbers):
+        return _size(y) * ((_size(x) + _size(y)) if cut else _size(x))
+    return _size(x) if cut else min(_size(x), _size(y))
+
+
+def _box_size(box: Box) -> int:
+    return sum(_size(part) for part in box)
+
+
+def _intersect(a: Box, b: Box, budget: _Budget) -> Box | None:
     parts = []
     for x, y in zip(a, b, strict=True):
-        if budget is not None:
-            budget.spend(1)
+        budget.spend(_cost(x, y))
         part = x & y  # type: ignore[operator]
         if part.empty:
             return None
@@ -423,18 +454,23 @@ def _intersect(a: Box, b: Box, budget: _Budget | None = None) -> Box | None:
 def _subtract(region: list[Box], box: Box, budget: _Budget) -> list[Box]:
     """The boxes of `region` less `box`, as disjoint boxes."""
     left: list[Box] = []
+    held = 0
     for piece in region:
-        if _intersect(piece, box, budget) is None:
+        common = _intersect(piece, box, budget)
+        if common is None:
             left.append(piece)
+            held += _box_size(piece)
+            budget.hold(held)
             continue
         inside = list(piece)
         for i, (x, y) in enumerate(zip(piece, box, strict=True)):
+            budget.spend(_cost(x, y, cut=True))
             rest = x - y  # type: ignore[operator]
             if not rest.empty:
-                left.append((*inside[:i], rest, *piece[i + 1:]))
-            inside[i] = x & y  # type: ignore[operator]
-        budget.spend(2 * len(piece))
-        budget.hold(len(left))
+                left.append(cut := (*inside[:i], rest, *piece[i + 1:]))
+                held += _box_size(cut)
+                budget.hold(held)
+            inside[i] = common[i]
     return left
 
 
@@ -461,9 +497,9 @@ def check_table(name: str, hit_policy: str, columns: Sequence[Column],
     if hit_policy == "unique":
         overlaps = []
         for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):  # at most MAX_TABLE_ROWS² / 2: no budget
+            for j in range(i + 1, len(boxes)):
                 common = None if i + 1 in empty or j + 1 in empty else _intersect(
-                    boxes[i], boxes[j])
+                    boxes[i], boxes[j], budget)
                 if common is not None:
                     overlaps.append((i + 1, j + 1, common))
         for i, j, common in overlaps[:MAX_REPORTED]:
@@ -486,7 +522,7 @@ def check_table(name: str, hit_policy: str, columns: Sequence[Column],
                     break
             if not region:
                 earlier = [n for n in range(1, k + 1) if n not in empty
-                           and _intersect(boxes[n - 1], boxes[k]) is not None]
+                           and _intersect(boxes[n - 1], boxes[k], budget) is not None]
                 findings.append(Finding(
                     f"table {name}: {row_text(k + 1)} is never reached: under hit policy "
                     f"first, row(s) {', '.join(map(str, earlier))} match every input it does",
