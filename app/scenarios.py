@@ -272,12 +272,17 @@ def bind(data: Mapping[str, Any], lines: Mapping[tuple[Any, ...], int], file: st
         if unknown:
             error = error or (f"ruleset {ruleset.name} has no rule {', '.join(unknown)} "
                               f"(its rules: {', '.join(sorted(rule_names))})")
-        created = raw.get("created_at")
+        created, created_at = raw.get("created_at"), None
+        if created is not None:
+            try:
+                created_at = rfc3339(created.timestamp())
+            except (ValueError, OverflowError, OSError) as exc:  # a year the clock cannot write
+                error = error or f"created_at {created.isoformat()} cannot be used: {exc}"
         scenarios.append(Scenario(
             name=raw["name"], line=_line_of(("scenarios", index), lines),
             subject=raw["subject"], facts=facts, expect=dict(expect),
             policies=raw.get("policies", "verdicts" in expect), error=error,
-            created_at=None if created is None else rfc3339(created.timestamp())))
+            created_at=created_at))
     return ScenarioFile(file, ruleset.name, scenarios)
 
 

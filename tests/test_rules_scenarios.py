@@ -312,3 +312,20 @@ def test_the_cli_replay_runs_the_scenarios_beside_candidate_rules(
     assert result.exit_code == 0, result.output
     assert "scenarios of the candidate rules: 3 passed, 0 failed" in result.output
     assert json.loads(report.read_text())["scenarios"]["passed"] == 3
+
+
+def test_a_time_the_clock_cannot_write_is_an_error_of_its_scenario(claims_dir: Path) -> None:
+    (claims_dir / "claims_test.yaml").write_text(textwrap.dedent("""\
+        ruleset: claims
+        scenarios:
+          - name: decided in year one
+            created_at: "0001-01-01T00:00:00+01:00"
+            facts:
+              - {type: claim, data: {claim_id: K-1, amount: 100, product: home}}
+            expect: {not_fired: [hold_suspicious]}
+        """))
+    result = run(str(claims_dir))
+    assert result.exit_code == 1, result.output
+    assert "decided in year one: ERROR" in result.output
+    assert "created_at 0001-01-01T00:00:00+01:00 cannot be used" in result.output
+    assert "Traceback" not in result.output
