@@ -125,6 +125,7 @@ class _Reach:
     score: tuple[int, int, int] = (-1, -1, -1)  # see `_assess`
     pattern: Pattern | None = None  # the alias that failed (when or unless)
     missing: Ref | None = None  # the field `then` fills in that the match lacks
+    taken_by: int | None = None  # a `first` table's earlier row (index in excludes) took it
 
 
 def _value_key(value: Any) -> tuple[str, Any] | None:
@@ -253,7 +254,9 @@ class _Search:
                         self.best = _Reach(self.size + 2, dict(bindings), fact,
                                            pattern=pattern)
                     return
-        self.best = _Reach(self.size + 3, dict(bindings))
+        taken = next((i for i, earlier in enumerate(self.rule.excludes)
+                      if all(p.matches(bindings[p.alias], bindings) for p in earlier)), None)
+        self.best = _Reach(self.size + 3, dict(bindings), taken_by=taken)
 
 
 # --- words ------------------------------------------------------------------------------
@@ -555,7 +558,17 @@ class _Explainer:
     def _sentence(self, rule: Rule, reach: _Reach, failed: str) -> str:
         size = len(rule.when)
         matched = _bound_ids(reach.bindings, [p.alias for p in rule.when])
-        if reach.stage == size + 3:
+        if reach.stage == size + 3 and reach.taken_by is not None:
+            earlier = [r for r in self.ruleset.rules
+                       if r.table == rule.table and r.row is not None and rule.row is not None
+                       and r.row < rule.row]
+            first = earlier[reach.taken_by] if reach.taken_by < len(earlier) else None
+            which = (f"row {first.row} (rule {first.name})" if first is not None
+                     else "an earlier row")
+            text = (f"Rule {rule.name} did not fire: it is row {rule.row} of table "
+                    f"{rule.table}, whose hit policy is first, and {which} matches these facts "
+                    f"({matched}) first.")
+        elif reach.stage == size + 3:
             text = (f"Every condition of rule {rule.name} holds on the recorded facts "
                     f"({matched}), yet the decision records no firing of it: "
                     + self._unrecorded_reason())

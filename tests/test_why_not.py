@@ -516,3 +516,38 @@ def test_the_command_line_prints_the_answer_as_text_or_json(
     assert hostile.exit_code == 1 and "rule: a rule name" in hostile.output
     gone = CliRunner().invoke(main, ["decisions", "why-not", "no-such-decision", "covered"])
     assert gone.exit_code == 1 and "no decision with id 'no-such-decision'" in gone.output
+
+
+SIZES = """\
+ruleset: sizes
+facts:
+  order: {owners: [sales], fields: [order_id, amount]}
+rules:
+  - table: sizes
+    hit_policy: first
+    when:
+      o: {type: order}
+    inputs:
+      amount: o.amount
+    outputs:
+      size: {propose: {action: size_order, params: {order_id: "$o.order_id"}}}
+    rows:
+      - {rule: big, amount: ">= 100", size: {size: big}}
+      - {rule: medium, amount: ">= 10", size: {size: medium}}
+"""
+
+
+def test_a_row_an_earlier_row_of_a_first_table_took_says_which(
+        make_app: AppFactory, domain: tuple[Path, Path]) -> None:
+    (domain[0] / "sizes.yaml").write_text(SIZES)
+    client = make_app().test_client()
+    response = client.post("/v1/decisions", json={
+        "subject": "O-1", "ruleset": "sizes", "dry_run": True,
+        "facts": [{"type": "order", "department": "sales",
+                   "data": {"order_id": "O-1", "amount": 500}}]})
+    assert response.status_code == 201, response.get_json()
+    assert [f["rule"] for f in response.get_json()["fired"]] == ["big"]
+    answer = why_not(client, response.get_json()["decision_id"], "medium")
+    assert answer["fired"] is False
+    assert ("it is row 2 of table sizes, whose hit policy is first, and row 1 (rule big) "
+            "matches these facts") in answer["explanation"], answer["explanation"]
