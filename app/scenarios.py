@@ -47,7 +47,7 @@ from app.documents import compose_yaml, construct_yaml, load_json
 from app.errors import DecisionServiceError, RuleProblem, ScenarioInvalid
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset
-from app.rules.loader import RULE_NAME_PATTERN
+from app.rules.loader import RULE_NAME_PATTERN, yaml_problem
 from app.schemas import (
     _NAME_RULE,
     _SUBJECT_RULE,
@@ -215,13 +215,8 @@ def _parse(text: str, file: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     try:
         node = compose_yaml(text)
         return construct_yaml(node), _node_lines(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        reason = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise ScenarioInvalid([RuleProblem(file, f"not valid YAML: {reason}",
-                                           line=mark.line + 1 if mark else None)]) from exc
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise ScenarioInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
+        raise ScenarioInvalid([yaml_problem(file, exc)]) from exc
 
 
 def _problems(messages: Any, lines: Mapping[tuple[Any, ...], int],

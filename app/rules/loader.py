@@ -104,6 +104,17 @@ def _lines_yaml(node: Any) -> _Lines:
     return lines
 
 
+
+def yaml_problem(file: str, exc: Exception) -> RuleProblem:
+    """What is wrong with a YAML text, and on which line when the parser knows."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(part for part in (exc.context, exc.problem) if part)
+        return RuleProblem(file, f"not valid YAML: {reason}",
+                           line=mark.line + 1 if mark else None)
+    return RuleProblem(file, f"not valid YAML: {exc}")
+
+
 def _parse(source: str, file: str) -> tuple[Any, _Lines]:
     """The document and where its parts start (for YAML), or RulesetInvalid."""
     if file.endswith(".json"):
@@ -118,13 +129,8 @@ def _parse(source: str, file: str) -> tuple[Any, _Lines]:
     try:
         node = compose_yaml(source)
         document = construct_yaml(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        reason = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {reason}",
-                                          line=mark.line + 1 if mark else None)]) from exc
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise RulesetInvalid([RuleProblem(file, f"not valid YAML: {exc}")]) from exc
+        raise RulesetInvalid([yaml_problem(file, exc)]) from exc
     return document, _lines_yaml(node)
 
 
