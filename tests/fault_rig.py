@@ -482,6 +482,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def sustainable_rate(rig: Rig, *, ceiling: float, share: float = 0.6,
+                     seconds: float = 3.0) -> float:
+    """The decisions a second this machine holds with room to spare: `share` of what the
+    service serves when offered more than it can take (`ceiling` and a half for `seconds`,
+    no fault), at most `ceiling`."""
+    subjects = [f"calibrate-{i}" for i in range(int(seconds * ceiling * 1.5))]
+    rig.post_facts(subjects)
+    answers = rig.run(subjects, ceiling * 1.5)
+    served = len(answers) / max(a.answered for a in answers)
+    return min(ceiling, share * served)
+
+
 def run_fault(rig: Rig, fault: Fault, prefix: str, *, seconds: float,
               rate: float) -> PhaseReport:
     """`seconds` of load at `rate`; the fault from a third of it to two thirds."""
