@@ -8,20 +8,20 @@ from typing import Any
 
 import click
 
-from app.config import OPTIONS, REQUEST_TIMEOUT_SECONDS, Settings
-from app.errors import (
+from app.shared.config import OPTIONS, REQUEST_TIMEOUT_SECONDS, Settings
+from app.shared.errors import (
     ConfigurationError,
     DecisionServiceError,
     PolicyInvalid,
     RulesetInvalid,
     ScenarioInvalid,
 )
-from app.store import EmbeddedRedis, is_cluster_url
+from app.shared.store import EmbeddedRedis, is_cluster_url
 
 
 class Moment(click.ParamType):
     """`YYYY-MM-DD` (midnight UTC) or an ISO 8601 time with its offset, read by the API's
-    own parser (`app.schemas.parse_moment`), so that every command and the API agree."""
+    own parser (`app.shared.schemas.parse_moment`), so that every command and the API agree."""
 
     name = "moment"
 
@@ -29,7 +29,7 @@ class Moment(click.ParamType):
                 ctx: click.Context | None) -> Any:
         from datetime import datetime
 
-        from app.schemas import parse_moment
+        from app.shared.schemas import parse_moment
 
         if isinstance(value, datetime):
             return value
@@ -40,7 +40,7 @@ class Moment(click.ParamType):
 
 
 def _epoch_ms(moment: Any) -> int | None:
-    from app.schemas import epoch_ms
+    from app.shared.schemas import epoch_ms
 
     return None if moment is None else epoch_ms(moment)
 
@@ -48,8 +48,8 @@ def _epoch_ms(moment: Any) -> int | None:
 def _subject(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """A subject as the API takes it (GET /v1/decisions?subject=): a typo is refused, not
     answered with nothing."""
-    from app.errors import InvalidInput
-    from app.schemas import DecisionQuerySchema, load
+    from app.shared.errors import InvalidInput
+    from app.shared.schemas import DecisionQuerySchema, load
 
     if value is None:
         return None
@@ -76,7 +76,7 @@ _LONG_RUNNING = ("serve", "worker")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Rule-engine decision service with OPA governance."""
-    from app.logs import configure
+    from app.shared.logs import configure
 
     try:
         settings = Settings.load()
@@ -183,7 +183,7 @@ def _control_socket(settings: Settings) -> Path | None:
     named by port; by default gunicorn puts one in ~/.gunicorn that every instance of the
     user shares, each new one taking it from the last. None (no control socket) when the
     path is too long for a Unix socket."""
-    from app.store import MAX_SOCKET_PATH
+    from app.shared.store import MAX_SOCKET_PATH
 
     path = settings.data_dir.resolve() / f"gunicorn-{settings.port}.ctl"
     return path if len(str(path)) <= MAX_SOCKET_PATH else None
@@ -197,7 +197,7 @@ def echo_executor(host: str, port: int) -> None:
 
     config/executors.local.yaml (what `make run` uses) sends every action of the sample
     rules here. Stop it and deliveries are retried, then parked as failed."""
-    from app.echo import serve_echo
+    from app.dispatch.echo import serve_echo
 
     click.echo(f"echo executor on http://{host}:{port}: every action delivered here is "
                "printed (Ctrl-C stops it)")
@@ -272,9 +272,9 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
     DECISION_RULES_DIR), or one scenario file, as `opa test` runs Rego tests: one line per
     scenario (PASS, FAIL or ERROR) and a diff for each failure. Exits 1 if a scenario
     fails or errs, 2 if a scenario or rule file cannot be read (with file and line)."""
+    from app.replay.scenarios import PASS, coverage, run_scenario, scenario_files
     from app.rules import evaluate
     from app.rules.loader import load_ruleset_file, rule_files
-    from app.scenarios import PASS, coverage, run_scenario, scenario_files
 
     target = directory or _settings().rules_dir
     folder = target.parent if target.is_file() else target
@@ -335,8 +335,8 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
 def _scenario_file(path: Path, rulesets: dict[str, Any]) -> tuple[Any, Any] | None:
     """A scenario file's ruleset and scenarios, or None after printing why it cannot be
     read (with file and line)."""
-    from app.errors import ScenarioInvalid
-    from app.scenarios import bind, parse_scenarios
+    from app.replay.scenarios import bind, parse_scenarios
+    from app.shared.errors import ScenarioInvalid
 
     try:
         data, lines = parse_scenarios(path.read_text(encoding="utf-8"), str(path))
@@ -434,7 +434,6 @@ def policy_status(directory: Path | None) -> None:
     bundle yet) or the files do not load, 2 when no running process has reported."""
     import redis
 
-    from app.clock import rfc3339, system_clock
     from app.policy.engines import compile_policy_set
     from app.policy.files import disk_revision, load_policy_set
     from app.service import (
@@ -442,7 +441,8 @@ def policy_status(directory: Path | None) -> None:
         forget_policy_reports,
         policy_reports,
     )
-    from app.store import connect
+    from app.shared.clock import rfc3339, system_clock
+    from app.shared.store import connect
 
     settings = _settings()
     target = directory or settings.policy_dir
@@ -531,7 +531,7 @@ def keys_new(caller_id: str, departments: tuple[str, ...], rulesets: tuple[str, 
     """Print a new random key (shown once) and its entry for DECISION_API_KEYS_FILE."""
     import yaml
 
-    from app.access import hash_key, new_key
+    from app.policy.access import hash_key, new_key
 
     key = new_key()
     entry = {"id": caller_id, "sha256": hash_key(key), "departments": list(departments),
@@ -594,7 +594,7 @@ def decisions_export(subject: str | None, since: Any, until: Any, output: Any) -
     """Write recorded decisions as JSON lines (oldest first; a subject's newest first)."""
     import json
 
-    from app.errors import NotFound
+    from app.shared.errors import NotFound
 
     if since is not None and until is not None and until < since:
         raise click.BadParameter(f"{until.isoformat()} is before --since {since.isoformat()}",
@@ -629,7 +629,7 @@ def decisions_why_not(decision_id: str, rule: str, as_json: bool) -> None:
     decision ran with."""
     import json
 
-    from app.schemas import WhyNotQuerySchema, load
+    from app.shared.schemas import WhyNotQuerySchema, load
 
     try:
         query = load(WhyNotQuerySchema, {"rule": rule})
@@ -692,7 +692,7 @@ def actions_failed(limit: int) -> None:
 def actions_redrive(decision_id: str | None, action_id: str | None, everything: bool) -> None:
     """Put a parked action (or --all) back into delivery, with its attempts reset, if the
     policies now in force allow it (else it stays parked, the new verdict recorded)."""
-    from app.errors import RedriveRefused
+    from app.shared.errors import RedriveRefused
 
     service = _open_service()
     try:
@@ -787,11 +787,11 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     when a decision could not be replayed, 1 with --fail-on-change when one changed."""
     import json
 
-    from app.clock import rfc3339, system_clock
     from app.policy.files import load_policy_set
-    from app.replay import bulk, candidate_scenarios, summarize
+    from app.replay.replayer import bulk, candidate_scenarios, summarize
     from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
-    from app.schemas import FactSetSchema, load
+    from app.shared.clock import rfc3339, system_clock
+    from app.shared.schemas import FactSetSchema, load
 
     service = _open_service()
     try:
@@ -877,7 +877,7 @@ def _run_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
 
-    from app.logs import dict_config
+    from app.shared.logs import dict_config
 
     class AccessLogger(Logger):
         """gunicorn builds each access line (about 50 µs) whenever logging is configured:

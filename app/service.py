@@ -21,21 +21,40 @@ from typing import Any, cast
 
 import redis
 
-from app import keys
-from app.access import ANONYMOUS, AccessControl, ApiKeys, Caller
-from app.archive import Archive
-from app.clock import rfc3339, system_clock
-from app.config import REQUEST_TIMEOUT_SECONDS, Settings
-from app.decision_log import DecisionLog, IdempotencyClaim, Recorded
-from app.decisions import (
+from app.decisions.archive import Archive
+from app.decisions.decision import (
     failed_decision,
     gate_input_of,
     make_decision,
     request_fingerprint,
     snapshot,
 )
-from app.dispatch import Dispatcher, Executors, Outbox
-from app.errors import (
+from app.decisions.log import DecisionLog, IdempotencyClaim, Recorded
+from app.decisions.masking import Masking
+from app.decisions.whynot import why_not
+from app.dispatch.delivery import Dispatcher, Executors, Outbox
+from app.dispatch.worker import Worker
+from app.facts.pool import FactPool, FactRecord, Quotas
+from app.facts.triggers import TriggerQueue, idempotency_key, parse_member
+from app.policy.access import ANONYMOUS, AccessControl, ApiKeys, Caller
+from app.policy.bundle import Bundle, build_bundle
+from app.policy.engines import (
+    EmbeddedPolicyEngine,
+    PolicyDirectory,
+    PolicyEngine,
+    PolicyStatus,
+    SidecarPolicyEngine,
+)
+from app.policy.files import PolicySet, disk_revision
+from app.policy.gate import PolicyGate
+from app.replay.replayer import ReplayCase, Replayer, candidate_scenarios, summarize
+from app.replay.sandbox import Budget, CandidateSources, Sandbox
+from app.rules import Evaluation, Ruleset, RulesetRegistry
+from app.rules.engine import Limits, evaluate
+from app.shared import keys
+from app.shared.clock import rfc3339, system_clock
+from app.shared.config import REQUEST_TIMEOUT_SECONDS, Settings
+from app.shared.errors import (
     ConfigurationError,
     Conflict,
     DecisionServiceError,
@@ -49,28 +68,9 @@ from app.errors import (
     RulesetUnavailable,
     UnknownRuleset,
 )
-from app.facts import FactPool, FactRecord, Quotas
-from app.logs import log_context
-from app.masking import Masking
-from app.metrics import Metrics, label_value
-from app.policy.bundle import Bundle, build_bundle
-from app.policy.engines import (
-    EmbeddedPolicyEngine,
-    PolicyDirectory,
-    PolicyEngine,
-    PolicyStatus,
-    SidecarPolicyEngine,
-)
-from app.policy.files import PolicySet, disk_revision
-from app.policy.gate import PolicyGate
-from app.replay import ReplayCase, Replayer, candidate_scenarios, summarize
-from app.rules import Evaluation, Ruleset, RulesetRegistry
-from app.rules.engine import Limits, evaluate
-from app.sandbox import Budget, CandidateSources, Sandbox
-from app.store import EmbeddedRedis, Slots, connect, unavailable_on_outage
-from app.triggers import TriggerQueue, idempotency_key, parse_member
-from app.whynot import why_not
-from app.worker import Worker
+from app.shared.logs import log_context
+from app.shared.metrics import Metrics, label_value
+from app.shared.store import EmbeddedRedis, Slots, connect, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ class DecisionService:
 
     def why_not(self, decision_id: str, rule: str) -> dict[str, Any]:
         """Whether `rule` fired in a recorded decision and, if not, its nearest partial match
-        (app/whynot.py), computed from the record on the ruleset version the decision ran
+        (app/decisions/whynot.py), computed from the record on the ruleset version the decision ran
         with, never on another: NotFound for an unknown decision, RulesetUnavailable when
         that version is gone, UnknownRule when it has no such rule."""
         if not _DECISION_ID.fullmatch(decision_id):

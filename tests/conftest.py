@@ -21,9 +21,10 @@ from flask.testing import FlaskClient
 from opa_sidecar import OpaServer, ServedApp
 from redis_cluster import LocalCluster
 
-from app import create_app, keys
-from app.config import Settings
-from app.store import EmbeddedRedis, connect
+from app import create_app
+from app.shared import keys
+from app.shared.config import Settings
+from app.shared.store import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 

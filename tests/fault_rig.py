@@ -40,11 +40,11 @@ from conftest import wait_for_ready
 from executor_server import Executor
 from opa_sidecar import OpaServer
 
-from app import keys
-from app.decision_log import DecisionLog
-from app.dispatch import Outbox
-from app.errors import NotFound
-from app.store import EmbeddedRedis, connect
+from app.decisions.log import DecisionLog
+from app.dispatch.delivery import Outbox
+from app.shared import keys
+from app.shared.errors import NotFound
+from app.shared.store import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 1.0  # a killed worker's deliveries are taken over this long after the claim
@@ -505,7 +505,7 @@ def run_fault(rig: Rig, fault: Fault, prefix: str, *, seconds: float,
     load = threading.Thread(target=lambda: answers.extend(rig.run(subjects, rate, started)))
     load.start()
     # The faults from this thread: a server started from a thread dies with the thread
-    # (the embedded Redis asks for SIGTERM when its parent goes, see app.store).
+    # (the embedded Redis asks for SIGTERM when its parent goes, see app.shared.store).
     time.sleep(max(0.0, started + seconds / 3 - time.monotonic()))
     begun = time.monotonic() - started
     fault.begin(rig)

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.gate import PolicyGate
-from app.replay import outcomes_of_fact_sets
+from app.replay.replayer import outcomes_of_fact_sets
 from app.rules import RulesetRegistry
 
 ROOT = Path(__file__).resolve().parent.parent

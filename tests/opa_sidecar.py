@@ -30,7 +30,7 @@ import yaml
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from app.store import die_with_parent
+from app.shared.store import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 OPA = Path(sys.executable).with_name("opa")  # .venv/bin/opa
@@ -102,7 +102,7 @@ class OpaServer:
         if self.socket_path is not None:
             self.socket_path.unlink(missing_ok=True)
         with open(self.log, "ab") as out:
-            # Started from a thread that outlives it (see app.store.die_with_parent).
+            # Started from a thread that outlives it (see app.shared.store.die_with_parent).
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
                                             env=self.env, preexec_fn=die_with_parent)
         if wait:
@@ -119,7 +119,7 @@ class OpaServer:
             return 0
 
     def get(self, path: str, *, timeout: float = 5) -> requests.Response:
-        from app.http_client import Endpoint
+        from app.shared.http_client import Endpoint
 
         endpoint = Endpoint(self.url, pool_size=1)
         try:
@@ -129,7 +129,7 @@ class OpaServer:
 
     def post(self, path: str, body: Any, *, timeout: float = 5) -> Any:
         """The `result` of a POST to OPA's REST API (None when undefined)."""
-        from app.http_client import Endpoint
+        from app.shared.http_client import Endpoint
 
         endpoint = Endpoint(self.url, pool_size=1)
         try:
@@ -203,7 +203,7 @@ class OpaServer:
 def requests_served(url: str) -> dict[str, int]:
     """The count of HTTP requests the OPA at `url` served, by method and handler, as its
     /metrics says ("POST v1/data": n)."""
-    from app.http_client import Endpoint
+    from app.shared.http_client import Endpoint
 
     counts: dict[str, int] = {}
     endpoint = Endpoint(url, pool_size=1)

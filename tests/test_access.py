@@ -16,9 +16,9 @@ from conftest import key_count
 from flask import Flask
 
 from app import create_app
-from app.access import ApiKeys, hash_key
-from app.config import Settings
-from app.errors import ConfigurationError
+from app.policy.access import ApiKeys, hash_key
+from app.shared.config import Settings
+from app.shared.errors import ConfigurationError
 
 REGO = Path(__file__).resolve().parent.parent / "rego"
 KEYS = {
@@ -209,7 +209,7 @@ def test_key_comparison_takes_the_same_steps_whichever_key_or_none(
         compared.append((a, b))
         return compare_digest(a, b)
 
-    monkeypatch.setattr("app.access.hmac.compare_digest", counting)
+    monkeypatch.setattr("app.policy.access.hmac.compare_digest", counting)
     for presented in (key_of("finance"), key_of("analyst"), "wrong", ""):
         compared.clear()
         keys.identify(presented)

@@ -23,8 +23,8 @@ from schemathesis.config._checks import (
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app import create_app
-from app.access import hash_key
-from app.config import Settings
+from app.policy.access import hash_key
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "fuzz-key-0123456789abcdef"

@@ -23,9 +23,9 @@ from opa_sidecar import OpaServer, ServedApp, free_port
 from test_decisions import case
 
 from app import create_app
-from app.access import hash_key
-from app.config import Settings
+from app.policy.access import hash_key
 from app.policy.files import load_policy_set
+from app.shared.config import Settings
 
 REGO = Path(__file__).resolve().parent.parent / "rego"
 BUNDLE = "/v1/bundles/decision-service"

@@ -93,7 +93,7 @@ def test_policy_test_reports_a_policy_that_does_not_compile(tmp_path: Path) -> N
 def test_keys_new_prints_a_key_and_its_hashed_entry() -> None:
     import yaml
 
-    from app.access import hash_key
+    from app.policy.access import hash_key
 
     result = CliRunner().invoke(main, ["keys", "new", "--id", "finance-erp",
                                        "--department", "finance"])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import OPTIONS, Settings
-from app.errors import ConfigurationError
+from app.shared.config import OPTIONS, Settings
+from app.shared.errors import ConfigurationError
 
 
 def test_defaults_serve_the_embedded_mode() -> None:

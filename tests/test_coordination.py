@@ -20,10 +20,11 @@ from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, keys
-from app.config import Settings
-from app.dispatch import Outbox, member_of
+from app import create_app
+from app.dispatch.delivery import Outbox, member_of
 from app.service import DecisionService
+from app.shared import keys
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

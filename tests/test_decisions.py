@@ -16,9 +16,10 @@ from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, keys
-from app.config import Settings
+from app import create_app
 from app.service import DecisionService
+from app.shared import keys
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -459,7 +460,7 @@ def test_an_action_already_queued_for_the_subject_is_not_sent_again(
 
 
 def test_a_flood_of_triggering_facts_is_decided_in_bounded_batches(make_app: AppFactory) -> None:
-    from app.triggers import MAX_TRIGGERING_FACTS
+    from app.facts.triggers import MAX_TRIGGERING_FACTS
 
     app = make_app(max_batch=1000, max_facts_per_type=1000)
     client = app.test_client()

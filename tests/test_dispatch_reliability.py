@@ -20,13 +20,14 @@ from executor_server import Executor
 from flask import Flask
 from test_decisions import AppFactory, case, executors_file, make_app, statuses  # noqa: F401
 
-from app import create_app, keys
-from app.config import Settings
-from app.dispatch import Dispatcher, Outbox, member_of
-from app.errors import ConfigurationError, StoreUnavailable
+from app import create_app
+from app.dispatch.delivery import Dispatcher, Outbox, member_of
+from app.dispatch.worker import Worker
 from app.policy.engines import Answer, EmbeddedPolicyEngine
-from app.store import EmbeddedRedis, connect
-from app.worker import Worker
+from app.shared import keys
+from app.shared.config import Settings
+from app.shared.errors import ConfigurationError, StoreUnavailable
+from app.shared.store import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 

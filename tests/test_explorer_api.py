@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 from test_replay import case, limits_data
 
 from app import create_app
-from app.access import hash_key
-from app.config import Settings
+from app.policy.access import hash_key
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = "decision/limits/data.json"

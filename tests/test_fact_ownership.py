@@ -15,7 +15,7 @@ import yaml
 from conftest import AppFactory
 from flask.testing import FlaskClient
 
-from app.access import hash_key
+from app.policy.access import hash_key
 from app.service import DecisionService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -496,7 +496,7 @@ def test_all_departments_together_hold_at_most_the_subject_quota(make_app: AppFa
 
 
 def test_the_subject_quota_leaves_room_to_decide(make_app: AppFactory) -> None:
-    from app.errors import ConfigurationError
+    from app.shared.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="DECISION_MAX_FACTS_PER_SUBJECT"):
         make_app(max_facts_per_subject=9_500)
@@ -545,7 +545,7 @@ def test_pooled_facts_the_rulesets_no_longer_admit_are_left_out_and_named(
 
 
 def test_a_retraction_removes_only_the_fact_it_was_allowed_to(make_app: AppFactory) -> None:
-    from app.errors import Conflict
+    from app.shared.errors import Conflict
 
     client = make_app().test_client()
     client.post("/v1/facts", json=fact("purchase_hold", "finance", id="hold-1"))
@@ -566,8 +566,8 @@ UNPINNED = """\
 
 
 def test_a_condition_that_does_not_name_its_type_cannot_escape_ownership() -> None:
-    from app.errors import RulesetInvalid
     from app.rules import parse_ruleset
+    from app.shared.errors import RulesetInvalid
 
     with pytest.raises(RulesetInvalid, match="alias x does not name its fact type"):
         parse_ruleset(textwrap.dedent(UNPINNED.format(

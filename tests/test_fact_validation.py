@@ -10,7 +10,7 @@ import redis
 from conftest import key_count
 from flask.testing import FlaskClient
 
-from app.schemas import MAX_DATA_FIELDS
+from app.shared.schemas import MAX_DATA_FIELDS
 
 PROBLEM = "application/problem+json"
 

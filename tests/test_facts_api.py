@@ -10,7 +10,7 @@ import redis
 from conftest import CLUSTER
 from flask.testing import FlaskClient
 
-from app import keys
+from app.shared import keys
 
 PROBLEM = "application/problem+json"
 

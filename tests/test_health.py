@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.config import Settings
-from app.store import EmbeddedRedis
+from app.shared.config import Settings
+from app.shared.store import EmbeddedRedis
 
 FACT = {"subject": "PR-1", "type": "purchase_request", "department": "procurement",
         "data": {"amount": 1}}

@@ -1,4 +1,4 @@
-"""app.http_client.Endpoint against a real HTTP server on loopback (the test executor)."""
+"""app.shared.http_client.Endpoint against a real HTTP server on loopback (the test executor)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from executor_server import Executor
 
-from app.http_client import Endpoint
+from app.shared.http_client import Endpoint
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app import jsontext
+from app.shared import jsontext
 
 
 @pytest.mark.parametrize("value", [

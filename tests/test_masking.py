@@ -13,9 +13,9 @@ import redis
 from executor_server import Executor
 from test_decisions import AppFactory, case, executors_file, make_app  # noqa: F401
 
-from app import keys
-from app.logs import JsonFormatter
-from app.masking import MASK, Masking
+from app.decisions.masking import MASK, Masking
+from app.shared import keys
+from app.shared.logs import JsonFormatter
 
 
 def test_masking_nothing_leaves_the_record_as_it_is() -> None:

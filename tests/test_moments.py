@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from app.cli import main
-from app.schemas import epoch_ms, parse_moment
+from app.shared.schemas import epoch_ms, parse_moment
 
 ROOT = Path(__file__).resolve().parent.parent
 

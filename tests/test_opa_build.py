@@ -14,9 +14,9 @@ import yaml
 from opa_sidecar import OpaServer, ServedApp, require_opa
 
 from app import create_app
-from app.config import Settings
 from app.policy.engines import SidecarPolicyEngine
 from app.policy.files import load_policy_set
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = re.search(r"^require github.com/open-policy-agent/opa v(\S+)$",

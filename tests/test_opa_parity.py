@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from opa_sidecar import OpaServer
 from test_governance_properties import ALLOWED, ANY_JSON
 
-from app.decisions import make_decision
-from app.dispatch import Executors
+from app.decisions.decision import make_decision
+from app.dispatch.delivery import Executors
 from app.policy.engines import EmbeddedPolicyEngine, SidecarPolicyEngine
 from app.policy.gate import PolicyGate, Verdict
-from app.replay import ReplayCase
+from app.replay.replayer import ReplayCase
 from app.rules import RulesetRegistry, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent

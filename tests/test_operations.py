@@ -17,8 +17,8 @@ from opa_sidecar import OpaServer
 from test_decisions import case, executors_file
 
 from app import create_app
-from app.config import Settings
-from app.logs import JsonFormatter, log_context
+from app.shared.config import Settings
+from app.shared.logs import JsonFormatter, log_context
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -163,7 +163,7 @@ def test_traceparent_goes_to_the_opa_sidecar_and_the_executor(
 
 
 def test_counts_past_ten_million_are_exact(redis_client: redis.Redis) -> None:
-    from app.metrics import Metrics
+    from app.shared.metrics import Metrics
 
     metrics = Metrics(redis_client)
     for value in (12_345_678, 2**53 + 1, 1):
@@ -177,7 +177,7 @@ def test_counts_past_ten_million_are_exact(redis_client: redis.Redis) -> None:
 
 
 def test_counts_are_published_without_a_background_worker(redis_client: redis.Redis) -> None:
-    from app.metrics import Metrics
+    from app.shared.metrics import Metrics
 
     now = [0.0]
     counting = Metrics(redis_client, clock=lambda: now[0])

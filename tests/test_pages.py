@@ -26,10 +26,10 @@ from webdriver import MISSING, Browser
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.access import hash_key
 from app.cli import main
-from app.config import Settings
-from app.schemas import DecisionActionSchema
+from app.policy.access import hash_key
+from app.shared.config import Settings
+from app.shared.schemas import DecisionActionSchema
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "pages"

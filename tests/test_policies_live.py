@@ -22,11 +22,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from opa_sidecar import OpaServer, ServedApp, free_port
 
-from app import create_app, keys
-from app.access import hash_key
+from app import create_app
 from app.cli import main
-from app.config import Settings
+from app.policy.access import hash_key
 from app.policy.files import load_policy_set
+from app.shared import keys
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REGO = ROOT / "rego"

@@ -20,11 +20,11 @@ import requests
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.config import Settings
-from app.dispatch import Executors
-from app.echo import echo_server
+from app.dispatch.delivery import Executors
+from app.dispatch.echo import echo_server
 from app.rules.loader import load_ruleset_file
 from app.rules.model import Propose
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

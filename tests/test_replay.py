@@ -18,9 +18,9 @@ from flask.testing import FlaskClient
 from golden_support import decide_golden, differences
 
 from app import create_app
-from app.access import hash_key
 from app.cli import main
-from app.config import Settings
+from app.policy.access import hash_key
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -360,7 +360,7 @@ def test_a_time_range_is_replayed_a_page_at_a_time(app: Flask,
     records than it replays, and never calls the process-wide collector."""
     import gc
 
-    from app.decision_log import DecisionLog
+    from app.decisions.log import DecisionLog
 
     client = app.test_client()
     ids = [record(client, f"PR-T{n}", case(f"PR-T{n}")) for n in range(7)]

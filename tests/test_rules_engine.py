@@ -10,10 +10,10 @@ import durable_rules_engine as core
 import pytest
 from rules_support import fact, procurement, purchase_case, ruleset
 
-from app.errors import EvaluationFailed, InvalidInput
 from app.rules import engine, evaluate
 from app.rules.compiler import compile_ruleset
 from app.rules.engine import Limits
+from app.shared.errors import EvaluationFailed, InvalidInput
 
 
 def action_types(facts: list[dict[str, Any]]) -> list[str]:

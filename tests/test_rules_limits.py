@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from rules_support import fact, procurement, purchase_case, ruleset
 
-from app.errors import EvaluationFailed, EvaluationTimeout
 from app.rules import evaluate, parse_ruleset
 from app.rules.engine import Limits
+from app.shared.errors import EvaluationFailed, EvaluationTimeout
 
 
 def _rss_mb() -> float:

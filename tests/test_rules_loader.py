@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from rules_support import SAMPLE_RULES, procurement, ruleset
 
-from app.errors import RulesetInvalid
 from app.rules.loader import version_of
 from app.rules.model import Interpolation, Ref
+from app.shared.errors import RulesetInvalid
 
 
 def test_the_sample_ruleset_validates() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rules_support import SAMPLE_RULES, fact, purchase_case
 
-from app.errors import UnknownRuleset
 from app.rules import RulesetRegistry, evaluate
 from app.rules.loader import version_of
+from app.shared.errors import UnknownRuleset
 
 SIMPLE = """
 ruleset: simple
@@ -148,7 +148,7 @@ def test_a_reload_during_concurrent_evaluations(rules_dir: Path) -> None:
 def test_the_api_lists_active_rulesets_and_rejected_files(tmp_path: Path,
                                                           redis_url: str) -> None:
     from app import create_app
-    from app.config import Settings
+    from app.shared.config import Settings
 
     shutil.copy(SAMPLE_RULES, tmp_path / "procurement.yaml")
     (tmp_path / "broken.yaml").write_text("ruleset: broken\nrules: 5\n")

@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 from rules_support import SAMPLE_RULES
 
 from app.cli import main
-from app.errors import ScenarioInvalid
+from app.replay.scenarios import ERROR, FAIL, PASS, bind, coverage, parse_scenarios, run_scenario
 from app.rules import evaluate, parse_ruleset
-from app.scenarios import ERROR, FAIL, PASS, bind, coverage, parse_scenarios, run_scenario
+from app.shared.errors import ScenarioInvalid
 
 ROOT = SAMPLE_RULES.parent.parent
 

@@ -12,10 +12,10 @@ import pytest
 from flask.testing import FlaskClient
 from rules_support import fact, procurement
 
-from app.errors import RulesetInvalid
 from app.rules import evaluate, parse_ruleset
 from app.rules.loader import rule_files
 from app.rules.tables import MAX_TABLE_ROWS
+from app.shared.errors import RulesetInvalid
 
 # A domain of our own: insurance claims triaged by a table of amount, product and region.
 CLAIMS = """\

@@ -10,9 +10,9 @@ import redis
 from conftest import CLUSTER
 from redis.crc import key_slot
 
-from app import keys
-from app.errors import StoreUnavailable
-from app.store import EmbeddedRedis, connect, is_cluster
+from app.shared import keys
+from app.shared.errors import StoreUnavailable
+from app.shared.store import EmbeddedRedis, connect, is_cluster
 
 
 def test_embedded_redis_keeps_acknowledged_writes_across_a_restart(tmp_path: Path) -> None:

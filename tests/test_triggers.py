@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from conftest import AppFactory
 from flask.testing import FlaskClient
 
-from app import keys
 from app.cli import main
+from app.facts.triggers import member_of
 from app.service import DecisionService
-from app.triggers import member_of
+from app.shared import keys
 
 LOOPING = """\
     ruleset: looping

@@ -20,9 +20,9 @@ import pytest
 from conftest import AppFactory
 from flask.testing import FlaskClient
 
-from app.errors import CandidateFailed
+from app.replay.sandbox import Budget, Sandbox
 from app.rules import engine
-from app.sandbox import Budget, Sandbox
+from app.shared.errors import CandidateFailed
 
 CASE = [
     {"type": "purchase_request", "department": "procurement",
@@ -191,8 +191,8 @@ def test_candidate_rules_that_would_run_away_are_errors_of_their_case(
 
 
 def test_the_sandbox_has_a_network_of_its_own_and_no_privileges() -> None:
+    from app.replay.sandbox import CandidateSources
     from app.rules.engine import Limits
-    from app.sandbox import CandidateSources
 
     with Sandbox.start(Budget(seconds=5, memory_mb=256)) as sandbox:
         sandbox.load(CandidateSources(), governance_path="decision/governance",
@@ -208,8 +208,8 @@ def test_the_sandbox_has_a_network_of_its_own_and_no_privileges() -> None:
 
 
 def test_a_stopped_sandbox_says_why_on_every_later_call() -> None:
+    from app.replay.sandbox import CandidateSources
     from app.rules.engine import Limits
-    from app.sandbox import CandidateSources
 
     with Sandbox.start(Budget(seconds=5, memory_mb=256)) as sandbox:
         source = ("ruleset: s\nrules:\n"

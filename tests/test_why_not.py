@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, keys
-from app.access import hash_key
+from app import create_app
 from app.cli import main
-from app.config import Settings
+from app.policy.access import hash_key
+from app.shared import keys
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,8 +28,8 @@ from app.api import (
     rulesets,
 )
 from app.api.request_context import begin_request, end_request, leave_request
-from app.config import Settings
 from app.service import DecisionService
+from app.shared.config import Settings
 
 log = logging.getLogger(__name__)
 

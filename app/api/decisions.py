@@ -11,8 +11,8 @@ from marshmallow import Schema, fields
 
 from app.api.openapi import Header, documented
 from app.api.request_context import authorize, caller, json_body, service
-from app.errors import InvalidInput, InvalidParam
-from app.schemas import (
+from app.shared.errors import InvalidInput, InvalidParam
+from app.shared.schemas import (
     DecisionInSchema,
     DecisionListSchema,
     DecisionQuerySchema,

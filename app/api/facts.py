@@ -9,7 +9,7 @@ from marshmallow import Schema
 
 from app.api.openapi import documented
 from app.api.request_context import authorize, json_body, service
-from app.schemas import (
+from app.shared.schemas import (
     FACT_ID_PATTERN,
     SUBJECT_PATTERN,
     FactBatchInSchema,

@@ -10,7 +10,7 @@ from marshmallow import Schema, fields
 from app.api.openapi import documented
 from app.api.policies import PolicyProblemSchema
 from app.api.request_context import service
-from app.errors import ServiceUnavailable
+from app.shared.errors import ServiceUnavailable
 
 bp = Blueprint("health", __name__)
 

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, current_app
 from marshmallow import Schema, fields
 
 import app as package
-from app.schemas import DATA_VALUE_SCHEMA, FACT_ID_PATTERN, SUBJECT_PATTERN, FactData
+from app.shared.schemas import DATA_VALUE_SCHEMA, FACT_ID_PATTERN, SUBJECT_PATTERN, FactData
 
 bp = Blueprint("openapi", __name__)
 

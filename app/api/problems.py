@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.errors import DecisionServiceError, PayloadTooLarge, ServiceUnavailable
+from app.shared.errors import DecisionServiceError, PayloadTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

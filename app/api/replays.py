@@ -8,7 +8,7 @@ from flask import Blueprint
 
 from app.api.openapi import documented
 from app.api.request_context import authorize, json_body, service
-from app.schemas import ReplayInSchema, ReplayReportSchema, epoch_ms, load
+from app.shared.schemas import ReplayInSchema, ReplayReportSchema, epoch_ms, load
 
 bp = Blueprint("replays", __name__)
 

@@ -8,11 +8,11 @@ from typing import Any, NoReturn
 
 from flask import Response, current_app, g, request
 
-from app.access import Caller
-from app.errors import MalformedRequest, UnsupportedMediaType
-from app.logs import log_context, valid_traceparent
-from app.metrics import label_value
+from app.policy.access import Caller
 from app.service import DecisionService
+from app.shared.errors import MalformedRequest, UnsupportedMediaType
+from app.shared.logs import log_context, valid_traceparent
+from app.shared.metrics import label_value
 
 
 def service() -> DecisionService:

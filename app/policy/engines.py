@@ -35,11 +35,6 @@ import orjson
 import requests
 from opa_bindings import OpaEngine, OpaError
 
-from app import jsontext
-from app.clock import rfc3339, system_clock
-from app.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
-from app.http_client import Endpoint
-from app.logs import traceparent
 from app.policy.bundle import batch_document
 from app.policy.files import (
     PolicySet,
@@ -48,7 +43,12 @@ from app.policy.files import (
     policy_files,
     problems_from_opa,
 )
-from app.watch import ChangeWatch, Signature, signature
+from app.shared import jsontext
+from app.shared.clock import rfc3339, system_clock
+from app.shared.errors import ConfigurationError, PolicyInvalid, PolicyProblem, PolicyUnavailable
+from app.shared.http_client import Endpoint
+from app.shared.logs import traceparent
+from app.shared.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
 

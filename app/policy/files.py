@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from app.documents import load_json, load_yaml
-from app.errors import PolicyInvalid, PolicyProblem
+from app.shared.documents import load_json, load_yaml
+from app.shared.errors import PolicyInvalid, PolicyProblem
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 TEST_SUFFIX = "_test.rego"

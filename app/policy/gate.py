@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from app.errors import PolicyUnavailable
-from app.metrics import Metrics
 from app.policy.engines import UNDEFINED, PolicyEngine, check_policy_path
+from app.shared.errors import PolicyUnavailable
+from app.shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,9 @@
     compiler  `Ruleset` -> durable_rules definition
     engine    `evaluate(ruleset, facts) -> Evaluation`, safely around the C core
     registry  active versions per name, reload from the rules directory
+    ownership which department may post which fact type
+
+May import `app.shared` only.
 """
 
 from app.rules.engine import Evaluation, Firing, ProposedAction, evaluate

@@ -34,8 +34,10 @@ from typing import Any
 
 import durable_rules_engine as core
 
-from app import jsontext
-from app.errors import (
+from app.rules.compiler import TAG, compile_ruleset, core_fields, core_number, rule_key
+from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
+from app.shared import jsontext
+from app.shared.errors import (
     EvaluationFailed,
     EvaluationTimeout,
     InvalidInput,
@@ -43,9 +45,7 @@ from app.errors import (
     RuleProblem,
     RulesetInvalid,
 )
-from app.rules.compiler import TAG, compile_ruleset, core_fields, core_number, rule_key
-from app.rules.model import Bindings, Derive, EngineFact, Propose, Rule, Ruleset
-from app.schemas import DERIVED_DEPARTMENT, data_problems
+from app.shared.schemas import DERIVED_DEPARTMENT, data_problems
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Limits:
     `gate_pairs` bounds what the policy gate is then asked: it judges every action against
     every fact, in OPA, where nothing can stop it either (about 25 µs a pair here).
     `rounds` bounds how often a decision whose rules react to verdicts evaluates them
-    again (app.decisions), and `seconds` is also the time all its rounds may take."""
+    again (app.decisions.decision), and `seconds` is also the time all its rounds may take."""
 
     facts: int = 10_000
     firings: int = 5_000

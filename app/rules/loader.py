@@ -1,6 +1,6 @@
 """Rule files in, validated `Ruleset`s out, or every problem with its file, line and rule.
 
-Rule files are data, read as `app.documents` reads what others write (no YAML aliases,
+Rule files are data, read as `app.shared.documents` reads what others write (no YAML aliases,
 duplicate keys or implicit dates). Nothing in a rule file can name Python code.
 """
 
@@ -18,8 +18,6 @@ from typing import Any
 
 import yaml
 
-from app.documents import compose_yaml, construct_yaml, load_json
-from app.errors import RuleProblem, RulesetInvalid
 from app.rules import regex, tables
 from app.rules.model import (
     OPERATORS,
@@ -36,7 +34,9 @@ from app.rules.model import (
     Template,
     Test,
 )
-from app.schemas import (
+from app.shared.documents import compose_yaml, construct_yaml, load_json
+from app.shared.errors import RuleProblem, RulesetInvalid
+from app.shared.schemas import (
     DATA_KEY_PATTERN,
     DERIVED_DEPARTMENT,
     MAX_DATA_FIELDS,
@@ -870,7 +870,7 @@ def _cycle(requirements: Mapping[str, tuple[str, ...]]) -> list[str]:
 
 
 def _copied(key: str) -> bool:
-    """Whether a param is also a field of its verdict fact (app.decisions.verdict_fact)."""
+    """Whether a param is also a field of its verdict fact (app.decisions.decision.verdict_fact)."""
     return key not in VERDICT_FIELDS and key not in RESERVED_DATA_KEYS and bool(
         _DATA_KEY.fullmatch(key))
 

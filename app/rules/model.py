@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from app.errors import EvaluationFailed, RuleProblem
-from app.schemas import VERDICT_TYPE
+from app.shared.errors import EvaluationFailed, RuleProblem
+from app.shared.schemas import VERDICT_TYPE
 
 # A fact as the engine holds it: data fields beside type, department and the fact id.
 EngineFact = dict[str, Any]
@@ -303,7 +303,7 @@ class Rule:
         return True
 
 
-# A verdict fact's data (see app.decisions.verdict_fact): the action's type, id, params
+# A verdict fact's data (see app.decisions.decision.verdict_fact): the action's type, id, params
 # and proposing rule, the verdict, and the round it was given in; and the action's
 # params again as fields of their own, unless named like one of these.
 VERDICT_FIELDS = ("action", "action_id", "rule", "params", "allow", "outcome", "reasons",
@@ -347,7 +347,7 @@ class Ruleset:
     @property
     def reads_verdicts(self) -> bool:
         """Whether a rule reacts to the policy gate's verdicts (a decision then runs in
-        rounds, see app.decisions)."""
+        rounds, see app.decisions.decision)."""
         return VERDICT_TYPE in self.read_types
 
     @functools.cached_property

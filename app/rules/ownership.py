@@ -2,7 +2,7 @@
 
 A ruleset's `facts:` section names the departments that own each fact type it reads;
 the types its rules derive (`assert`) belong to the rules and nobody may post them, nor
-`verdict` facts (the policy gate's, see app.decisions).
+`verdict` facts (the policy gate's, see app.decisions.decision).
 Over several rulesets the owners of a type are every department any of them names,
 and a type that any of them derives may not be posted at all. A type that no active
 ruleset declares is open to any department (`rules validate` warns about it). Pooled
@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from app.errors import RuleProblem
 from app.rules.model import Ruleset
-from app.schemas import VERDICT_TYPE
+from app.shared.errors import RuleProblem
+from app.shared.schemas import VERDICT_TYPE
 
 FactT = TypeVar("FactT", bound=Mapping[str, Any])
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import RuleProblem, RulesetInvalid, UnknownRuleset
 from app.rules import engine
 from app.rules.loader import load_ruleset_file, rule_files
 from app.rules.model import Ruleset
 from app.rules.ownership import FactOwnership
-from app.watch import ChangeWatch, Signature, signature
+from app.shared.errors import RuleProblem, RulesetInvalid, UnknownRuleset
+from app.shared.watch import ChangeWatch, Signature, signature
 
 log = logging.getLogger(__name__)
 

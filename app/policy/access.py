@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app.errors import ConfigurationError, Forbidden, Unauthorized
 from app.policy.gate import ALLOW, PolicyGate
-from app.schemas import NAME_PATTERN, invalid_params
+from app.shared.errors import ConfigurationError, Forbidden, Unauthorized
+from app.shared.schemas import NAME_PATTERN, invalid_params
 
 
 @dataclass(frozen=True)

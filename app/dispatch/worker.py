@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from app.errors import DecisionServiceError
+from app.shared.errors import DecisionServiceError
 
 log = logging.getLogger(__name__)
 

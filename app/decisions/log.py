@@ -20,11 +20,11 @@ from typing import Any, cast
 
 import redis
 
-from app import jsontext, keys
-from app.clock import Clock, system_clock
-from app.dispatch import Outbox, parse_member
-from app.errors import Conflict, NotFound
-from app.store import in_order, is_cluster, run_script, unavailable_on_outage
+from app.dispatch.delivery import Outbox, parse_member
+from app.shared import jsontext, keys
+from app.shared.clock import Clock, system_clock
+from app.shared.errors import Conflict, NotFound
+from app.shared.store import in_order, is_cluster, run_script, unavailable_on_outage
 
 
 @dataclass(frozen=True)
@@ -214,8 +214,8 @@ class DecisionLog:
                idempotency: IdempotencyClaim | None = None,
                archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
-        archive entries of its versions (see `app.archive`): one script, so one atomic step,
-        on a single Redis. `prerequisites`: action id -> the ids of the actions it waits for
+        archive entries of its versions (see `app.decisions.archive`): one script, so one
+        atomic step, on a single Redis. `prerequisites`: action id -> the ids of the actions it waits for
         (see `Outbox`). Returns the record as stored, or the decision a concurrent request
         with the same key recorded first (`replayed`).
 

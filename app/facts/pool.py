@@ -31,12 +31,12 @@ from typing import Any, TypedDict, cast
 
 import redis
 
-from app import jsontext, keys
-from app.clock import Clock, rfc3339, system_clock
-from app.config import DEFAULTS
-from app.errors import Conflict, DecisionServiceError, Forbidden, NotFound, QuotaExceeded
-from app.store import is_cluster, unavailable_on_outage
-from app.triggers import member_of as trigger_member
+from app.facts.triggers import member_of as trigger_member
+from app.shared import jsontext, keys
+from app.shared.clock import Clock, rfc3339, system_clock
+from app.shared.config import DEFAULTS
+from app.shared.errors import Conflict, DecisionServiceError, Forbidden, NotFound, QuotaExceeded
+from app.shared.store import is_cluster, unavailable_on_outage
 
 
 class FactRecord(TypedDict):
@@ -293,7 +293,7 @@ class FactPool:
 
     def put(self, facts: Sequence[dict[str, Any]], *,
             triggers: Mapping[str, Sequence[str]] | None = None) -> list[FactRecord]:
-        """Store validated facts (see `app.schemas.FactInSchema`) all or none, and ask, in
+        """Store validated facts (see `app.shared.schemas.FactInSchema`) all or none, and ask, in
         the same step, for the decisions they trigger (`triggers`: fact type -> rulesets).
 
         A fact whose id is already stored replaces it with the next version. Nothing is

@@ -40,15 +40,15 @@ from typing import Any
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.access import Caller
-from app.clock import rfc3339, system_clock
-from app.decisions import WITHDRAWN, Evaluator, make_decision
-from app.documents import compose_yaml, construct_yaml, load_json
-from app.errors import DecisionServiceError, RuleProblem, ScenarioInvalid
+from app.decisions.decision import WITHDRAWN, Evaluator, make_decision
+from app.policy.access import Caller
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset
 from app.rules.loader import RULE_NAME_PATTERN, yaml_problem
-from app.schemas import (
+from app.shared.clock import rfc3339, system_clock
+from app.shared.documents import compose_yaml, construct_yaml, load_json
+from app.shared.errors import DecisionServiceError, RuleProblem, ScenarioInvalid
+from app.shared.schemas import (
     _NAME_RULE,
     _SUBJECT_RULE,
     DEFAULT_MAX_BATCH,

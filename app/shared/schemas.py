@@ -26,8 +26,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.config import DEFAULTS
-from app.errors import InvalidInput, InvalidParam
+from app.shared.config import DEFAULTS
+from app.shared.errors import InvalidInput, InvalidParam
 
 DEFAULT_MAX_BATCH = DEFAULTS["max_batch"]
 
@@ -43,7 +43,7 @@ RESERVED_DATA_KEYS = frozenset({"id", "type", "department", "subject", "sid"})
 # The department of the facts the rules derive: nobody posts under it.
 DERIVED_DEPARTMENT = "rules"
 # The policy gate's verdicts enter a decision as facts of this type and department
-# (see app.decisions): nobody posts them either.
+# (see app.decisions.decision): nobody posts them either.
 VERDICT_TYPE = "verdict"
 POLICY_DEPARTMENT = "policy"
 RESERVED_DEPARTMENTS = (DERIVED_DEPARTMENT, POLICY_DEPARTMENT)

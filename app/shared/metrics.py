@@ -19,8 +19,8 @@ from typing import Any, cast
 
 import redis
 
-from app import keys
-from app.store import unavailable_on_outage
+from app.shared import keys
+from app.shared.store import unavailable_on_outage
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import InvalidParam, UnknownRule
-from app.masking import MASK
+from app.decisions.masking import MASK
 from app.rules.model import (
     Bindings,
     Derive,
@@ -39,7 +38,8 @@ from app.rules.model import (
     Test,
     engine_field,
 )
-from app.schemas import VERDICT_TYPE
+from app.shared.errors import InvalidParam, UnknownRule
+from app.shared.schemas import VERDICT_TYPE
 
 # Pattern checks one question may make, its chained rules included: a join of several
 # aliases over a decision's facts (up to DECISION_MAX_EVALUATION_FACTS) could otherwise try

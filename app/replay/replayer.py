@@ -20,17 +20,17 @@ from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.access import Caller
-from app.archive import Archive
-from app.decisions import DEFAULT_LIMITS, RECORDED, Evaluator, make_decision, snapshot
-from app.dispatch import BLOCKED, QUEUED, WAITING, Executors
-from app.errors import DecisionServiceError
+from app.decisions.archive import Archive
+from app.decisions.decision import DEFAULT_LIMITS, RECORDED, Evaluator, make_decision, snapshot
+from app.dispatch.delivery import BLOCKED, QUEUED, WAITING, Executors
+from app.policy.access import Caller
 from app.policy.engines import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
+from app.replay.sandbox import Candidates, Sandbox, SandboxedPolicyEngine
 from app.rules import Ruleset, RulesetRegistry, evaluate
 from app.rules.engine import Limits
-from app.sandbox import Candidates, Sandbox, SandboxedPolicyEngine
+from app.shared.errors import DecisionServiceError
 
 _NO_EXECUTORS = Executors({})
 _FREEZE_EVERY = 1000
@@ -157,7 +157,7 @@ class _ExecutorsOf:
 
 class Replayer:
     """Replays cases against their recorded versions or against `candidates`, which run in
-    `sandbox` (see `app.sandbox`): only the versions the service itself ran run here."""
+    `sandbox` (see `app.replay.sandbox`): only the versions the service itself ran run here."""
 
     def __init__(self, *, archive: Archive, registry: RulesetRegistry, gate: PolicyGate,
                  evaluator: Evaluator, candidates: Candidates | None = None,
@@ -354,8 +354,14 @@ def candidate_scenarios(replayer: Replayer, sources: Mapping[str, str]) -> dict[
     against its candidate in the replayer's sandbox, through the gate the what-if uses (the
     candidate policies, else the live ones): `report["scenarios"]`, {passed, failed,
     results}. ScenarioInvalid (file and line) for a malformed scenario text."""
-    from app.errors import CandidateFailed
-    from app.scenarios import ERROR, ScenarioResult, run_scenario, scenario_from_dict, summary
+    from app.replay.scenarios import (
+        ERROR,
+        ScenarioResult,
+        run_scenario,
+        scenario_from_dict,
+        summary,
+    )
+    from app.shared.errors import CandidateFailed
 
     assert replayer.sandbox is not None  # candidates always run in one
     by_file = {ruleset.file: ruleset for ruleset in replayer.candidates.rulesets.values()}

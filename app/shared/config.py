@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigurationError
+from app.shared.errors import ConfigurationError
 
 
 def _optional_str(raw: str) -> str | None:

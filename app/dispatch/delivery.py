@@ -32,14 +32,15 @@ import requests
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app import __version__, jsontext, keys
-from app.clock import Clock, rfc3339, system_clock
-from app.errors import ConfigurationError, NotFound
-from app.http_client import Endpoint
-from app.logs import log_context, traceparent
-from app.metrics import Metrics, label_value
-from app.schemas import invalid_params
-from app.store import in_order, is_cluster, unavailable_on_outage
+from app import __version__
+from app.shared import jsontext, keys
+from app.shared.clock import Clock, rfc3339, system_clock
+from app.shared.errors import ConfigurationError, NotFound
+from app.shared.http_client import Endpoint
+from app.shared.logs import log_context, traceparent
+from app.shared.metrics import Metrics, label_value
+from app.shared.schemas import invalid_params
+from app.shared.store import in_order, is_cluster, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 time and a memory budget, so that a runaway or hostile candidate costs the serving worker
 nothing but the wait, and its registrations in the rule engine die with the child.
 
-    parent (a web worker, the CLI)               child (python -m app.sandbox)
+    parent (a web worker, the CLI)               child (python -m app.replay.sandbox)
     Sandbox.start(budget)   one JSON line each way on stdin/stdout
       .load(candidates)     ─▶ parse the rules, register them in its own C core, compile
                                the policies (no built-in that reaches outside)
@@ -39,19 +39,19 @@ from typing import IO, Any
 
 import orjson
 
-from app import errors
-from app.errors import (
+from app.policy.engines import UNDEFINED, Answer, PolicyStatus
+from app.policy.files import PolicySet
+from app.replay.scenarios import bind, parse_scenarios  # imported before the child confines itself
+from app.rules import Evaluation, Ruleset
+from app.rules.engine import Limits
+from app.shared import errors
+from app.shared.errors import (
     CandidateFailed,
     DecisionServiceError,
     InvalidParam,
     PolicyProblem,
     RuleProblem,
 )
-from app.policy.engines import UNDEFINED, Answer, PolicyStatus
-from app.policy.files import PolicySet
-from app.rules import Evaluation, Ruleset
-from app.rules.engine import Limits
-from app.scenarios import bind, parse_scenarios  # imported before the child confines itself
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class CandidateSources:
     rules: Mapping[str, str] = field(default_factory=dict)
     policies: Mapping[str, str] | None = None
     declared: Mapping[str, str] = field(default_factory=dict)  # file -> ruleset name
-    # rule file -> the text of its scenarios (app.scenarios), run against its candidate
+    # rule file -> the text of its scenarios (app.replay.scenarios), run against its candidate
     scenarios: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -119,7 +119,7 @@ class Sandbox:
         # No preexec_fn: Python code between fork and exec in a process with Go's threads
         # can deadlock. The child confines itself first thing (`_confine`).
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "app.sandbox", str(budget.memory_mb), str(os.getpid())],
+            [sys.executable, "-m", "app.replay.sandbox", str(budget.memory_mb), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             env=_child_environment(), cwd=tempfile.gettempdir())
         self._deadline = time.monotonic() + budget.seconds
@@ -166,7 +166,7 @@ class Sandbox:
         return Candidates(rulesets, loaded["policy_revision"])
 
     def scenarios(self, ruleset: Ruleset, source: str, file: str) -> list[dict[str, Any]]:
-        """A candidate ruleset's scenarios (app.scenarios), read and bound to it in the
+        """A candidate ruleset's scenarios (app.replay.scenarios), read and bound to it in the
         child (each as `Scenario.as_dict`): ScenarioInvalid with file and line if malformed."""
         reply = self._call({"op": "scenarios", "ruleset": ruleset.name, "source": source,
                             "file": file})

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from app import jsontext
-from app.clock import rfc3339
+from app.shared import jsontext
+from app.shared.clock import rfc3339
 
 _context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")

@@ -24,10 +24,10 @@ from typing import Any, cast
 
 import redis
 
-from app import keys
-from app.clock import Clock, rfc3339, system_clock
-from app.errors import NotFound
-from app.store import Schedule, in_order, is_cluster, unavailable_on_outage
+from app.shared import keys
+from app.shared.clock import Clock, rfc3339, system_clock
+from app.shared.errors import NotFound
+from app.shared.store import Schedule, in_order, is_cluster, unavailable_on_outage
 
 # One decision names at most this many triggering facts; the rest trigger the next one.
 MAX_TRIGGERING_FACTS = 500

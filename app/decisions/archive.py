@@ -12,11 +12,11 @@ from typing import cast
 
 import redis
 
-from app import keys
-from app.errors import NotFound
 from app.policy.files import PolicySet
 from app.rules import Ruleset, parse_ruleset
-from app.store import unavailable_on_outage
+from app.shared import keys
+from app.shared.errors import NotFound
+from app.shared.store import unavailable_on_outage
 
 
 class Archive:

@@ -31,7 +31,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
-from app.errors import Busy, StoreUnavailable
+from app.shared.errors import Busy, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

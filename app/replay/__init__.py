@@ -1,0 +1,9 @@
+"""Re-running rules and policies outside the serving path; nothing here dispatches.
+
+    replayer   replay recorded decisions, what-ifs with candidates, compare, summarise
+    sandbox    candidates run in a child process with a time and memory budget
+    scenarios  rule authors' scenario tests (`decision-service rules test`)
+
+May import every stage below it: `app.shared`, `app.facts`, `app.rules`, `app.policy`,
+`app.dispatch`, `app.decisions`.
+"""
