@@ -122,7 +122,7 @@ def _shown(value: Any) -> str:
 @click.option("--dev", is_flag=True, help="Flask's single-process development server instead")
 def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
     """Serve the HTTP API (gunicorn), starting the embedded Redis if none is configured."""
-    from app.policy.engines import exec_with_go_runtime
+    from app.policy.embedded import exec_with_go_runtime
 
     exec_with_go_runtime()
     settings = _settings()
@@ -365,7 +365,7 @@ def _scenario_gate(policy_dir: Path | None) -> Any:
 
     def gate() -> Any:
         if not made:
-            from app.policy.engines import EmbeddedPolicyEngine
+            from app.policy.embedded import EmbeddedPolicyEngine
             from app.policy.files import load_policy_set
             from app.policy.gate import PolicyGate
 
@@ -434,7 +434,7 @@ def policy_status(directory: Path | None) -> None:
     bundle yet) or the files do not load, 2 when no running process has reported."""
     import redis
 
-    from app.policy.engines import compile_policy_set
+    from app.policy.embedded import compile_policy_set
     from app.policy.files import disk_revision, load_policy_set
     from app.service import (
         POLICY_REPORT_STALE_SECONDS,
@@ -559,7 +559,7 @@ def worker(once: bool) -> None:
     worker that dies is taken over when its lease runs out."""
     import signal
 
-    from app.policy.engines import exec_with_go_runtime
+    from app.policy.embedded import exec_with_go_runtime
 
     exec_with_go_runtime()
 

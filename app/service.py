@@ -38,15 +38,11 @@ from app.facts.pool import FactPool, FactRecord, Quotas
 from app.facts.triggers import TriggerQueue, idempotency_key, parse_member
 from app.policy.access import ANONYMOUS, AccessControl, ApiKeys, Caller
 from app.policy.bundle import Bundle, build_bundle
-from app.policy.engines import (
-    EmbeddedPolicyEngine,
-    PolicyDirectory,
-    PolicyEngine,
-    PolicyStatus,
-    SidecarPolicyEngine,
-)
+from app.policy.embedded import EmbeddedPolicyEngine, PolicyDirectory
+from app.policy.engines import PolicyEngine, PolicyStatus
 from app.policy.files import PolicySet, disk_revision
 from app.policy.gate import PolicyGate
+from app.policy.sidecar import SidecarPolicyEngine
 from app.replay.replayer import ReplayCase, Replayer, candidate_scenarios, summarize
 from app.replay.sandbox import Budget, CandidateSources, Sandbox
 from app.rules import Evaluation, Ruleset, RulesetRegistry

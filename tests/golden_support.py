@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.policy.engines import EmbeddedPolicyEngine
+from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.gate import PolicyGate
 from app.replay.replayer import outcomes_of_fact_sets
 from app.rules import RulesetRegistry

@@ -130,7 +130,7 @@ def test_commands_log_warnings_and_errors_only_unless_asked(
         redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator's command prints its answer, not the service's INFO lines (what it
     loaded); --verbose or DECISION_LOG_LEVEL brings them back; the worker keeps them."""
-    from app.policy.engines import GO_RUNTIME
+    from app.policy.embedded import GO_RUNTIME
 
     for name, value in GO_RUNTIME.items():
         monkeypatch.setenv(name, value)  # else `worker` starts this process again with them

@@ -23,7 +23,8 @@ from test_decisions import AppFactory, case, executors_file, make_app, statuses 
 from app import create_app
 from app.dispatch.delivery import Dispatcher, Outbox, member_of
 from app.dispatch.worker import Worker
-from app.policy.engines import Answer, EmbeddedPolicyEngine
+from app.policy.embedded import EmbeddedPolicyEngine
+from app.policy.engines import Answer
 from app.shared import keys
 from app.shared.config import Settings
 from app.shared.errors import ConfigurationError, StoreUnavailable

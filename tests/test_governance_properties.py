@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.policy.engines import EmbeddedPolicyEngine
+from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.gate import ALLOW, PolicyGate
 
 REGO = Path(__file__).resolve().parent.parent / "rego"

@@ -14,8 +14,8 @@ import yaml
 from opa_sidecar import OpaServer, ServedApp, require_opa
 
 from app import create_app
-from app.policy.engines import SidecarPolicyEngine
 from app.policy.files import load_policy_set
+from app.policy.sidecar import SidecarPolicyEngine
 from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,9 @@ from test_governance_properties import ALLOWED, ANY_JSON
 
 from app.decisions.decision import make_decision
 from app.dispatch.delivery import Executors
-from app.policy.engines import EmbeddedPolicyEngine, SidecarPolicyEngine
+from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.gate import PolicyGate, Verdict
+from app.policy.sidecar import SidecarPolicyEngine
 from app.replay.replayer import ReplayCase
 from app.rules import RulesetRegistry, evaluate
 

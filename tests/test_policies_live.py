@@ -168,9 +168,9 @@ def test_each_rejected_change_is_counted_once_across_processes(apps: Callable[..
 def test_with_no_policy_ever_loaded_the_service_is_not_ready_and_says_so(
         apps: Callable[..., Flask], policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     line = break_governance(policy_dir)
-    with caplog.at_level(logging.ERROR, logger="app.policy.engines"):
+    with caplog.at_level(logging.ERROR, logger="app.policy.embedded"):
         client = apps(policy_dir).test_client()
-    messages = [r.getMessage() for r in caplog.records if r.name == "app.policy.engines"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.policy.embedded"]
     assert messages and all("no policies are loaded" in m for m in messages), messages
     assert not any("stay" in m for m in messages)  # there is nothing to stay active
 
@@ -191,9 +191,9 @@ def test_a_change_while_the_old_policies_stay_active_logs_which_revision(
     client = apps(policy_dir).test_client()
     good = load_policy_set(policy_dir).revision
     break_governance(policy_dir)
-    with caplog.at_level(logging.ERROR, logger="app.policy.engines"):
+    with caplog.at_level(logging.ERROR, logger="app.policy.embedded"):
         client.get("/readyz")
-    [message] = [r.getMessage() for r in caplog.records if r.name == "app.policy.engines"]
+    [message] = [r.getMessage() for r in caplog.records if r.name == "app.policy.embedded"]
     assert f"revision {good} stays active" in message and GOVERNANCE in message
 
 

@@ -14,16 +14,16 @@ from opa_bindings import OpaError
 from opa_sidecar import OpaServer, ServedApp
 from rules_support import purchase_case
 
-from app.policy.engines import (
+from app.policy.embedded import (
     EmbeddedPolicyEngine,
     PolicyDirectory,
-    SidecarPolicyEngine,
-    batch_query,
     compile_policy_set,
     evaluate_query,
 )
+from app.policy.engines import batch_query
 from app.policy.files import PolicySet, load_policy_set
 from app.policy.gate import ALLOW, DENY, HOLD, PolicyGate, Verdict
+from app.policy.sidecar import SidecarPolicyEngine
 
 REGO = Path(__file__).resolve().parent.parent / "rego"
 

@@ -1,13 +1,14 @@
 """Asking OPA: the policy files, the engines that evaluate them, and what their answers mean.
 
-    files     a policy directory as OPA loads it: modules, tests, data, a revision
-    engines   what both engines answer (`PolicyEngine`, `Answer`, `PolicyStatus`)
-    embedded  OPA in this process (the Go bindings), reloading on change
-    sidecar   an OPA server over HTTP, behind a circuit breaker
-    bundle    the policies as an OPA bundle, for a sidecar to pull
-    gate      one verdict per proposed action, fail closed
-    access    API keys to callers, and the access policy to their permissions
-    testing   `decision-service policy test`, as `opa test` runs the same files
+    files       a policy directory as OPA loads it: modules, tests, data, a revision
+    engines     what both engines answer (`PolicyEngine`, `Answer`, `PolicyStatus`)
+    embedded    OPA in this process (the Go bindings), reloading on change
+    opa_native  the one call past the bindings' public API, checked against their version
+    sidecar     an OPA server over HTTP, behind a circuit breaker
+    bundle      the policies as an OPA bundle, for a sidecar to pull
+    gate        one verdict per proposed action, fail closed
+    access      API keys to callers, and the access policy to their permissions
+    testing     `decision-service policy test`, as `opa test` runs the same files
 
 May import `app.shared` only.
 """

@@ -28,7 +28,7 @@ from typing import Any
 
 from opa_bindings import OpaEngine, OpaError
 
-from app.policy.engines import compile_policy_set
+from app.policy.embedded import compile_policy_set
 from app.policy.files import load_policy_set
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIPPED"

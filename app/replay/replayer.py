@@ -24,7 +24,7 @@ from app.decisions.archive import Archive
 from app.decisions.decision import DEFAULT_LIMITS, RECORDED, Evaluator, make_decision, snapshot
 from app.dispatch.delivery import BLOCKED, QUEUED, WAITING, Executors
 from app.policy.access import Caller
-from app.policy.engines import EmbeddedPolicyEngine
+from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.files import PolicySet
 from app.policy.gate import PolicyGate
 from app.replay.sandbox import Candidates, Sandbox, SandboxedPolicyEngine

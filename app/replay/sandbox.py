@@ -409,7 +409,7 @@ class _Child:
         self.limits = Limits()
 
     def load(self, request: dict[str, Any]) -> dict[str, Any]:
-        from app.policy.engines import EmbeddedPolicyEngine
+        from app.policy.embedded import EmbeddedPolicyEngine
         from app.rules import engine, parse_ruleset
 
         self.limits = Limits(**request["limits"])
