@@ -215,9 +215,9 @@ class DecisionLog:
                archive: dict[str, str] | None = None) -> Recorded:
         """Write the record, its index entry, its outbox entries, its Idempotency-Key and the
         archive entries of its versions (see `app.decisions.archive`): one script, so one
-        atomic step, on a single Redis. `prerequisites`: action id -> the ids of the actions it waits for
-        (see `Outbox`). Returns the record as stored, or the decision a concurrent request
-        with the same key recorded first (`replayed`).
+        atomic step, on a single Redis. `prerequisites`: action id -> the ids of the actions
+        it waits for (see `Outbox`). Returns the record as stored, or the decision a
+        concurrent request with the same key recorded first (`replayed`).
 
         On Redis Cluster the steps run in this order, and a crash between two leaves: an
         id pointer without a record (a 404, as if never written); archive entries (written
