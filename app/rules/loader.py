@@ -215,6 +215,7 @@ class _Checker:
         return None if problems else value
 
     def test(self, field: str, spec: Any, where: str, aliases: tuple[str, ...]) -> Test | None:
+        """`field: value` (equality) or `field: {operator: operand}`."""
         if not self.field_name(field, where):
             return None
         if not isinstance(spec, dict):
@@ -229,25 +230,40 @@ class _Checker:
             self.problem(where, f"unknown operator {op!r} (one of: {', '.join(OPERATORS)})")
             return None
         if op == "in":
-            if not isinstance(raw, list) or not raw or len(raw) > MAX_IN_VALUES:
-                self.problem(where, f"needs a list of 1 to {MAX_IN_VALUES} values")
-                return None
-            values = [self.operand(item, f"{where}.{i}", ()) for i, item in enumerate(raw)]
-            if any(v is None or isinstance(v, Ref) for v in values):
-                return None
-            return Test(field, op, tuple(values))
+            return self.in_test(field, raw, where)
         if op == "matches":
-            try:
-                compiled = regex.compile_pattern(raw)
-            except ValueError as exc:
-                self.problem(where, str(exc))
-                return None
-            return Test(field, op, compiled, pattern=raw)
+            return self.matches_test(field, raw, where)
         if op == "exists":
-            if not isinstance(raw, bool):
-                self.problem(where, "needs true or false")
-                return None
-            return Test(field, op, raw)
+            return self.exists_test(field, raw, where)
+        return self.comparison(field, op, raw, where, aliases)
+
+    def in_test(self, field: str, raw: Any, where: str) -> Test | None:
+        """`in: [values]`: literal values only (a reference is not one)."""
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_IN_VALUES:
+            self.problem(where, f"needs a list of 1 to {MAX_IN_VALUES} values")
+            return None
+        values = [self.operand(item, f"{where}.{i}", ()) for i, item in enumerate(raw)]
+        if any(v is None or isinstance(v, Ref) for v in values):
+            return None
+        return Test(field, "in", tuple(values))
+
+    def matches_test(self, field: str, raw: Any, where: str) -> Test | None:
+        try:
+            compiled = regex.compile_pattern(raw)
+        except ValueError as exc:
+            self.problem(where, str(exc))
+            return None
+        return Test(field, "matches", compiled, pattern=raw)
+
+    def exists_test(self, field: str, raw: Any, where: str) -> Test | None:
+        if not isinstance(raw, bool):
+            self.problem(where, "needs true or false")
+            return None
+        return Test(field, "exists", raw)
+
+    def comparison(self, field: str, op: str, raw: Any, where: str,
+                   aliases: tuple[str, ...]) -> Test | None:
+        """`==`, `!=` and the orderings, which compare only numbers and strings."""
         value = self.operand(raw, where, aliases)
         if value is None:
             return None
@@ -401,9 +417,29 @@ class _Checker:
         if isinstance(priority, bool) or not isinstance(priority, int) or not (
                 -MAX_PRIORITY <= priority <= MAX_PRIORITY):
             self.problem("priority", f"must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+        description = self.description(raw)
+        patterns, aliases = self.when(raw)
+        negations = self.unless(raw, aliases)
+        steps = self.then(raw, aliases)
+        if len(self.problems) > before:
+            return None
+        return Rule(
+            name=str(name), index=index, priority=priority, line=line, description=description,
+            when=tuple(p for p in patterns if p is not None),
+            unless=tuple(p for p in negations if p is not None),
+            then=tuple(s for s in steps if s is not None),
+        )
+
+    def description(self, raw: Mapping[str, Any]) -> str:
         description = raw.get("description", "")
         if not isinstance(description, str):
             self.problem("description", "must be a string")
+            return ""
+        return description
+
+    def when(self, raw: Mapping[str, Any]) -> tuple[list[Pattern | None], tuple[str, ...]]:
+        """A rule's `when` patterns, and its aliases: each pattern may refer to the aliases
+        matched before it."""
         when = raw.get("when")
         patterns: list[Pattern | None] = []
         aliases: tuple[str, ...] = ()
@@ -416,6 +452,10 @@ class _Checker:
             for alias, condition in when.items():
                 patterns.append(self.pattern(alias, condition, "when", aliases))
                 aliases += (str(alias),)
+        return patterns, aliases
+
+    def unless(self, raw: Mapping[str, Any], aliases: tuple[str, ...]) -> list[Pattern | None]:
+        """A rule's `unless` patterns: new aliases, each referring to those of `when`."""
         unless = raw.get("unless", {})
         negations: list[Pattern | None] = []
         if not isinstance(unless, dict):
@@ -427,21 +467,15 @@ class _Checker:
                 if alias in aliases:
                     self.problem(f"unless.{alias}", "this alias is already used in when")
                 negations.append(self.pattern(alias, condition, "unless", aliases))
+        return negations
+
+    def then(self, raw: Mapping[str, Any], aliases: tuple[str, ...]) -> list[Step | None]:
         then = raw.get("then")
-        steps: list[Step | None] = []
         if not isinstance(then, list) or not then or len(then) > MAX_THEN_STEPS:
             if "then" in raw:
                 self.problem("then", f"needs a list of 1 to {MAX_THEN_STEPS} steps")
-        else:
-            steps = [self.step(item, f"then.{i}", aliases) for i, item in enumerate(then)]
-        if len(self.problems) > before:
-            return None
-        return Rule(
-            name=str(name), index=index, priority=priority, line=line, description=description,
-            when=tuple(p for p in patterns if p is not None),
-            unless=tuple(p for p in negations if p is not None),
-            then=tuple(s for s in steps if s is not None),
-        )
+            return []
+        return [self.step(item, f"then.{i}", aliases) for i, item in enumerate(then)]
 
     # decision tables (app.rules.tables): each row one rule, checked as rules are
 
@@ -462,22 +496,11 @@ class _Checker:
         if hit_policy not in tables.HIT_POLICIES:
             self.problem("hit_policy", f"one of {', '.join(tables.HIT_POLICIES)} (got "
                          f"{hit_policy!r})")
-        description = raw.get("description", "")
-        if not isinstance(description, str):
-            self.problem("description", "must be a string")
+        self.description(raw)  # (each row's rule gets it)
         when = raw.get("when")
         aliases = tuple(when) if isinstance(when, dict) else ()
         columns = self.columns(raw.get("inputs"), aliases)
-        outputs = raw.get("outputs", {})
-        if (not isinstance(outputs, dict) or not outputs
-                or len(outputs) > tables.MAX_OUTPUT_COLUMNS
-                or not all(isinstance(k, str) and _ALIAS.fullmatch(k) for k in outputs)):
-            self.problem("outputs", f"a mapping of 1 to {tables.MAX_OUTPUT_COLUMNS} output "
-                         "columns (names like aliases), each {propose: {...}} or {assert: {...}}")
-            outputs = {}
-        for column in outputs:
-            if column in (c.name for c in columns) or column == "rule":
-                self.problem(f"outputs.{column}", "names an input column too (or 'rule')")
+        outputs = self.outputs(raw.get("outputs", {}), columns)
         rows = raw.get("rows")
         if not isinstance(rows, list) or not rows or len(rows) > tables.MAX_TABLE_ROWS:
             self.problem("rows", f"a list of 1 to {tables.MAX_TABLE_ROWS} rows (got "
@@ -485,33 +508,55 @@ class _Checker:
             return []
         if len(self.problems) > before or name is None:
             return []
-        columns = [dataclasses.replace(c, kind="number") if c.kind == "value" and any(
-            isinstance(row, dict) and isinstance(row.get(c.name), str)
-            and tables.is_numeric_cell(row[c.name]) for row in rows) else c for c in columns]
-        cells: list[list[tables.Cell]] = []
-        for number, row in enumerate(rows, start=1):
-            self.at_line = row_lines[number - 1] if number - 1 < len(row_lines) else line
-            cells.append(self.row_cells(row, f"rows.{number}", columns, outputs))
+        columns = _numeric_columns(columns, rows)
+        cells = self.table_cells(rows, columns, outputs, row_lines, line)
         if len(self.problems) > before:
             return []
+        self.findings(name, hit_policy, columns, cells, row_lines, line)
+        if len(self.problems) > before:
+            return []
+        return self.row_rules(raw, name, hit_policy, columns, cells, rows, index, row_lines,
+                              seen)
+
+    def outputs(self, outputs: Any, columns: list[tables.Column]) -> dict[str, Any]:
+        """A table's output columns, by name (none after a problem with their shape)."""
+        if (not isinstance(outputs, dict) or not outputs
+                or len(outputs) > tables.MAX_OUTPUT_COLUMNS
+                or not all(isinstance(k, str) and _ALIAS.fullmatch(k) for k in outputs)):
+            self.problem("outputs", f"a mapping of 1 to {tables.MAX_OUTPUT_COLUMNS} output "
+                         "columns (names like aliases), each {propose: {...}} or {assert: {...}}")
+            return {}
+        for column in outputs:
+            if column in (c.name for c in columns) or column == "rule":
+                self.problem(f"outputs.{column}", "names an input column too (or 'rule')")
+        return outputs
+
+    def table_cells(self, rows: list[Any], columns: list[tables.Column], outputs: dict[str, Any],
+                    row_lines: list[int], line: int | None) -> list[list[tables.Cell]]:
+        """Every row's input cells, each row's problems at its line."""
+        cells = []
+        for number, row in enumerate(rows, start=1):
+            self.at_line = _row_line(row_lines, number, line)
+            cells.append(self.row_cells(row, f"rows.{number}", columns, outputs))
+        return cells
+
+    def findings(self, name: str, hit_policy: str, columns: list[tables.Column],
+                 cells: list[list[tables.Cell]], row_lines: list[int], line: int | None) -> None:
+        """What `tables.check_table` finds: its errors as problems, its warnings as warnings,
+        each at the line of the first row it is about (or the table's)."""
         self.at_rule, self.at_line = None, line  # each finding names its table
         try:
             findings = tables.check_table(name, hit_policy, columns, cells, row_lines)
         except tables.CellError as exc:
             self.problem("", str(exc))
-            return []
+            return
         for finding in findings:
-            at = (row_lines[finding.rows[0] - 1] if finding.rows
-                  and finding.rows[0] - 1 < len(row_lines) else line)
+            at = _row_line(row_lines, finding.rows[0], line) if finding.rows else line
             if finding.error:
                 self.at_line = at
                 self.problem("", finding.message)
             else:
                 self.warnings.append(RuleProblem(self.file, finding.message, None, at))
-        if len(self.problems) > before:
-            return []
-        return self.row_rules(raw, name, hit_policy, columns, cells, rows, index, row_lines,
-                              seen)
 
     def columns(self, raw: Any, aliases: tuple[str, ...]) -> list[tables.Column]:
         """The input columns: `name: alias.field`, or `name: {field: alias.field, values:
@@ -604,7 +649,7 @@ class _Checker:
         compiled: list[Rule] = []
         earlier: list[tuple[Pattern, ...]] = []
         for number, (row, row_cells) in enumerate(zip(rows, cells, strict=True), start=1):
-            line = row_lines[number - 1] if number - 1 < len(row_lines) else None
+            line = _row_line(row_lines, number, None)
             self.at_line = line
             guard = self.cell_patterns(columns, row_cells)
             then = self.row_outputs(row, raw.get("outputs", {}), f"rows.{number}")
@@ -682,36 +727,13 @@ class _Checker:
         self.keys(document, "", ("ruleset", "description", "triggers", "facts", "rules"),
                   ("ruleset", "rules"))
         name = self.name(document.get("ruleset"), "ruleset", _NAME, "the ruleset name")
-        description = document.get("description", "")
-        if not isinstance(description, str):
-            self.problem("description", "must be a string")
+        description = self.description(document)
         triggers = document.get("triggers", [])
         if not isinstance(triggers, list) or not all(
                 isinstance(t, str) and _NAME.fullmatch(t) for t in triggers):
             self.problem("triggers", "must be a list of fact types")
             triggers = []
-        raw_rules = document.get("rules")
-        rules: list[Rule] = []
-        if not isinstance(raw_rules, list) or not raw_rules:
-            if "rules" in document:
-                self.problem("rules", "needs a list of at least one rule")
-        elif len(raw_rules) > MAX_RULES:
-            self.problem("rules", f"at most {MAX_RULES} rules per file")
-        else:
-            seen: set[str] = set()
-            for position, raw in enumerate(raw_rules):
-                line = lines.rules[position] if position < len(lines.rules) else None
-                if isinstance(raw, dict) and "table" in raw:
-                    rules.extend(self.table(raw, len(rules), line,
-                                            lines.rows.get(position, []), seen))
-                    continue
-                rule = self.rule(raw, len(rules), line, seen)
-                if rule is not None:
-                    rules.append(rule)
-            self.at_rule, self.at_line = None, None
-            if len(rules) > MAX_RULES:
-                self.problem("rules", f"at most {MAX_RULES} rules per file (a table's rows "
-                             f"count as rules; this file has {len(rules)})")
+        rules = self.rules(document, lines)
         fact_types = self.fact_types(document.get("facts"), lines.facts)
         if self.problems or name is None:
             return None
@@ -725,6 +747,33 @@ class _Checker:
         if self.problems:
             return None
         return dataclasses.replace(ruleset, warnings=tuple(warnings))
+
+    def rules(self, document: Mapping[str, Any], lines: _Lines) -> list[Rule]:
+        """The rules of the file's `rules:`, a decision table's rows each one."""
+        raw_rules = document.get("rules")
+        if not isinstance(raw_rules, list) or not raw_rules:
+            if "rules" in document:
+                self.problem("rules", "needs a list of at least one rule")
+            return []
+        if len(raw_rules) > MAX_RULES:
+            self.problem("rules", f"at most {MAX_RULES} rules per file")
+            return []
+        rules: list[Rule] = []
+        seen: set[str] = set()
+        for position, raw in enumerate(raw_rules):
+            line = lines.rules[position] if position < len(lines.rules) else None
+            if isinstance(raw, dict) and "table" in raw:
+                rules.extend(self.table(raw, len(rules), line,
+                                        lines.rows.get(position, []), seen))
+                continue
+            rule = self.rule(raw, len(rules), line, seen)
+            if rule is not None:
+                rules.append(rule)
+        self.at_rule, self.at_line = None, None
+        if len(rules) > MAX_RULES:
+            self.problem("rules", f"at most {MAX_RULES} rules per file (a table's rows "
+                         f"count as rules; this file has {len(rules)})")
+        return rules
 
     # facts: who may post each fact type
 
@@ -844,6 +893,20 @@ class _Checker:
         if cycle:
             self.problem("requires", "action types require each other in a circle, so none "
                          f"could be dispatched: {' -> '.join(cycle)}")
+
+
+def _row_line(row_lines: list[int], number: int, default: int | None) -> int | None:
+    """The line of a table's row `number` (1-based), or `default` where the file gives none
+    (JSON has no line map)."""
+    return row_lines[number - 1] if number - 1 < len(row_lines) else default
+
+
+def _numeric_columns(columns: list[tables.Column], rows: list[Any]) -> list[tables.Column]:
+    """The columns, each one declared with neither values nor bounds made numeric when a
+    cell of it is text that reads as a comparison with a number or a range (`> 5`, `[1..10)`)."""
+    return [dataclasses.replace(c, kind="number") if c.kind == "value" and any(
+        isinstance(row, dict) and isinstance(row.get(c.name), str)
+        and tables.is_numeric_cell(row[c.name]) for row in rows) else c for c in columns]
 
 
 def _cycle(requirements: Mapping[str, tuple[str, ...]]) -> list[str]:
