@@ -58,16 +58,13 @@ def compile_pattern(pattern: str) -> Any:
 
 
 def _check_dialect(body: str) -> None:
+    """ValueError for the first thing in `body` the dialect does not support."""
     in_class = False
     i = 0
     while i < len(body):
         char = body[i]
         if char == "\\":
-            if i + 1 == len(body):
-                raise ValueError("regular expression ends with a lone backslash")
-            escaped = body[i + 1]
-            if (escaped.isalnum() and escaped not in _CLASSES) or escaped in " _":
-                raise ValueError(f"\\{escaped} is not supported (use \\d, \\s or a [...] class)")
+            _check_escape(body, i)
             i += 2
             continue
         if in_class:
@@ -81,13 +78,27 @@ def _check_dialect(body: str) -> None:
         elif char == "(" and body[i + 1:i + 2] == "?":
             raise ValueError("groups with (? are not supported")
         elif char == "{":
-            repeat = _REPEAT.match(body, i)
-            if repeat is None:
-                raise ValueError("'{' must start a repeat {m} or {m,n}; write \\{ for a literal")
-            if repeat.group(2) == "":
-                raise ValueError("open-ended repeats {m,} are not supported; use {m,n}")
-            if any(int(b) > MAX_REPEAT for b in repeat.groups() if b):
-                raise ValueError(f"repeat counts above {MAX_REPEAT} are not supported")
-            i = repeat.end()
+            i = _repeat_end(body, i)
             continue
         i += 1
+
+
+def _check_escape(body: str, i: int) -> None:
+    """The backslash at `i` escapes punctuation or is \\d or \\s."""
+    if i + 1 == len(body):
+        raise ValueError("regular expression ends with a lone backslash")
+    escaped = body[i + 1]
+    if (escaped.isalnum() and escaped not in _CLASSES) or escaped in " _":
+        raise ValueError(f"\\{escaped} is not supported (use \\d, \\s or a [...] class)")
+
+
+def _repeat_end(body: str, i: int) -> int:
+    """Where the repeat `{m}` or `{m,n}` starting at `i` ends, checked."""
+    repeat = _REPEAT.match(body, i)
+    if repeat is None:
+        raise ValueError("'{' must start a repeat {m} or {m,n}; write \\{ for a literal")
+    if repeat.group(2) == "":
+        raise ValueError("open-ended repeats {m,} are not supported; use {m,n}")
+    if any(int(b) > MAX_REPEAT for b in repeat.groups() if b):
+        raise ValueError(f"repeat counts above {MAX_REPEAT} are not supported")
+    return repeat.end()
