@@ -482,62 +482,92 @@ def check_table(name: str, hit_policy: str, columns: Sequence[Column],
                 rows: Sequence[Sequence[Cell]], lines: Sequence[int | None]) -> list[Finding]:
     """Overlaps (an error under `unique`), unreachable rows and gaps (warnings); TooComplex
     when the checks would take more than their budget."""
-    budget = _Budget(name)
     boxes: list[Box] = [tuple(cell.values for cell in row) for row in rows]
+    empty = {n for n, box in enumerate(boxes, start=1) if any(part.empty for part in box)}
+    checks = _TableChecks(name, columns, lines, boxes, empty, _Budget(name))
+    findings = checks.empty_rows()
+    if hit_policy == "unique":
+        findings += checks.overlaps()
+    if hit_policy == "first":
+        findings += checks.unreachable()
+    if columns and all(column.bounded for column in columns):
+        findings += checks.gaps()
+    return findings
 
-    def row_text(number: int) -> str:
-        line = lines[number - 1] if number - 1 < len(lines) else None
+
+@dataclass
+class _TableChecks:
+    """The checks of one table, on its rows' boxes; they share one budget. A row that can
+    never match (`empty`, by number) overlaps, hides and covers nothing."""
+
+    name: str
+    columns: Sequence[Column]
+    lines: Sequence[int | None]
+    boxes: list[Box]
+    empty: set[int]
+    budget: _Budget
+
+    def row_text(self, number: int) -> str:
+        line = self.lines[number - 1] if number - 1 < len(self.lines) else None
         return f"row {number}" + (f" (line {line})" if line else "")
 
-    findings: list[Finding] = []
-    empty = {n for n, box in enumerate(boxes, start=1) if any(part.empty for part in box)}
-    for n in sorted(empty):
-        findings.append(Finding(f"table {name}: {row_text(n)} can never match: a cell of it "
-                                "matches no value (an empty range)", (n,)))
-    if hit_policy == "unique":
+    def empty_rows(self) -> list[Finding]:
+        return [Finding(f"table {self.name}: {self.row_text(n)} can never match: a cell of it "
+                        "matches no value (an empty range)", (n,)) for n in sorted(self.empty)]
+
+    def overlaps(self) -> list[Finding]:
+        """Pairs of rows some input matches both of: under `unique`, errors."""
+        boxes, empty = self.boxes, self.empty
         overlaps = []
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 common = None if i + 1 in empty or j + 1 in empty else _intersect(
-                    boxes[i], boxes[j], budget)
+                    boxes[i], boxes[j], self.budget)
                 if common is not None:
                     overlaps.append((i + 1, j + 1, common))
-        for i, j, common in overlaps[:MAX_REPORTED]:
-            findings.append(Finding(
-                f"table {name}: {row_text(i)} and {row_text(j)} overlap, and the hit policy "
-                f"is unique: both match {_example(common, columns) or 'every input'} (make "
-                "them exclusive, or use hit_policy: first or collect)", (i, j), error=True))
+        findings = [Finding(
+            f"table {self.name}: {self.row_text(i)} and {self.row_text(j)} overlap, and the hit "
+            f"policy is unique: both match {_example(common, self.columns) or 'every input'} "
+            "(make them exclusive, or use hit_policy: first or collect)", (i, j), error=True)
+            for i, j, common in overlaps[:MAX_REPORTED]]
         if len(overlaps) > MAX_REPORTED:
-            findings.append(Finding(f"table {name}: and {len(overlaps) - MAX_REPORTED} more "
+            findings.append(Finding(f"table {self.name}: and {len(overlaps) - MAX_REPORTED} more "
                                     "overlapping pairs of rows", (), error=True))
-    if hit_policy == "first":
+        return findings
+
+    def unreachable(self) -> list[Finding]:
+        """Rows that, under `first`, the rows above them leave no input to match."""
+        boxes, empty = self.boxes, self.empty
+        findings = []
         for k in range(1, len(boxes)):
             if k + 1 in empty:
                 continue
             region = [boxes[k]]
             for j in range(k):
                 if j + 1 not in empty:
-                    region = _subtract(region, boxes[j], budget)
+                    region = _subtract(region, boxes[j], self.budget)
                 if not region:
                     break
             if not region:
                 earlier = [n for n in range(1, k + 1) if n not in empty
-                           and _intersect(boxes[n - 1], boxes[k], budget) is not None]
+                           and _intersect(boxes[n - 1], boxes[k], self.budget) is not None]
                 findings.append(Finding(
-                    f"table {name}: {row_text(k + 1)} is never reached: under hit policy "
-                    f"first, row(s) {', '.join(map(str, earlier))} match every input it does",
-                    (k + 1,)))
-    if columns and all(column.bounded for column in columns):
-        gaps: list[Box] = [tuple(column.universe() for column in columns)]
-        for n, box in enumerate(boxes, start=1):
-            if n not in empty:
-                gaps = _subtract(gaps, box, budget)
+                    f"table {self.name}: {self.row_text(k + 1)} is never reached: under hit "
+                    f"policy first, row(s) {', '.join(map(str, earlier))} match every input it "
+                    "does", (k + 1,)))
+        return findings
+
+    def gaps(self) -> list[Finding]:
+        """The inputs no row matches, when every column is bounded (so the inputs are
+        known)."""
+        gaps: list[Box] = [tuple(column.universe() for column in self.columns)]
+        for n, box in enumerate(self.boxes, start=1):
+            if n not in self.empty:
+                gaps = _subtract(gaps, box, self.budget)
             if not gaps:
-                break
-        if gaps:
-            examples = "; ".join(_example(gap, columns) for gap in gaps[:MAX_EXAMPLES])
-            findings.append(Finding(
-                f"table {name}: no row covers some inputs, e.g. {examples}"
-                + (f" (and {len(gaps) - MAX_EXAMPLES} more such regions)"
-                   if len(gaps) > MAX_EXAMPLES else ""), ()))
-    return findings
+                return []
+        examples = "; ".join(_example(gap, self.columns) for gap in gaps[:MAX_EXAMPLES])
+        return [Finding(
+            f"table {self.name}: no row covers some inputs, e.g. {examples}"
+            + (f" (and {len(gaps) - MAX_EXAMPLES} more such regions)"
+               if len(gaps) > MAX_EXAMPLES else ""), ())]
