@@ -343,10 +343,20 @@ class _Outcome:
 
 
 def _check(expect: Mapping[str, Any], got: _Outcome) -> list[str]:
+    """Each way `got` is not what the scenario expects, as a small diff."""
+    failures = _check_fired(expect, got.fired)
+    failures += _check_actions(expect, got.actions)
+    failures += _check_derived(expect, got.derived)
+    for verdict in expect.get("verdicts") or ():
+        failures.extend(_check_verdict(verdict, got.actions))
+    return failures
+
+
+def _check_fired(expect: Mapping[str, Any], firings: Sequence[Mapping[str, Any]]) -> list[str]:
     failures = []
-    fired = [firing["rule"] for firing in got.fired]
+    fired = [firing["rule"] for firing in firings]
     shown = [(f"{f['rule']} (table {f['table']}, row {f['row']})" if "table" in f
-              else f["rule"]) for f in got.fired]
+              else f["rule"]) for f in firings]
     for name in expect["fired"]:
         if name not in fired:
             failures.append(_diff(f"rule {name} did not fire", name, shown))
@@ -354,35 +364,43 @@ def _check(expect: Mapping[str, Any], got: _Outcome) -> list[str]:
         if name in fired:
             failures.append(_diff(f"rule {name} fired, and should not have",
                                   f"not {name}", [s for s in shown if s.split()[0] == name]))
+    return failures
+
+
+def _check_actions(expect: Mapping[str, Any], actions: Sequence[Mapping[str, Any]]) -> list[str]:
+    failures = []
     for action in expect["actions"]:
         if not any(a["type"] == action["type"] and _subset(action["params"], a["params"])
-                   for a in got.actions):
+                   for a in actions):
             failures.append(_diff(f"no {action['type']} proposed with these params", action,
                                   [{"type": a["type"], "params": a["params"]}
-                                   for a in got.actions if a["type"] == action["type"]]
-                                  or [{"type": a["type"]} for a in got.actions]))
+                                   for a in actions if a["type"] == action["type"]]
+                                  or [{"type": a["type"]} for a in actions]))
     for action_type in expect["not_proposed"]:
-        proposed = [a for a in got.actions if a["type"] == action_type]
+        proposed = [a for a in actions if a["type"] == action_type]
         if proposed:
             failures.append(_diff(f"{action_type} proposed, and should not have been",
                                   f"no {action_type}", [{"type": a["type"],
                                                          "params": a["params"]}
                                                         for a in proposed]))
+    return failures
+
+
+def _check_derived(expect: Mapping[str, Any], derived: Sequence[Mapping[str, Any]]) -> list[str]:
+    failures = []
     for fact in expect["derived"]:
         if not any(d["type"] == fact["type"] and _subset(fact["data"], d["data"])
-                   for d in got.derived):
+                   for d in derived):
             failures.append(_diff(f"no {fact['type']} derived with this data", fact,
-                                  [{"type": d["type"], "data": d["data"]} for d in got.derived
+                                  [{"type": d["type"], "data": d["data"]} for d in derived
                                    if d["type"] == fact["type"]]
-                                  or [{"type": d["type"]} for d in got.derived]))
+                                  or [{"type": d["type"]} for d in derived]))
     for fact_type in expect["not_derived"]:
-        derived = [d for d in got.derived if d["type"] == fact_type]
-        if derived:
+        found = [d for d in derived if d["type"] == fact_type]
+        if found:
             failures.append(_diff(f"{fact_type} derived, and should not have been",
                                   f"no {fact_type}", [{"type": d["type"], "data": d["data"]}
-                                                      for d in derived]))
-    for verdict in expect.get("verdicts") or ():
-        failures.extend(_check_verdict(verdict, got.actions))
+                                                      for d in found]))
     return failures
 
 
