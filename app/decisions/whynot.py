@@ -376,42 +376,58 @@ def _failure(test: Test, fact: EngineFact, bindings: Bindings) -> str:
     before it)."""
     actual = _field_of(fact, test.field)
     wanted, expected = _operand(test, bindings)
-    name = test.field
-    note = _masked_note(actual, expected)
     if test.op == "exists":
-        if not test.value:
-            return f"its {name} is {_shown(actual)}{note}"
-        return (f"it has no field {name}" if actual is MISSING else f"its {name} is null") + note
+        reason = _presence_failure(test, actual)
+    else:
+        reason = (_incomparable(test, actual, expected, bindings)
+                  or _mismatch(test, actual, wanted, expected))
+    return reason + _masked_note(actual, expected)
+
+
+def _presence_failure(test: Test, actual: Any) -> str:
+    """Why an `exists` test fails: the field is there when it must not be, or is not."""
+    if not test.value:
+        return f"its {test.field} is {_shown(actual)}"
+    return f"it has no field {test.field}" if actual is MISSING else f"its {test.field} is null"
+
+
+def _incomparable(test: Test, actual: Any, expected: Any, bindings: Bindings) -> str | None:
+    """Why the test compares nothing at all, if it does not: a side is missing, null, a
+    list or an object."""
+    name = test.field
     if actual is MISSING:
-        return f"it has no field {name}{note}"
+        return f"it has no field {name}"
     if actual is None or isinstance(actual, list | dict):
-        return (f"its {name} is {_kind(actual)}, and only strings, numbers and booleans "
-                f"compare{note}")
+        return f"its {name} is {_kind(actual)}, and only strings, numbers and booleans compare"
     if isinstance(test.value, Ref) and (expected is MISSING or expected is None
                                         or isinstance(expected, list | dict)):
         what = "missing" if expected is MISSING else _kind(expected)
         return (f"{test.value} is {what} on fact {bindings[test.value.alias].get('_id')}, so "
-                f"nothing compares with it{note}")
+                "nothing compares with it")
+    return None
+
+
+def _mismatch(test: Test, actual: Any, wanted: str, expected: Any) -> str:
+    """Why two values that compare fail the test's operator."""
+    name = test.field
     if test.op == "in":
-        return f"its {name} is {_shown(actual)}, not one of {wanted}{note}"
+        return f"its {name} is {_shown(actual)}, not one of {wanted}"
     if test.op == "matches":
         if not isinstance(actual, str):
-            return f"its {name} is {_kind(actual)}, {_shown(actual)}, not a string{note}"
-        return f"its {name} {_shown(actual)} does not match {wanted} (as a whole){note}"
+            return f"its {name} is {_kind(actual)}, {_shown(actual)}, not a string"
+        return f"its {name} {_shown(actual)} does not match {wanted} (as a whole)"
     if test.op == "==" and _kind(actual) != _kind(expected):
         return (f"its {name} is {_kind(actual)}, {_shown(actual)}, and {wanted} is "
-                f"{_kind(expected)}: a value equals only a value of its own kind (strict "
-                f"JSON){note}")
+                f"{_kind(expected)}: a value equals only a value of its own kind (strict JSON)")
     if test.op == "==":
-        return f"its {name} is {_shown(actual)}, not {wanted}{note}"
+        return f"its {name} is {_shown(actual)}, not {wanted}"
     if test.op == "!=":
-        return f"its {name} is {_shown(actual)}, the value it must not be ({wanted}){note}"
+        return f"its {name} is {_shown(actual)}, the value it must not be ({wanted})"
     if _kind(actual) != _kind(expected) or isinstance(actual, bool):
         return (f"its {name} is {_kind(actual)}, {_shown(actual)}, and {wanted} is "
                 f"{_kind(expected)}: {test.op} compares only numbers with numbers and strings "
-                f"with strings{note}")
-    return f"its {name} is {_shown(actual)}, and {_shown(actual)} {test.op} {wanted} is false" \
-           f"{note}"
+                "with strings")
+    return f"its {name} is {_shown(actual)}, and {_shown(actual)} {test.op} {wanted} is false"
 
 
 def _comparisons(pattern: Pattern, fact: EngineFact, bindings: Bindings) -> str:
