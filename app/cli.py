@@ -272,9 +272,7 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
     DECISION_RULES_DIR), or one scenario file, as `opa test` runs Rego tests: one line per
     scenario (PASS, FAIL or ERROR) and a diff for each failure. Exits 1 if a scenario
     fails or errs, 2 if a scenario or rule file cannot be read (with file and line)."""
-    from app.replay.scenarios import PASS, coverage, run_scenario, scenario_files
-    from app.rules import evaluate
-    from app.rules.loader import load_ruleset_file, rule_files
+    from app.replay.scenarios import PASS, scenario_files
 
     target = directory or _settings().rules_dir
     folder = target.parent if target.is_file() else target
@@ -283,17 +281,7 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
         click.echo(f"no scenario files (*_test.yaml, *_test.yml, *_test.json) in {target}",
                    err=True)
         return
-    rulesets: dict[str, Any] = {}  # name -> Ruleset, and rule file stem -> Ruleset
-    malformed = 0
-    for path in rule_files(folder):
-        try:
-            ruleset = load_ruleset_file(path)
-        except RulesetInvalid as exc:
-            for problem in exc.problems:
-                click.echo(f"error: {problem}", err=True)
-            malformed += 1
-            continue
-        rulesets[ruleset.name] = rulesets[f"file:{path.stem}"] = ruleset
+    rulesets, malformed = _scenario_rulesets(folder)
     gate = _scenario_gate(policy_dir)
     results: dict[str, list[Any]] = {}  # ruleset name -> the results of its scenarios
     tested = {}
@@ -304,14 +292,8 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
             continue
         ruleset, scenarios = loaded
         tested[ruleset.name] = ruleset
-        for scenario in scenarios.scenarios:
-            result = run_scenario(scenario, ruleset, file=str(path), evaluator=evaluate,
-                                  gate=gate)
-            results.setdefault(ruleset.name, []).append(result)
-            where = f"{path}:{result.line}" if result.line else str(path)
-            click.echo(f"{where}: {result.name}: {result.outcome} ({result.duration_ms:.1f}ms)")
-            for failure in result.failures:
-                click.echo("    " + failure.replace("\n", "\n    "))
+        results.setdefault(ruleset.name, []).extend(
+            _run_scenarios(path, ruleset, scenarios.scenarios, gate))
     everything = [result for found in results.values() for result in found]
     click.echo("-" * 80)
     for outcome in ("PASS", "FAIL", "ERROR"):
@@ -319,17 +301,59 @@ def rules_test(directory: Path | None, policy_dir: Path | None, show_coverage: b
         if count or outcome == "PASS":
             click.echo(f"{outcome}: {count}/{len(everything)}")
     if show_coverage:
-        for name, ruleset in sorted(tested.items()):
-            missing = coverage(ruleset, results.get(name, []))
-            fired = len(ruleset.rules) - len(missing)
-            click.echo(f"coverage: ruleset {name}: {fired}/{len(ruleset.rules)} rules fired "
-                       "by a scenario")
-            for rule in missing:
-                click.echo(f"  not fired: {rule}")
+        _echo_coverage(tested, results)
     if malformed:
         sys.exit(2)
     if any(r.outcome != PASS for r in everything):
         sys.exit(1)
+
+
+def _scenario_rulesets(folder: Path) -> tuple[dict[str, Any], int]:
+    """The valid rule files of `folder`, by ruleset name and by `file:<stem>`, and how many
+    are not valid (each problem printed)."""
+    from app.rules.loader import load_ruleset_file, rule_files
+
+    rulesets: dict[str, Any] = {}
+    malformed = 0
+    for path in rule_files(folder):
+        try:
+            ruleset = load_ruleset_file(path)
+        except RulesetInvalid as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            malformed += 1
+            continue
+        rulesets[ruleset.name] = rulesets[f"file:{path.stem}"] = ruleset
+    return rulesets, malformed
+
+
+def _run_scenarios(path: Path, ruleset: Any, scenarios: list[Any], gate: Any) -> list[Any]:
+    """Run a file's scenarios, printing each one's outcome (and its failures) as it ends."""
+    from app.replay.scenarios import run_scenario
+    from app.rules import evaluate
+
+    results = []
+    for scenario in scenarios:
+        result = run_scenario(scenario, ruleset, file=str(path), evaluator=evaluate, gate=gate)
+        where = f"{path}:{result.line}" if result.line else str(path)
+        click.echo(f"{where}: {result.name}: {result.outcome} ({result.duration_ms:.1f}ms)")
+        for failure in result.failures:
+            click.echo("    " + failure.replace("\n", "\n    "))
+        results.append(result)
+    return results
+
+
+def _echo_coverage(tested: dict[str, Any], results: dict[str, list[Any]]) -> None:
+    """Per tested ruleset, how many of its rules a scenario fired, and which not."""
+    from app.replay.scenarios import coverage
+
+    for name, ruleset in sorted(tested.items()):
+        missing = coverage(ruleset, results.get(name, []))
+        fired = len(ruleset.rules) - len(missing)
+        click.echo(f"coverage: ruleset {name}: {fired}/{len(ruleset.rules)} rules fired "
+                   "by a scenario")
+        for rule in missing:
+            click.echo(f"  not fired: {rule}")
 
 
 def _scenario_file(path: Path, rulesets: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -789,7 +813,6 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
 
     from app.policy.files import load_policy_set
     from app.replay.replayer import bulk, candidate_scenarios, summarize
-    from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
     from app.shared.clock import rfc3339, system_clock
     from app.shared.schemas import FactSetSchema, load
 
@@ -797,15 +820,7 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     try:
         sets = [load(FactSetSchema, json.loads(line)) for line in fact_sets
                 if line.strip()] if fact_sets else []
-        rule_sources, scenario_sources = {}, {}
-        if rules_path is not None:
-            for path in [rules_path] if rules_path.is_file() else rule_files(rules_path):
-                rule_sources[str(path)] = path.read_text(encoding="utf-8")
-                for suffix in RULE_FILE_SUFFIXES:  # its scenarios, beside it
-                    tests = path.with_name(f"{path.stem}_test{suffix}")
-                    if tests.is_file():
-                        scenario_sources[str(path)] = tests.read_text(encoding="utf-8")
-                        break
+        rule_sources, scenario_sources = _candidate_rules(rules_path)
         policy_sources = dict(load_policy_set(policy_dir).sources) if policy_dir else None
         candidates = service.candidates(rule_sources=rule_sources,
                                         policy_sources=policy_sources, policy_overlay=False,
@@ -840,14 +855,49 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     finally:
         service.close()
     if scenarios is not None:
-        click.echo(f"scenarios of the candidate rules: {scenarios['passed']} passed, "
-                   f"{scenarios['failed']} failed")
-        for result in scenarios["results"]:
-            if result["outcome"] != "PASS":
-                click.echo(f"  {result['file']}:{result['line']}: {result['name']}: "
-                           f"{result['outcome']}", err=True)
-                for failure in result["failures"]:
-                    click.echo("    " + failure.replace("\n", "\n    "), err=True)
+        _echo_candidate_scenarios(scenarios)
+    _echo_replay_summary(summary, results)
+    _write_replay_report(report, json_out, html_out)
+    if summary["errors"]:
+        sys.exit(2)
+    if fail_on_change and (summary["changed"] or (scenarios or {}).get("failed")):
+        sys.exit(1)
+
+
+def _candidate_rules(rules_path: Path | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The sources of a candidate rule file (or of a directory's), and of the scenarios
+    beside each, both by rule file."""
+    from app.rules.loader import RULE_FILE_SUFFIXES, rule_files
+
+    rule_sources: dict[str, str] = {}
+    scenario_sources: dict[str, str] = {}
+    if rules_path is None:
+        return rule_sources, scenario_sources
+    for path in [rules_path] if rules_path.is_file() else rule_files(rules_path):
+        rule_sources[str(path)] = path.read_text(encoding="utf-8")
+        for suffix in RULE_FILE_SUFFIXES:  # its scenarios, beside it
+            tests = path.with_name(f"{path.stem}_test{suffix}")
+            if tests.is_file():
+                scenario_sources[str(path)] = tests.read_text(encoding="utf-8")
+                break
+    return rule_sources, scenario_sources
+
+
+def _echo_candidate_scenarios(scenarios: dict[str, Any]) -> None:
+    """How the candidate rules' scenarios did, and each that did not pass."""
+    click.echo(f"scenarios of the candidate rules: {scenarios['passed']} passed, "
+               f"{scenarios['failed']} failed")
+    for result in scenarios["results"]:
+        if result["outcome"] != "PASS":
+            click.echo(f"  {result['file']}:{result['line']}: {result['name']}: "
+                       f"{result['outcome']}", err=True)
+            for failure in result["failures"]:
+                click.echo("    " + failure.replace("\n", "\n    "), err=True)
+
+
+def _echo_replay_summary(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """What changed, the rules behind most of it, and each decision that could not be
+    replayed."""
     click.echo(f"{summary['decisions']} replayed: {summary['changed']} changed, "
                f"{summary['unchanged']} unchanged, {summary['errors']} errors; actions "
                f"+{summary['actions']['added']} -{summary['actions']['removed']} "
@@ -859,16 +909,18 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
     for result in results:
         if "error" in result:
             click.echo(f"error: {result['decision_id']}: {result['error']}", err=True)
+
+
+def _write_replay_report(report: dict[str, Any], json_out: Any, html_out: Any) -> None:
+    """The report to the --json and --html files, where given."""
+    import json
+
     if json_out is not None:
         json.dump(report, json_out, indent=1, sort_keys=True)
     if html_out is not None:
         from app.web import replay_report_html
 
         html_out.write(replay_report_html(report))
-    if summary["errors"]:
-        sys.exit(2)
-    if fail_on_change and (summary["changed"] or (scenarios or {}).get("failed")):
-        sys.exit(1)
 
 
 def _run_gunicorn(settings: Settings) -> None:
