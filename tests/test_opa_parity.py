@@ -79,6 +79,11 @@ def _retyped(value: Any) -> st.SearchStrategy[Any]:
     return ANY_JSON.filter(lambda v: type(v) is not type(value))
 
 
+CHANGES = ["remove fact", "duplicate fact", "remove field", "retype field", "retype meta",
+           "remove param", "retype param", "add param", "action type", "remove key",
+           "retype key"]
+
+
 @st.composite
 def governance_input(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """An allowed sample case, then up to four changes: facts removed, duplicated, their
@@ -92,49 +97,57 @@ def governance_input(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, An
                      "dry_run": False, "created_at": "2026-12-01T00:00:00Z"},
         "caller": {"id": "portal", "departments": ["procurement"]}}
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["remove fact", "duplicate fact", "remove field",
-                                     "retype field", "retype meta", "remove param",
-                                     "retype param", "add param", "action type",
-                                     "remove key", "retype key"]))
+        kind = draw(st.sampled_from(CHANGES))
         if kind in ("remove key", "retype key"):
-            key = draw(st.sampled_from(sorted(common)))
-            if kind == "remove key":
-                del common[key]
-            else:
-                common[key] = draw(_retyped(common[key]))
+            _change_key(draw, kind, common)
         elif kind == "action type":
             action["type"] = draw(st.one_of(st.sampled_from(CATALOG), ANY_JSON))
         elif kind in ("remove param", "retype param", "add param"):
-            params = action["params"]
-            if kind == "add param" or not params:
-                params[draw(st.text(max_size=6))] = draw(ANY_JSON)
-            else:
-                param = draw(st.sampled_from(sorted(params)))
-                if kind == "remove param":
-                    del params[param]
-                else:
-                    params[param] = draw(_retyped(params[param]))
+            _change_param(draw, kind, action["params"])
         elif isinstance(common.get("facts"), list) and common["facts"]:
-            facts = common["facts"]
-            index = draw(st.integers(0, len(facts) - 1))
-            target = facts[index]
-            if kind == "remove fact":
-                del facts[index]
-            elif kind == "duplicate fact":
-                facts.append({**copy.deepcopy(target), "id": f"{target.get('id')}-copy"})
-            elif kind == "retype meta":
-                key = draw(st.sampled_from(["type", "department", "id", "data"]))
-                target[key] = draw(st.one_of(ANY_JSON, st.sampled_from(
-                    ["procurement", "finance", "risk", "legal", "rules", "purchase_request"])))
-            elif isinstance(target.get("data"), dict) and target["data"]:
-                field = draw(st.sampled_from(sorted(target["data"])))
-                if kind == "remove field":
-                    del target["data"][field]
-                else:
-                    target["data"][field] = draw(_retyped(target["data"][field]))
+            _change_fact(draw, kind, common["facts"])
     actions = [action] + [copy.deepcopy(action) | {"id": f"act-{n}"}
                           for n in range(draw(st.integers(0, 2)))]
     return common, actions
+
+
+def _change_key(draw: st.DrawFn, kind: str, common: dict[str, Any]) -> None:
+    key = draw(st.sampled_from(sorted(common)))
+    if kind == "remove key":
+        del common[key]
+    else:
+        common[key] = draw(_retyped(common[key]))
+
+
+def _change_param(draw: st.DrawFn, kind: str, params: dict[str, Any]) -> None:
+    if kind == "add param" or not params:
+        params[draw(st.text(max_size=6))] = draw(ANY_JSON)
+    else:
+        param = draw(st.sampled_from(sorted(params)))
+        if kind == "remove param":
+            del params[param]
+        else:
+            params[param] = draw(_retyped(params[param]))
+
+
+def _change_fact(draw: st.DrawFn, kind: str, facts: list[Any]) -> None:
+    """Remove, duplicate or retype one fact, or remove or retype one of its fields."""
+    index = draw(st.integers(0, len(facts) - 1))
+    target = facts[index]
+    if kind == "remove fact":
+        del facts[index]
+    elif kind == "duplicate fact":
+        facts.append({**copy.deepcopy(target), "id": f"{target.get('id')}-copy"})
+    elif kind == "retype meta":
+        key = draw(st.sampled_from(["type", "department", "id", "data"]))
+        target[key] = draw(st.one_of(ANY_JSON, st.sampled_from(
+            ["procurement", "finance", "risk", "legal", "rules", "purchase_request"])))
+    elif isinstance(target.get("data"), dict) and target["data"]:
+        field = draw(st.sampled_from(sorted(target["data"])))
+        if kind == "remove field":
+            del target["data"][field]
+        else:
+            target["data"][field] = draw(_retyped(target["data"][field]))
 
 
 @st.composite
