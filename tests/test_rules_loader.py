@@ -71,6 +71,9 @@ MALFORMED = [
     ("rule without name", "bad.yaml",
      "ruleset: x\nrules:\n  - when: {a: {type: t}}\n    then: [{assert: {type: u}}]\n", 3, None,
      "missing 'name'"),
+    ("rule name a mapping", "bad.yaml",
+     "ruleset: x\nrules:\n  - name: {a: 1}\n    when: {a: {type: t}}\n"
+     "    then: [{assert: {type: u}}]\n", 3, None, "the rule name must be a string"),
     ("duplicate rule names", "bad.yaml", f"ruleset: x\nrules:\n  - {GOOD_RULE}\n  - {GOOD_RULE}\n",
      4, "ok", "another rule has this name"),
     ("unknown operator", "bad.yaml",

@@ -408,9 +408,10 @@ class _Checker:
             self.at_rule = name
         before = len(self.problems)
         self.name(name, "name", _RULE_NAME, "the rule name")
-        if name in seen:
-            self.problem("name", "another rule has this name")
-        seen.add(str(name))
+        if isinstance(name, str):  # a mapping or a list is not a name, and is unhashable
+            if name in seen:
+                self.problem("name", "another rule has this name")
+            seen.add(name)
         self.keys(raw, "", ("name", "description", "priority", "when", "unless", "then"),
                   ("name", "when", "then"))
         priority = raw.get("priority", 0)
