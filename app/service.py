@@ -88,11 +88,11 @@ class DecisionService:
         self.rulesets = RulesetRegistry(settings.rules_dir,
                                         check_interval_seconds=settings.rules_reload_seconds)
         self.rulesets.reload()
-        self.limits = _limits(settings)
+        limits = _limits(settings)
         self.metrics = Metrics(redis_client)
-        self.archive = Archive(redis_client)
+        archive = Archive(redis_client)
         self.policies = LivePolicies(settings, redis_client, self.metrics,
-                                     archived=self.archive.policies)
+                                     archived=archive.policies)
         self.policy = self.policies.gate
         self.access = AccessControl(_access_keys(settings), self.policy)
         self.executors = Executors.load(settings.executors_file)
@@ -110,9 +110,9 @@ class DecisionService:
         self.triggers = TriggerQueue(redis_client, max_attempts=settings.trigger_max_attempts,
                                      backoff=self.dispatcher.backoff)
         self.decider = DecisionPath(
-            facts=self.facts, rulesets=self.rulesets, limits=self.limits, policy=self.policy,
+            facts=self.facts, rulesets=self.rulesets, limits=limits, policy=self.policy,
             executors=self.executors, outbox=self.outbox, decisions=self.decisions,
-            triggers=self.triggers, archive=self.archive,
+            triggers=self.triggers, archive=archive,
             masking=Masking(settings.mask_fields), metrics=self.metrics)
         self.replays = Replays(settings, redis_client, self.decider, self.policies)
         self.worker = Worker([self.decider.run_triggers_once, self.dispatcher.run_once,
