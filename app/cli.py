@@ -460,7 +460,7 @@ def policy_status(directory: Path | None) -> None:
 
     from app.policy.embedded import compile_policy_set
     from app.policy.files import disk_revision, load_policy_set
-    from app.service import (
+    from app.policy.live import (
         POLICY_REPORT_STALE_SECONDS,
         forget_policy_reports,
         policy_reports,
@@ -661,7 +661,7 @@ def decisions_why_not(decision_id: str, rule: str, as_json: bool) -> None:
         raise click.ClickException(exc.detail) from exc
     service = _open_service()
     try:
-        answer = service.why_not(decision_id, query["rule"])
+        answer = service.replays.why_not(decision_id, query["rule"])
     except DecisionServiceError as exc:
         raise click.ClickException(exc.detail) from exc
     finally:
@@ -730,7 +730,7 @@ def actions_redrive(decision_id: str | None, action_id: str | None, everything: 
         queued = 0
         for _, decision, action in targets:
             try:
-                service.redrive(decision, action)
+                service.decider.redrive(decision, action)
                 queued += 1
             except RedriveRefused as exc:
                 click.echo(f"{decision} {action}: {exc.detail}", err=True)
@@ -822,17 +822,17 @@ def replay(decision_ids: tuple[str, ...], subject: str | None, since: Any, until
                 if line.strip()] if fact_sets else []
         rule_sources, scenario_sources = _candidate_rules(rules_path)
         policy_sources = dict(load_policy_set(policy_dir).sources) if policy_dir else None
-        candidates = service.candidates(rule_sources=rule_sources,
+        candidates = service.replays.candidates(rule_sources=rule_sources,
                                         policy_sources=policy_sources, policy_overlay=False,
                                         scenarios=scenario_sources)
         with bulk():
-            cases, _ = service.replay_cases(decision_ids=decision_ids, subject=subject,
+            cases, _ = service.replays.replay_cases(decision_ids=decision_ids, subject=subject,
                                             since_ms=_epoch_ms(since), until_ms=_epoch_ms(until),
                                             fact_sets=sets)
             if not cases:
                 raise click.UsageError("nothing to replay: give --decision, --subject, "
                                        "--since/--until or --fact-sets")
-            with service.replayer(candidates, per_call_budget=True) as replayer, \
+            with service.replays.replayer(candidates, per_call_budget=True) as replayer, \
                     click.progressbar(cases, label="replaying", file=sys.stderr) as bar:
                 results = list(replayer.run(bar))
                 scenarios = candidate_scenarios(replayer, candidates.scenarios) if (

@@ -170,8 +170,8 @@ def test_one_revision_for_modules_and_data_in_both_modes(redis_url: str,
 
         # The sidecar's policies were the service's own: archived, so they replay.
         service = sidecar_app.extensions["decision_service"]
-        cases, _ = service.replay_cases(decision_ids=[by_sidecar["decision_id"]])
-        replayed = service.replay(cases)
+        cases, _ = service.replays.replay_cases(decision_ids=[by_sidecar["decision_id"]])
+        replayed = service.replays.replay(cases)
         assert replayed["results"][0]["changed"] is False
         assert replayed["results"][0]["versions"]["before"]["policy"] == second
     finally:

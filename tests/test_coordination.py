@@ -513,7 +513,7 @@ def test_one_policy_revision_judges_every_round(make_app: AppFactory,
     _, policies = domain
     app = make_app(policy_reload_seconds=0.001)
     svc = service_of(app)
-    real, calls = svc.evaluate, []
+    real, calls = svc.decider.evaluate, []
 
     def deploying_midway(ruleset: Any, facts: Any, *, seconds: float | None = None) -> Any:
         calls.append(1)
@@ -524,7 +524,7 @@ def test_one_policy_revision_judges_every_round(make_app: AppFactory,
             time.sleep(0.01)
         return real(ruleset, facts, seconds=seconds)
 
-    svc.evaluate = deploying_midway  # type: ignore[method-assign]
+    svc.decider.evaluate = deploying_midway  # type: ignore[method-assign]
     client = app.test_client()
     post(client, "C-22", kyc="failed")
     record = decide(client, "C-22")
@@ -574,14 +574,14 @@ def test_params_too_deep_for_a_fact_are_left_out_of_the_verdict(make_app: AppFac
 def test_all_rounds_share_one_time_budget(make_app: AppFactory) -> None:
     app = make_app(max_evaluation_seconds=0.5)
     svc = service_of(app)
-    real, given = svc.evaluate, []
+    real, given = svc.decider.evaluate, []
 
     def slow(ruleset: Any, facts: Any, *, seconds: float | None = None) -> Any:
         given.append(seconds)
         time.sleep(0.2)
         return real(ruleset, facts, seconds=seconds)
 
-    svc.evaluate = slow  # type: ignore[method-assign]
+    svc.decider.evaluate = slow  # type: ignore[method-assign]
     client = app.test_client()
     post(client, "C-25", kyc="failed")  # three rounds: more than the budget
     response = client.post("/v1/decisions", json={"subject": "C-25", "ruleset": "onboarding"})

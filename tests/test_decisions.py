@@ -534,17 +534,17 @@ def test_racing_requests_with_one_key_and_different_bodies_get_one_201_and_one_4
     must still compare the requests."""
     import threading
 
-    import app.service
+    import app.decisions.path
 
     app_ = make_app()
     both_deciding = threading.Barrier(2, timeout=10)
-    real = app.service.make_decision
+    real = app.decisions.path.make_decision
 
     def in_step(**kwargs: Any) -> Any:
         both_deciding.wait()
         return real(**kwargs)
 
-    monkeypatch.setattr(app.service, "make_decision", in_step)
+    monkeypatch.setattr(app.decisions.path, "make_decision", in_step)
     answers: list[int] = []
 
     def post(dry_run: bool) -> None:

@@ -384,7 +384,7 @@ def test_a_triggered_decision_that_cannot_run_is_recorded_once_not_retried(
     client.post("/v1/facts", json={"subject": "S-1", "type": "tick", "department": "ops",
                                    "data": {"n": "1"}})
     svc = service_of(client)
-    assert svc.run_triggers_once() == 1
+    assert svc.decider.run_triggers_once() == 1
     assert svc.redis.zcard("ds:{triggers}:due") == 0
     [failure] = pooled(client, "S-1")["decision_failures"]
     record = client.get(f"/v1/decisions/{failure['decision_id']}").get_json()

@@ -206,7 +206,7 @@ def test_a_whatif_starts_from_the_policies_on_disk_not_a_workers_stale_set(
     new_limits = json.dumps({"currency": "EUR", "legal_review_threshold": 1,
                              "max_risk_score": 0.5})
     (policy_dir / LIMITS).write_text(new_limits)
-    candidates = service.candidates(policy_sources={"decision/extra/data.json": "{}"})
+    candidates = service.replays.candidates(policy_sources={"decision/extra/data.json": "{}"})
     assert candidates.policies[LIMITS] == new_limits
     assert candidates.policies["decision/extra/data.json"] == "{}"
     assert service.policy.revision == load_policy_set(policy_dir).revision

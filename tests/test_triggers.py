@@ -75,8 +75,8 @@ def test_a_decision_that_cannot_run_is_parked_listed_and_redriven(app_factory: A
     client = looping_app(app_factory, tmp_path)
     svc = service_of(client)
     client.post("/v1/facts", json=tick())
-    assert svc.run_triggers_once() == 1
-    assert svc.run_triggers_once() == 0  # parked: not tried again by itself
+    assert svc.decider.run_triggers_once() == 1
+    assert svc.decider.run_triggers_once() == 0  # parked: not tried again by itself
     [parked] = client.get("/v1/triggers/parked").get_json()["parked"]
     assert (parked["subject"], parked["ruleset"], parked["pending_facts"]) == (
         "S-1", "looping", 1)
@@ -90,7 +90,7 @@ def test_a_decision_that_cannot_run_is_parked_listed_and_redriven(app_factory: A
                                    "data": {}})
     redrive = client.post("/v1/subjects/S-1/triggers/looping/redrive")
     assert (redrive.status_code, redrive.get_json()) == (202, {"status": "due"})
-    assert svc.run_triggers_once() == 1
+    assert svc.decider.run_triggers_once() == 1
     assert client.get("/v1/triggers/parked").get_json()["parked"] == []
     assert svc.redis.llen(keys.subject_trigger_pending("S-1", "looping")) == 0
     [decided, _] = client.get("/v1/decisions?subject=S-1").get_json()["decisions"]
@@ -102,12 +102,12 @@ def test_new_facts_try_a_parked_decision_again(app_factory: AppFactory, tmp_path
     client = looping_app(app_factory, tmp_path)
     svc = service_of(client)
     client.post("/v1/facts", json=tick(id="t-1"))
-    svc.run_triggers_once()
+    svc.decider.run_triggers_once()
     assert len(svc.triggers.parked()) == 1
     client.delete("/v1/facts/t-1")  # the looping fact is gone; a new report comes in
     client.post("/v1/facts", json={**tick(), "type": "stop", "data": {}})
     client.post("/v1/facts", json=tick(id="t-2"))
-    assert svc.run_triggers_once() == 1
+    assert svc.decider.run_triggers_once() == 1
     assert svc.triggers.parked() == []
 
 
@@ -119,13 +119,13 @@ def test_a_passing_failure_is_retried_with_backoff_then_parked(app_factory: AppF
     svc = service_of(client)
     client.post("/v1/facts", json=tick())
     member = member_of("S-1", "looping")
-    assert svc.run_triggers_once() == 1
+    assert svc.decider.run_triggers_once() == 1
     first = svc.redis.zscore(keys.triggers_due(), member)
     assert first is not None and svc.triggers.parked() == []  # deferred, not parked
     attempts = 1
     while not svc.triggers.parked():
         time.sleep(0.02)
-        attempts += svc.run_triggers_once()
+        attempts += svc.decider.run_triggers_once()
         assert attempts <= 3
     [parked] = svc.triggers.parked()
     assert parked["attempts"] == 3
@@ -138,7 +138,7 @@ def test_the_cli_lists_and_redrives_parked_triggers(app_factory: AppFactory, tmp
     client = looping_app(app_factory, tmp_path)
     svc = service_of(client)
     client.post("/v1/facts", json=tick())
-    svc.run_triggers_once()
+    svc.decider.run_triggers_once()
     for name, value in (("REDIS_URL", svc.settings.redis_url),
                         ("RULES_DIR", str(svc.settings.rules_dir)),
                         ("DATA_DIR", str(tmp_path))):

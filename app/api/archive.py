@@ -29,5 +29,5 @@ class PolicyRevisionSchema(Schema):
             tag="policies", responses={200: ("the revision's files", PolicyRevisionSchema)})
 def get_policy_revision(revision: str) -> dict[str, Any]:
     authorize("policies.read")
-    sources, live = service().policy_revision(revision)
+    sources, live = service().replays.policy_revision(revision)
     return {"revision": revision, "sources": sources, "live": live}

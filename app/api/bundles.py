@@ -19,7 +19,7 @@ bp = Blueprint("bundles", __name__)
 def bundle(name: str) -> Response:
     svc = service()
     svc.access.authorize_bundle(caller())
-    current = svc.bundle(name)
+    current = svc.policies.bundle(name)
     response = Response(current.body, mimetype="application/gzip")
     response.set_etag(current.etag)
     response.make_conditional(request)  # 304 without a body when If-None-Match matches

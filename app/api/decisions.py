@@ -71,7 +71,7 @@ def create_decision() -> ResponseReturnValue:
     key = _idempotency_key()
     authorize("decisions.create", ruleset=body["ruleset"], subject=body["subject"],
               departments=sorted({fact["department"] for fact in body["facts"]}))
-    decided = svc.decide(subject=body["subject"], ruleset_name=body["ruleset"],
+    decided = svc.decider.decide(subject=body["subject"], ruleset_name=body["ruleset"],
                          inline_facts=body["facts"], dry_run=body["dry_run"], caller=caller(),
                          idempotency_key=key)
     # The record's JSON as written to the log is the answer: no second encoding.
@@ -100,7 +100,7 @@ def get_decision(decision_id: str) -> dict[str, Any]:
 def why_not(decision_id: str) -> dict[str, Any]:
     query = load(WhyNotQuerySchema, request.args.to_dict())
     authorize("decisions.read")
-    return service().why_not(decision_id, query["rule"])
+    return service().replays.why_not(decision_id, query["rule"])
 
 
 @bp.get("/v1/decisions")
@@ -132,7 +132,7 @@ def failed_actions() -> dict[str, Any]:
             responses={202: ("queued again", RedriveSchema)})
 def redrive_action(decision_id: str, action_id: str) -> tuple[dict[str, Any], int]:
     authorize("actions.operate")
-    return service().redrive(decision_id, action_id), 202
+    return service().decider.redrive(decision_id, action_id), 202
 
 
 class ParkedTriggerListSchema(Schema):

@@ -40,7 +40,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
     svc = service()
     facts = load_facts(json_body(), max_batch=svc.settings.max_batch)
     authorize("facts.write", departments=sorted({fact["department"] for fact in facts}))
-    return {"facts": svc.post_facts(facts)}, 201
+    return {"facts": svc.decider.post_facts(facts)}, 201
 
 
 @bp.get("/v1/subjects/<subject>/facts")
@@ -49,7 +49,7 @@ def post_facts() -> tuple[dict[str, Any], int]:
 def subject_facts(subject: str) -> dict[str, Any]:
     load(SubjectPathSchema, {"subject": subject})
     authorize("facts.read", subject=subject)
-    return service().subject_facts(subject)
+    return service().decider.subject_facts(subject)
 
 
 @bp.delete("/v1/facts/<fact_id>")

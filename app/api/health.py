@@ -90,8 +90,8 @@ def metrics() -> Response:
 def readyz() -> dict[str, Any]:
     svc = service()
     checks = svc.readiness()
-    revisions = svc.policy_revisions()
-    problems, rejected_at = svc.policy_rejection()
+    revisions = svc.policies.revisions()
+    problems, rejected_at = svc.policies.rejection()
     # No key is needed here: the count and the time, not the files and OPA's messages.
     policy = {"revision": svc.policy.revision, "rejected_problems": len(problems),
               "rejected_at": rejected_at}

@@ -67,7 +67,7 @@ def _sha256(text: str) -> str:
             tag="policies", responses={200: ("what is live", PolicyListSchema)})
 def list_policies() -> dict[str, Any]:
     authorize("policies.read")
-    status, policies = service().policy_overview()
+    status, policies = service().policies.overview()
     texts = {} if policies is None else {**policies.sources, **policies.tests}
     return {
         "revision": status.revision,
@@ -87,5 +87,5 @@ def list_policies() -> dict[str, Any]:
             responses={200: ("the live policies", PolicySourcesSchema)})
 def policy_sources() -> dict[str, Any]:
     authorize("policies.read")
-    status, policies = service().live_policies()
+    status, policies = service().policies.live()
     return {"revision": status.revision, "sources": dict(sorted(policies.sources.items()))}

@@ -24,7 +24,7 @@ def _ms(moment: Any) -> int | None:
 def create_replay() -> dict[str, Any]:
     body = load(ReplayInSchema, json_body())
     authorize("replays.create")
-    svc = service()
+    replays = service().replays
     rule_sources, declared, scenarios = {}, {}, {}
     if "ruleset" in body:
         candidate = body["ruleset"]
@@ -32,12 +32,12 @@ def create_replay() -> dict[str, Any]:
         rule_sources[file], declared[file] = candidate["source"], candidate["name"]
         if "scenarios" in candidate:
             scenarios[file] = candidate["scenarios"]
-    candidates = svc.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"),
-                                declared=declared, scenarios=scenarios)
-    cases, next_cursor = svc.replay_cases(
+    candidates = replays.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"),
+                                    declared=declared, scenarios=scenarios)
+    cases, next_cursor = replays.replay_cases(
         decision_ids=body.get("decision_ids", []), subject=body.get("subject"),
         since_ms=_ms(body.get("since")), until_ms=_ms(body.get("until")),
         fact_sets=body.get("fact_sets", []), limit=body["limit"], cursor=body.get("cursor"))
-    report = svc.replay(cases, candidates)
+    report = replays.replay(cases, candidates)
     report["summary"]["next_cursor"] = next_cursor
     return report

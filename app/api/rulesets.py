@@ -89,5 +89,5 @@ def get_ruleset(name: str) -> dict[str, Any]:
             responses={200: ("the version and its text", RulesetSourceSchema)})
 def get_ruleset_version(name: str, version: str) -> dict[str, Any]:
     authorize("rulesets.source", ruleset=name)
-    ruleset, live = service().ruleset_version(name, version)
+    ruleset, live = service().replays.ruleset_version(name, version)
     return ruleset_source(ruleset, live=live)

@@ -7,6 +7,7 @@
     sidecar     an OPA server over HTTP, behind a circuit breaker
     bundle      the policies as an OPA bundle, for a sidecar to pull
     gate        one verdict per proposed action, fail closed
+    live        a running service's gate, what it has live and reports of it, its bundle
     access      API keys to callers, and the access policy to their permissions
     testing     `decision-service policy test`, as `opa test` runs the same files
 
