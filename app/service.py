@@ -23,7 +23,9 @@ from app.decisions.archive import Archive
 from app.decisions.log import DecisionLog
 from app.decisions.masking import Masking
 from app.decisions.path import DecisionPath
-from app.dispatch.delivery import Dispatcher, Executors, Outbox
+from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.executors import Executors
+from app.dispatch.outbox import Outbox
 from app.dispatch.worker import Worker
 from app.facts.pool import FactPool, Quotas
 from app.facts.triggers import TriggerQueue

@@ -41,7 +41,7 @@ from executor_server import Executor
 from opa_sidecar import OpaServer
 
 from app.decisions.log import DecisionLog
-from app.dispatch.delivery import Outbox
+from app.dispatch.outbox import Outbox
 from app.shared import keys
 from app.shared.errors import NotFound
 from app.shared.store import EmbeddedRedis, connect

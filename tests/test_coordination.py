@@ -21,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.dispatch.delivery import Outbox, member_of
+from app.dispatch.outbox import Outbox, member_of
 from app.service import DecisionService
 from app.shared import keys
 from app.shared.config import Settings

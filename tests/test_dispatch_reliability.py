@@ -21,7 +21,8 @@ from flask import Flask
 from test_decisions import AppFactory, case, executors_file, make_app, statuses  # noqa: F401
 
 from app import create_app
-from app.dispatch.delivery import Dispatcher, Outbox, member_of
+from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.outbox import Outbox, member_of
 from app.dispatch.worker import Worker
 from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.engines import Answer

@@ -19,7 +19,7 @@ from opa_sidecar import OpaServer
 from test_governance_properties import ALLOWED, ANY_JSON
 
 from app.decisions.decision import make_decision
-from app.dispatch.delivery import Executors
+from app.dispatch.executors import Executors
 from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.gate import PolicyGate, Verdict
 from app.policy.sidecar import SidecarPolicyEngine

@@ -20,8 +20,8 @@ import requests
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.dispatch.delivery import Executors
 from app.dispatch.echo import echo_server
+from app.dispatch.executors import Executors
 from app.rules.loader import load_ruleset_file
 from app.rules.model import Propose
 from app.shared.config import Settings

@@ -16,7 +16,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.dispatch.delivery import BLOCKED, QUEUED, WAITING
+from app.dispatch.outbox import BLOCKED, QUEUED, WAITING
 from app.policy.access import Caller
 from app.policy.gate import ALLOW, HOLD, PolicyGate, Verdict
 from app.rules import Evaluation, Ruleset
@@ -43,7 +43,7 @@ VERDICT_ID_PREFIX = "verdict/"
 
 DENIED, HELD, DRY_RUN, RECORDED, WITHDRAWN = ("denied", "held", "dry_run", "recorded",
                                               "withdrawn")
-# queued -> dispatched | failed (see app.dispatch.delivery). `recorded`: allowed but not sent,
+# queued -> dispatched | failed (see app.dispatch.outbox). `recorded`: allowed but not sent,
 # and `delivery.not_sent` says why (no executor for its type, or already queued for the
 # subject by an earlier decision).
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis
 
-from app.dispatch.delivery import Outbox, parse_member
+from app.dispatch.outbox import Outbox, parse_member
 from app.shared import jsontext, keys
 from app.shared.clock import Clock, system_clock
 from app.shared.errors import Conflict, NotFound

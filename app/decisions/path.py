@@ -24,7 +24,8 @@ from app.decisions.decision import (
 )
 from app.decisions.log import DecisionLog, IdempotencyClaim, Recorded
 from app.decisions.masking import Masking
-from app.dispatch.delivery import Executors, Outbox
+from app.dispatch.executors import Executors
+from app.dispatch.outbox import Outbox
 from app.facts.pool import FactPool, FactRecord
 from app.facts.triggers import TriggerQueue, idempotency_key, parse_member
 from app.policy.access import ANONYMOUS, Caller

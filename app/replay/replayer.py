@@ -22,7 +22,8 @@ from typing import Any
 
 from app.decisions.archive import Archive
 from app.decisions.decision import DEFAULT_LIMITS, RECORDED, Evaluator, make_decision, snapshot
-from app.dispatch.delivery import BLOCKED, QUEUED, WAITING, Executors
+from app.dispatch.executors import Executors
+from app.dispatch.outbox import BLOCKED, QUEUED, WAITING
 from app.policy.access import Caller
 from app.policy.embedded import EmbeddedPolicyEngine
 from app.policy.files import PolicySet

@@ -106,7 +106,7 @@ function problemBox(heading, problem, id) {
                        : el("ul", {}, lines.map((line) => el("li", {class: "error"}, line))));
 }
 
-// The statuses an action can have (app/decisions/decision.py, app/dispatch/delivery.py), in words.
+// The statuses an action can have (app/decisions/decision.py, app/dispatch/outbox.py), in words.
 const STATUS_WORDS = {
   queued: "allowed; in the outbox, to be delivered",
   waiting: "allowed; waits until the actions it requires are delivered",

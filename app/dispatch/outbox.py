@@ -1,60 +1,26 @@
-"""Delivering allowed actions to their executors: the outbox and the dispatcher.
+"""The outbox: allowed actions waiting for delivery, in Redis.
 
 An allowed action enters its subject's outbox in the same transaction that records
 the decision (see `DecisionLog.commit`), and the schedule says when it is due. A
-dispatcher (a thread of `serve`, or any number of `decision-service worker`
-processes) claims due entries with a lease, POSTs each as a CloudEvent with
-`Idempotency-Key: <decision id>:<action id>`, and then records the outcome:
-delivered, retried later with exponential backoff and jitter, or parked as failed
-after the last attempt (or at once for a 4xx that retrying cannot fix), where an
-operator can list and re-drive it.
-
-Nothing is lost and nothing is sent twice under different keys: an entry leaves the
-outbox only when its delivery is recorded; a worker that dies holding a lease lets
-it expire, and the next worker sends the same entry with the same key.
+dispatcher claims due entries with a lease and a fencing token, and records each
+outcome here: delivered, retried later, or parked as failed, where an operator can
+list and re-drive it. An entry leaves the outbox only when its delivery is recorded.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import random
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
 import redis
-import requests
-import yaml
-from marshmallow import Schema, ValidationError, fields, validate
 
-from app import __version__
 from app.shared import jsontext, keys
 from app.shared.clock import Clock, rfc3339, system_clock
-from app.shared.errors import ConfigurationError, NotFound
-from app.shared.http_client import Endpoint
-from app.shared.logs import log_context, traceparent
-from app.shared.metrics import Metrics, label_value
-from app.shared.schemas import invalid_params
+from app.shared.errors import NotFound
+from app.shared.logs import traceparent
 from app.shared.store import in_order, is_cluster, unavailable_on_outage
-
-log = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_SECONDS = 5.0
-DELIVERY_THREADS = 8  # deliveries of one claimed batch in flight at once
-
-
-def lease_margin(lease_seconds: float) -> float:
-    """How long before its claim's lease an attempt must end, so that its outcome is
-    recorded while the claim still holds (the fence refuses it if it does not)."""
-    return min(1.0, lease_seconds / 10)
-DEFAULT_MAX_ATTEMPTS = 8
-# 4xx answers that a later attempt may turn around; any other 4xx parks the action at once.
-_RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
 
 QUEUED, DISPATCHED, FAILED = "queued", "dispatched", "failed"
 # An action that requires others waits in the outbox, unscheduled, until they are
@@ -62,64 +28,10 @@ QUEUED, DISPATCHED, FAILED = "queued", "dispatched", "failed"
 WAITING, BLOCKED = "waiting", "blocked"
 
 
-@dataclass(frozen=True)
-class Executor:
-    url: str
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-
-
-class _ExecutorSchema(Schema):
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    timeout_seconds = fields.Float(load_default=DEFAULT_TIMEOUT_SECONDS,
-                                   validate=validate.Range(min=0.01, max=120))
-    max_attempts = fields.Integer(load_default=DEFAULT_MAX_ATTEMPTS, strict=True,
-                                  validate=validate.Range(min=1, max=100))
-
-
-class Executors:
-    """Action type -> where it is delivered (`DECISION_EXECUTORS_FILE`)."""
-
-    def __init__(self, by_type: Mapping[str, Executor]) -> None:
-        self._by_type = dict(by_type)
-
-    @classmethod
-    def load(cls, path: Path | None) -> Executors:
-        if path is None:
-            return cls({})
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: {exc}") from exc
-        if not isinstance(document, dict):
-            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: a mapping of action "
-                                     "type to {url, timeout_seconds, max_attempts}")
-        try:
-            loaded = {str(action): _ExecutorSchema().load(spec)
-                      for action, spec in document.items()}
-        except ValidationError as exc:
-            problems = "; ".join(f"{p.name}: {p.reason}" for p in invalid_params(exc.messages))
-            raise ConfigurationError(f"DECISION_EXECUTORS_FILE {path}: {problems}") from exc
-        return cls({action: Executor(**spec) for action, spec in loaded.items()})
-
-    def check_lease(self, lease_seconds: float) -> None:
-        """A delivery must be able to finish within the lease that holds it."""
-        for action, executor in self._by_type.items():
-            if executor.timeout_seconds + lease_margin(lease_seconds) >= lease_seconds:
-                raise ConfigurationError(
-                    f"DECISION_DISPATCH_LEASE_SECONDS ({lease_seconds:g}) must be longer than "
-                    f"every executor's timeout_seconds ({executor.timeout_seconds:g} for "
-                    f"{action}) and a tenth more (at most 1 s), the time to record the "
-                    "outcome")
-
-    def get(self, action_type: str) -> Executor | None:
-        return self._by_type.get(action_type)
-
-    def urls(self) -> set[str]:
-        return {executor.url for executor in self._by_type.values()}
-
-    def __contains__(self, action_type: object) -> bool:
-        return action_type in self._by_type
+def lease_margin(lease_seconds: float) -> float:
+    """How long before its claim's lease an attempt must end, so that its outcome is
+    recorded while the claim still holds (the fence refuses it if it does not)."""
+    return min(1.0, lease_seconds / 10)
 
 
 def member_of(subject: str, decision_id: str, action_id: str) -> str:
@@ -511,147 +423,3 @@ def _ms_of(moment: str | None, default: int) -> int:
     if not moment:
         return default
     return int(datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def cloud_event(entry: dict[str, Any], now: float) -> dict[str, Any]:
-    """The body an executor receives: a CloudEvents 1.0 event in structured mode."""
-    action = entry["action"]
-    return {
-        "specversion": "1.0",
-        "id": f"{entry['decision_id']}:{action['id']}",
-        "source": f"/decision-service/rulesets/{entry['ruleset']['name']}",
-        "type": f"decision.action.{action['type']}",
-        "subject": entry["subject"],
-        "time": rfc3339(now),
-        "datacontenttype": "application/json",
-        "data": {"decision_id": entry["decision_id"], "subject": entry["subject"],
-                 "action": action, "ruleset": entry["ruleset"],
-                 "policy_revision": entry["policy_revision"]},
-    }
-
-
-class Dispatcher:
-    def __init__(self, outbox: Outbox, executors: Executors, *,
-                 clock: Clock = system_clock, backoff_seconds: float = 0.5,
-                 backoff_max_seconds: float = 60.0, lease_seconds: float = 30.0,
-                 batch_size: int = 16, jitter: Callable[[], float] = random.random,
-                 metrics: Metrics | None = None) -> None:
-        self.outbox = outbox
-        self.metrics = metrics
-        self.executors = executors
-        self._clock = clock
-        self.backoff_seconds = backoff_seconds
-        self.backoff_max_seconds = backoff_max_seconds
-        self.lease_seconds = lease_seconds
-        self.batch_size = batch_size
-        self._jitter = jitter
-        headers = {"Content-Type": "application/cloudevents+json",
-                   # Which process sent a delivery, for the executor's logs (and the tests).
-                   "User-Agent": f"decision-service/{__version__} (pid {os.getpid()})"}
-        self._endpoints = {url: Endpoint(url, pool_size=DELIVERY_THREADS, headers=headers)
-                           for url in executors.urls()}
-        self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="delivery")
-
-    def backoff(self, attempts: int) -> float:
-        """Exponential, capped, with jitter: between half and all of base * 2^(attempts-1)."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** (attempts - 1))
-        return ceiling * (0.5 + 0.5 * self._jitter())
-
-    def run_once(self) -> int:
-        """Attempt every due entry this dispatcher can claim; how many it claimed. Each
-        attempt ends before the lease does (a total deadline, not only a socket timeout),
-        and its outcome is recorded only if no other dispatcher has taken the entry over."""
-        lease_ends = self._clock() + self.lease_seconds
-        token, members = self.outbox.claim(limit=self.batch_size,
-                                           lease_seconds=self.lease_seconds)
-        if len(members) == 1:
-            self._attempt(members[0], token, lease_ends)
-        else:  # side by side: a slow executor must not hold up the rest of the batch
-            list(self._threads.map(lambda member: self._attempt(member, token, lease_ends),
-                                   members))
-        return len(members)
-
-    def close(self) -> None:
-        self._threads.shutdown(wait=True)
-        for endpoint in self._endpoints.values():
-            endpoint.close()
-
-    def _attempt(self, member: str, token: int, lease_ends: float) -> None:
-        entry = self.outbox.adopt(member, token, lease_ends)
-        if entry == WAITING:  # made due too early (Redis Cluster); its release schedules it
-            return
-        if entry is None:  # delivered (or never written), or a later claim holds it
-            if self.outbox.entry(member) is None:
-                self.outbox.forget(member)
-            return
-        assert isinstance(entry, dict)
-        if "failed_at" in entry:  # parked by a worker that died before it unscheduled it
-            self.outbox.park(member, token, entry, entry["attempts"],
-                             entry.get("last_error", ""))
-            return
-        with log_context(decision_id=entry["decision_id"], subject=entry["subject"],
-                         **({"traceparent": entry["traceparent"]}
-                            if entry.get("traceparent") else {})):
-            self._deliver(member, token, entry,
-                          lease_ends - self._clock() - lease_margin(self.lease_seconds))
-
-    def _deliver(self, member: str, token: int, entry: dict[str, Any],
-                 seconds_left: float) -> None:
-        action = entry["action"]
-        attempts = entry["attempts"] + 1
-        executor = self.executors.get(action["type"])
-        if executor is None:
-            self.outbox.park(member, token, entry, attempts,
-                             f"no executor is configured for {action['type']}")
-            return
-        if seconds_left < executor.timeout_seconds:
-            return  # the attempt could outlive the claim: it comes due again with the lease
-        error, permanent = self._post(executor, entry, executor.timeout_seconds)
-        labels = {"action": label_value(action["type"])}
-        if error is None:
-            recorded = self.outbox.delivered(member, token, attempts)
-            result = "delivered"
-        elif permanent or attempts >= executor.max_attempts:
-            recorded = self.outbox.park(member, token, entry, attempts, error)
-            result = "failed"
-        else:
-            delay = self.backoff(attempts)
-            recorded = self.outbox.retry(member, token, entry, attempts, error, delay)
-            result = "retry"
-        self._count({**labels, "result": result})
-        if not recorded:
-            log.warning("%s of %s not recorded: another dispatcher took the entry over "
-                        "(this claim's lease ran out)", result, action["type"])
-        elif error is None:
-            log.info("dispatched %s to %s", action["type"], executor.url)
-        elif result == "failed":
-            log.error("parked %s after %d attempts: %s", action["type"], attempts, error)
-        else:
-            log.warning("delivery of %s failed (%s); retry %d", action["type"], error,
-                        attempts)
-
-    def _count(self, labels: dict[str, str]) -> None:
-        if self.metrics is not None:
-            self.metrics.inc("decision_dispatch_attempts_total", labels)
-
-    def _post(self, executor: Executor, entry: dict[str, Any],
-              seconds: float) -> tuple[str | None, bool]:
-        """(None, _) when delivered within `seconds` in all, else (why not, whether
-        retrying is pointless)."""
-        event = cloud_event(entry, self._clock())
-        headers = {"Idempotency-Key": event["id"]}
-        if entry.get("traceparent"):
-            headers["traceparent"] = entry["traceparent"]
-        try:
-            response = self._endpoints[executor.url].request(
-                "POST", body=json.dumps(event).encode(), timeout=seconds, headers=headers,
-                total=True)
-        except requests.Timeout:
-            return f"no answer within {seconds:g}s", False
-        except requests.RequestException as exc:
-            return f"could not reach the executor ({type(exc).__name__})", False
-        if 200 <= response.status_code < 300:
-            return None, False
-        permanent = 400 <= response.status_code < 500 and (
-            response.status_code not in _RETRYABLE_CLIENT_ERRORS)
-        return f"the executor answered HTTP {response.status_code}", permanent
