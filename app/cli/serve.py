@@ -136,8 +136,21 @@ def run_gunicorn(settings: Settings) -> None:
 
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
+    from gunicorn.workers.sync import SyncWorker
 
     from app.shared.logs import dict_config
+
+    class Worker(SyncWorker):
+        """Ctrl-C (SIGINT to the whole process group) and the arbiter's SIGQUIT stop a
+        worker as SIGTERM does: after the response it is writing, or once it has booted.
+        gunicorn's own quick stop calls sys.exit() from the signal handler, which cut
+        that response mid-write and logged a SystemExit traceback, or a "release unlocked
+        lock" one when it landed in a booting worker; the arbiter still kills a worker
+        that takes longer than `graceful_timeout`."""
+
+        def handle_quit(self, sig: int, frame: Any) -> None:
+            self.alive = False
+            self.cfg.worker_int(self)
 
     class AccessLogger(Logger):
         """gunicorn builds each access line (about 50 µs) whenever logging is configured:
@@ -151,7 +164,7 @@ def run_gunicorn(settings: Settings) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
-            self.cfg.set("worker_class", "sync")
+            self.cfg.set("worker_class", Worker)
             self.cfg.set("timeout", REQUEST_TIMEOUT_SECONDS)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("logconfig_dict", dict_config(  # the level `main` chose
