@@ -8,6 +8,7 @@
     gate      one verdict per proposed action, fail closed
     access    API keys to callers, and the access policy to their permissions
     testing   `decision-service policy test`, as `opa test` runs the same files
+    opa_server  the real OPA server as a process, for the tests and the benchmarks
 
 May import `app.shared` only.
 """
