@@ -11,6 +11,7 @@ import statistics
 from .common import SUBJECTS, open_service, pool, running_redis, table
 from .servers import median_run, server, wrk, wrk_decisions
 
+# What `bench http` serves, in the order each round measures them.
 _HTTP_KINDS = {
     "floor": "floor: parse the body, read the subject's fact hash",
     "floor+opa": "floor plus one call into embedded OPA that evaluates nothing",
