@@ -38,8 +38,8 @@ run: install
 	  $(BIN)/decision-service serve
 
 lint: install
-	$(BIN)/ruff check app tests scripts/bench scripts/update-golden scripts/reliability \
-	  scripts/name-folding scripts/compliance scripts/_venv.py
+	$(BIN)/ruff check app tests scripts scripts/bench scripts/update-golden scripts/reliability \
+	  scripts/name-folding scripts/compliance
 	$(BIN)/mypy
 
 # The compliance toolchain on rego/ with the OPA the service runs (README, "Compliance

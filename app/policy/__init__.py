@@ -10,6 +10,7 @@
     live        a running service's gate, what it has live and reports of it, its bundle
     access      API keys to callers, and the access policy to their permissions
     testing     `decision-service policy test`, as `opa test` runs the same files
+    opa_server  the real OPA server as a process, for the tests and the benchmarks
 
 May import `app.shared` only.
 """
