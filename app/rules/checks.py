@@ -59,9 +59,9 @@ _REF = r"\$(?:\{(?P<a1>[A-Za-z][A-Za-z0-9_]*)\.(?P<f1>[A-Za-z][A-Za-z0-9_-]*)\}"
 _REF_TOKEN = re.compile(_REF)
 
 
-
 class Checker:
-    """Collects problems while it turns a parsed document into the model."""
+    """Collects one file's problems, each at the rule and line being checked, while it turns
+    a rule's parts into the model."""
 
     def __init__(self, file: str) -> None:
         self.file = file

@@ -109,7 +109,7 @@ def _parse(source: str, file: str) -> tuple[Any, _Lines]:
 class _Checker(TableChecker):
     """Collects problems while it turns a parsed document into the model: the file as a
     whole here (top level, rules, facts, ownership, requires), its rules and tables in the
-    classes below."""
+    classes it extends (`checks.Checker`, `table_checks.TableChecker`)."""
 
     def ruleset(self, document: Any, source: str, lines: _Lines) -> Ruleset | None:
         if not isinstance(document, dict):
