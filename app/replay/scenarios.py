@@ -44,7 +44,7 @@ from app.decisions.decision import WITHDRAWN, Evaluator, make_decision
 from app.policy.access import Caller
 from app.policy.gate import PolicyGate
 from app.rules import Ruleset
-from app.rules.loader import RULE_NAME_PATTERN, yaml_problem
+from app.rules.loader import yaml_problem
 from app.shared.clock import rfc3339, system_clock
 from app.shared.documents import compose_yaml, construct_yaml, load_json
 from app.shared.errors import DecisionServiceError, RuleProblem, ScenarioInvalid
@@ -54,6 +54,7 @@ from app.shared.schemas import (
     DEFAULT_MAX_BATCH,
     FACT_ID_PATTERN,
     NAME_PATTERN,
+    RULE_NAME_PATTERN,
     SUBJECT_PATTERN,
     Department,
     FactData,

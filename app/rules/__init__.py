@@ -1,6 +1,10 @@
 """The rules engine: rule files as data, compiled to durable_rules, forward chaining.
 
-    loader    rule file text -> validated `Ruleset` (or every problem, located)
+    loader    rule file text -> validated `Ruleset` (or every problem, located); the file
+              as a whole: top level, facts, ownership, requires
+    checks    one rule's parts: names, conditions, references, then-steps
+    table_checks  decision tables checked as rules, each row one rule
+    fields    which fields each fact type has; warnings for a field no fact has
     tables    decision tables: what their cells mean; overlaps, unreachable rows and gaps
     model     the validated form, and what each condition means
     regex     the `matches` dialect, checked and run in RE2

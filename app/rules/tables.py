@@ -2,7 +2,7 @@
 
 A table (an item of a rule file's `rules:` with `table:` instead of `name:`) holds input
 columns (a matched fact's fields), output columns (an action to propose or a fact to
-derive) and rows. The loader (`app.rules.loader`) turns each row into an ordinary `Rule`,
+derive) and rows. `app.rules.table_checks` turns each row into an ordinary `Rule`,
 so every check on rules applies; this module gives each cell its meaning twice, as the
 `Test`s the engine decides and as a set of values, and with the sets finds what a reader
 of the table cannot see at a glance:
