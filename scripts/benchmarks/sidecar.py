@@ -144,6 +144,26 @@ def _in_process(service: DecisionService, subject: str, opa_pid: int | None, red
             "total": thread + opa_cpu + redis_cpu}
 
 
+def _opa_requests_per_decision(services: dict[str, Any], modes: dict[str, Any],
+                               cases: dict[int, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Requests to OPA per decision, as OPA counts them (its /metrics)."""
+    rows = []
+    for actions, facts in cases.items():
+        subject = facts[0]["subject"]
+        for mode in ("tcp", "unix"):
+            services[mode].decider.decide(subject=subject, ruleset_name="procurement")
+            opa_url = modes[mode]["opa_url"]
+            before = requests_served(opa_url).get("POST v1/data", 0)
+            record = services[mode].decider.decide(subject=subject,
+                                                   ruleset_name="procurement").record
+            assert len(record["actions"]) == actions, record["actions"]
+            assert all(a["verdict"]["opa_decision_id"] for a in record["actions"])
+            after = requests_served(opa_url).get("POST v1/data", 0)
+            rows.append((f"{MODES[mode]}: a decision with {actions} action(s), HTTP "
+                         "requests to OPA (OPA's own count)", f"{after - before}"))
+    return rows
+
+
 def run(decisions: int = 1000, seconds: int = 8, rounds: int = 3) -> str:
     """Embedded OPA, and the real OPA sidecar over TCP and over a Unix socket, in one run:
     in-process (one deciding thread) and over HTTP (gunicorn, wrk), with the CPU of every
@@ -165,20 +185,7 @@ def run(decisions: int = 1000, seconds: int = 8, rounds: int = 3) -> str:
         with sidecars(url, Path(tmp)) as modes:
             services = {mode: open_service(url, opa_url=entry["opa_url"])
                         for mode, entry in modes.items()}
-            # Requests to OPA per decision, as OPA counts them (its /metrics).
-            for actions, facts in cases.items():
-                subject = facts[0]["subject"]
-                for mode in ("tcp", "unix"):
-                    services[mode].decider.decide(subject=subject, ruleset_name="procurement")
-                    opa_url = modes[mode]["opa_url"]
-                    before = requests_served(opa_url).get("POST v1/data", 0)
-                    record = services[mode].decider.decide(subject=subject,
-                                                   ruleset_name="procurement").record
-                    assert len(record["actions"]) == actions, record["actions"]
-                    assert all(a["verdict"]["opa_decision_id"] for a in record["actions"])
-                    after = requests_served(opa_url).get("POST v1/data", 0)
-                    rows.append((f"{MODES[mode]}: a decision with {actions} action(s), HTTP "
-                                 "requests to OPA (OPA's own count)", f"{after - before}"))
+            rows += _opa_requests_per_decision(services, modes, cases)
             runs: dict[tuple[str, int], list[dict[str, float]]] = {}
             for mode, service in services.items():  # warm up every path
                 for facts in cases.values():
