@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-__version__ = "0.1.0"
+from app.shared import VERSION as __version__
+
+__all__ = ["__version__", "create_app"]
 
 
 def create_app(config: Any = None) -> Flask:

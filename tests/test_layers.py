@@ -3,8 +3,7 @@
 A module may import its own package and the layers below its own; two packages on one
 layer (facts and rules; policy and dispatch) know nothing of each other. Every import
 counts, also those inside functions and under TYPE_CHECKING: each is a dependency a
-newcomer must follow. The root package `app` holds only the version and a lazy
-`create_app`, so anyone may import it.
+newcomer must follow. The root package `app` (a lazy `create_app`) sits above them all.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def _upward(source: str, module: str, *, is_package: bool = False) -> list[str]:
     upward = []
     for line, name in _imports(source, module, is_package=is_package):
         unit = _unit(name)
-        if unit in ("", "__version__", own):
+        if unit == own:
             continue
         if unit not in LAYERS or LAYERS[unit] >= LAYERS[own]:
             upward.append(f"{module}:{line} imports {name} ({unit}, layer "

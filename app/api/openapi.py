@@ -16,7 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, current_app
 from marshmallow import Schema, fields
 
-import app as package
+from app.shared import VERSION
 from app.shared.schemas import DATA_VALUE_SCHEMA, FACT_ID_PATTERN, SUBJECT_PATTERN, FactData
 
 bp = Blueprint("openapi", __name__)
@@ -133,7 +133,7 @@ def _fact_data(_converter: Any, field: fields.Field, **_: Any) -> dict[str, Any]
 def build_spec(flask_app: Flask) -> dict[str, Any]:
     marshmallow = MarshmallowPlugin()
     spec = APISpec(
-        title="Decision service", version=package.__version__, openapi_version="3.1.0",
+        title="Decision service", version=VERSION, openapi_version="3.1.0",
         plugins=[marshmallow],
         info={"description": "Facts in, governed decisions out: rules, then OPA, then dispatch."},
     )

@@ -26,10 +26,10 @@ from typing import Any
 
 import requests
 
-from app import __version__
 from app.dispatch.events import cloud_event
 from app.dispatch.executors import Executor, Executors
 from app.dispatch.outbox import WAITING, Outbox, lease_margin
+from app.shared import VERSION
 from app.shared.clock import Clock, system_clock
 from app.shared.http_client import Endpoint
 from app.shared.logs import log_context
@@ -59,7 +59,7 @@ class Dispatcher:
         self._jitter = jitter
         headers = {"Content-Type": "application/cloudevents+json",
                    # Which process sent a delivery, for the executor's logs (and the tests).
-                   "User-Agent": f"decision-service/{__version__} (pid {os.getpid()})"}
+                   "User-Agent": f"decision-service/{VERSION} (pid {os.getpid()})"}
         self._endpoints = {url: Endpoint(url, pool_size=DELIVERY_THREADS, headers=headers)
                            for url in executors.urls()}
         self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="delivery")

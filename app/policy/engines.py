@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from app.policy.files import PolicySet
 from app.shared.errors import ConfigurationError, PolicyProblem
-
-if TYPE_CHECKING:  # the embedded module builds on this one
-    from app.policy.embedded import PolicyDirectory
-
 
 UNDEFINED: Any = type("Undefined", (), {"__repr__": lambda self: "UNDEFINED"})()
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -88,6 +85,19 @@ class PolicyStatus:
         return self.disk_revision is None or self.disk_revision == self.revision
 
 
+class WatchedDirectory(Protocol):
+    """A policy directory as this process reads it (`app.policy.embedded.PolicyDirectory`):
+    what the service asks of it, whichever engine answers the verdicts."""
+
+    path: Path
+    problems: list[PolicyProblem]  # of the last rejected change, while the last good is live
+    rejected_at: str | None
+
+    def current(self, *, check: bool = False) -> tuple[Any, PolicySet]:
+        """(the compiled engine, if kept; the policies live), re-read first with `check`."""
+        ...
+
+
 class PolicyEngine(Protocol):
     kind: str  # "embedded" or "sidecar"
 
@@ -113,7 +123,7 @@ class PolicyEngine(Protocol):
         """The policies the revision names, when this process has their text, else None."""
 
     @property
-    def directory(self) -> PolicyDirectory | None:
+    def directory(self) -> WatchedDirectory | None:
         """The policy directory this process reads (and serves as a bundle), if any."""
 
     def status(self, *, check: bool = True) -> PolicyStatus:

@@ -13,3 +13,5 @@
     http_client  pooled outgoing HTTP, no hidden retries
     watch        noticing that files changed, cheaply
 """
+
+VERSION = "0.1.0"  # the one place: setup.cfg, /openapi.json and the User-Agent read it
