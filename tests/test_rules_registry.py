@@ -159,5 +159,5 @@ def test_the_api_lists_active_rulesets_and_rejected_files(tmp_path: Path,
     assert procurement["name"] == "procurement"
     assert procurement["version"] == version_of(SAMPLE_RULES.read_text())
     assert "approve_purchase" in procurement["rules"]
-    assert body["problems"][0]["file"].endswith("broken.yaml")
+    assert body["problems"][0]["file"] == "broken.yaml"
     app.extensions["decision_service"].close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint
@@ -48,14 +49,24 @@ def list_rulesets() -> dict[str, Any]:
     authorize("rulesets.read")
     registry = service().rulesets
     return {
-        "rulesets": [{"name": r.name, "version": r.version, "file": r.file,
+        "rulesets": [{"name": r.name, "version": r.version, "file": _shown(r.file),
                       "description": r.description, "rules": [rule.name for rule in r.rules],
                       "triggers": list(r.triggers),
                       "facts": {t.name: list(t.owners) for t in r.fact_types.values()},
                       "warnings": [str(w) for w in r.warnings]} for r in registry.active()],
-        "problems": [{"file": p.file, "line": p.line, "rule": p.rule, "message": p.message}
-                     for p in registry.problems],
+        "problems": [{"file": _shown(p.file), "line": p.line, "rule": p.rule,
+                      "message": p.message} for p in registry.problems],
     }
+
+
+def _shown(file: str) -> str:
+    """A rule file as its path in the rules directory (as policy files are shown): where
+    the server keeps that directory is not the caller's business."""
+    path = Path(file)
+    try:
+        return path.resolve().relative_to(service().settings.rules_dir.resolve()).as_posix()
+    except ValueError:  # not a file of the directory (an archived version's name)
+        return path.name
 
 
 class RulesetSourceSchema(Schema):
@@ -70,7 +81,7 @@ class RulesetSourceSchema(Schema):
 
 
 def ruleset_source(ruleset: Ruleset, *, live: bool) -> dict[str, Any]:
-    return {"name": ruleset.name, "version": ruleset.version, "file": ruleset.file,
+    return {"name": ruleset.name, "version": ruleset.version, "file": _shown(ruleset.file),
             "source": ruleset.source, "rules": [rule.name for rule in ruleset.rules],
             "live": live}
 
