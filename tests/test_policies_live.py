@@ -390,3 +390,26 @@ def test_a_sidecar_on_files_of_its_own_has_no_text_here(redis_url: str, redis_cl
     finally:
         app.extensions["decision_service"].close()
         opa.close()
+
+
+def test_a_whatif_on_policies_that_changed_since_they_were_loaded_is_refused(
+        apps: Callable[..., Flask], policy_dir: Path) -> None:
+    """The replay page sends the revision its editors were loaded at: if the live files
+    changed since, the analyst's copy of one file would be laid over newer others."""
+    client = apps(policy_dir).test_client()
+    loaded = client.get("/v1/policies/sources").get_json()
+    edited = loaded["sources"][LIMITS].replace("0.5", "0.4")
+    whatif = {"fact_sets": [{"subject": "S", "ruleset": "procurement", "facts": []}],
+              "policies": {LIMITS: edited}, "policies_revision": loaded["revision"]}
+    assert client.post("/v1/replays", json=whatif).status_code == 200
+
+    (policy_dir / GOVERNANCE).write_text((policy_dir / GOVERNANCE).read_text() + "\n# new\n")
+    time.sleep(0.06)  # past policy_reload_seconds
+    refused = client.post("/v1/replays", json=whatif)
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert f"since you loaded revision {loaded['revision']}" in refused.get_json()["detail"]
+    again = client.get("/v1/policies/sources").get_json()
+    assert again["revision"] != loaded["revision"]
+    assert client.post("/v1/replays", json={**whatif, "policies_revision": again["revision"]}
+                       ).status_code == 200

@@ -33,7 +33,8 @@ def create_replay() -> dict[str, Any]:
         if "scenarios" in candidate:
             scenarios[file] = candidate["scenarios"]
     candidates = replays.candidates(rule_sources=rule_sources, policy_sources=body.get("policies"),
-                                    declared=declared, scenarios=scenarios)
+                                    declared=declared, scenarios=scenarios,
+                                    policy_base=body.get("policies_revision"))
     cases, next_cursor = replays.replay_cases(
         decision_ids=body.get("decision_ids", []), subject=body.get("subject"),
         since_ms=_ms(body.get("since")), until_ms=_ms(body.get("until")),

@@ -18,6 +18,7 @@ import redis
 
 from app.decisions.path import DecisionPath
 from app.decisions.whynot import why_not
+from app.policy.files import PolicySet
 from app.policy.live import LivePolicies
 from app.replay.replayer import ReplayCase, Replayer, candidate_scenarios, summarize
 from app.replay.sandbox import Budget, CandidateSources, Sandbox
@@ -27,6 +28,7 @@ from app.shared.clock import rfc3339, system_clock
 from app.shared.config import REQUEST_TIMEOUT_SECONDS, Settings
 from app.shared.errors import (
     ConfigurationError,
+    Conflict,
     NotFound,
     RulesetInvalid,
     RulesetUnavailable,
@@ -126,21 +128,31 @@ class Replays:
                    policy_sources: Mapping[str, str] | None = None,
                    policy_overlay: bool = True,
                    declared: Mapping[str, str] | None = None,
-                   scenarios: Mapping[str, str] | None = None) -> CandidateSources:
+                   scenarios: Mapping[str, str] | None = None,
+                   policy_base: str | None = None) -> CandidateSources:
         """Candidate rule files (file name -> text; `declared`: the ruleset each should be)
         and policy files (path -> text), as a sandbox will load them. With
         `policy_overlay`, the given policy files replace (or, when empty, remove) the files
         of the same path in the policies in use, so an analyst sends only what changed.
         The policies in use are those live now, after a reload check (this worker may not
-        have decided since the files changed). Nothing is parsed here: the sandbox does,
-        within the what-if's budget."""
+        have decided since the files changed); `policy_base`, the revision the analyst
+        edited, must still be theirs (Conflict otherwise). Nothing is parsed here: the
+        sandbox does, within the what-if's budget."""
         policies = None
         if policy_sources:
-            files = dict(self.policies.live()[1].sources) if policy_overlay else {}
+            files = dict(self._policy_base(policy_base).sources) if policy_overlay else {}
             files.update(policy_sources)
             policies = {k: v for k, v in files.items() if v}
         return CandidateSources(dict(rule_sources or {}), policies, dict(declared or {}),
                                 dict(scenarios or {}))
+
+    def _policy_base(self, expected: str | None) -> PolicySet:
+        live = self.policies.live()[1]
+        if expected is not None and expected != live.revision:
+            raise Conflict(f"the live policies changed since you loaded revision {expected} "
+                           f"(now {live.revision}): load them again and redo your edits, so "
+                           "the candidate does not mix your copy with newer files")
+        return live
 
     def replay_cases(self, *, decision_ids: Sequence[str] = (), subject: str | None = None,
                      since_ms: int | None = None, until_ms: int | None = None,

@@ -560,6 +560,10 @@ class ReplayInSchema(Schema):
                            values=fields.String(validate=validate.Length(max=1_000_000)),
                            metadata={"description": "policy files (path -> Rego or data text) "
                                                     "replacing those in use; empty removes"})
+    policies_revision = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "the revision of the live policies that `policies` edits (GET "
+                       "/v1/policies/sources): a 409 if they have changed since, so a "
+                       "candidate never mixes an old copy of one file with newer others"})
     limit = fields.Integer(load_default=MAX_REPLAY_CASES,
                            validate=validate.Range(min=1, max=MAX_REPLAY_CASES), metadata={
                                "description": "most recorded decisions a subject or a time "
