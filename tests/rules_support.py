@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,19 @@ def purchase_case(request_id: str = "PR-1", *, amount: int = 120000, available: 
         facts.append(fact(f"{request_id}-urg", "urgency_assessment", "operations",
                           request_id=request_id, level=urgency))
     return facts
+
+
+def own_domain(directory: Path, rule_files: dict[str, str], governance: str) -> tuple[Path, Path]:
+    """A domain the samples do not cover: its rule files (name -> text) in `directory`/rules,
+    and the sample policies in `directory`/rego with `governance` as the governance policy
+    (the access policy stays the sample's). Returns (rules directory, policy directory)."""
+    rules = directory / "rules"
+    rules.mkdir()
+    for name, text in rule_files.items():
+        (rules / name).write_text(text)
+    policies = directory / "rego"
+    shutil.copytree(SAMPLE_RULES.parent.parent / "rego", policies)
+    folder = policies / "decision" / "governance"
+    (folder / "governance_test.rego").unlink()  # the sample's tests, of the sample's policy
+    (folder / "governance.rego").write_text(governance)
+    return rules, policies

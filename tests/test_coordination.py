@@ -7,7 +7,6 @@ the example.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,14 +18,13 @@ import yaml
 from executor_server import Executor
 from flask import Flask
 from flask.testing import FlaskClient
+from rules_support import own_domain
 
 from app import create_app
 from app.dispatch.outbox import Outbox, member_of
 from app.service import DecisionService
 from app.shared import keys
 from app.shared.config import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 RULES = """
 ruleset: onboarding
@@ -111,15 +109,7 @@ AppFactory = Callable[..., Flask]
 
 @pytest.fixture
 def domain(tmp_path: Path) -> tuple[Path, Path]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "onboarding.yaml").write_text(RULES)
-    policies = tmp_path / "rego"
-    shutil.copytree(ROOT / "rego", policies)
-    governance = policies / "decision" / "governance"
-    (governance / "governance_test.rego").unlink()
-    (governance / "governance.rego").write_text(POLICY)
-    return rules, policies
+    return own_domain(tmp_path, {"onboarding.yaml": RULES}, POLICY)
 
 
 @pytest.fixture

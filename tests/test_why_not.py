@@ -9,7 +9,6 @@ example; one test on the sample's procurement chain.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,14 +20,13 @@ import yaml
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
+from rules_support import own_domain
 
 from app import create_app
 from app.cli import main
 from app.policy.access import hash_key
 from app.shared import keys
 from app.shared.config import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 RULES = """
 ruleset: claims
@@ -111,16 +109,7 @@ AppFactory = Callable[..., Flask]
 
 @pytest.fixture
 def domain(tmp_path: Path) -> tuple[Path, Path]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "claims.yaml").write_text(RULES)
-    (rules / "bulk.yaml").write_text(BULK)
-    policies = tmp_path / "rego"
-    shutil.copytree(ROOT / "rego", policies)
-    governance = policies / "decision" / "governance"
-    (governance / "governance_test.rego").unlink()
-    (governance / "governance.rego").write_text(POLICY)
-    return rules, policies
+    return own_domain(tmp_path, {"claims.yaml": RULES, "bulk.yaml": BULK}, POLICY)
 
 
 def overrides(redis_url: str, tmp_path: Path, domain: tuple[Path, Path]) -> dict[str, Any]:
