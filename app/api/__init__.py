@@ -2,6 +2,24 @@
 
 Each view validates with the shared marshmallow schemas, makes one call into the
 core and serialises the answer. Every error is an RFC 9457 problem document.
+
+    facts            the fact pool: post, read a subject's facts, retract
+    decisions        take a decision, read them back, why-not, parked actions and triggers
+    replays          replay and what-if, for small jobs
+    rulesets         the active rulesets, their sources and versions, rejected files
+    policies         which policies are live, and their source files
+    archive          the policy files a recorded decision ran with
+    bundles          the policies as an OPA bundle, for a sidecar to pull
+    caller           who the caller is, and which of the pages' operations it may use
+    health           /healthz, /readyz and /metrics
+    pages            the explorer and replay pages (`app.web`)
+    openapi          /openapi.json, from the views' `@documented` notes
+    problems         RFC 9457 problem documents for every error
+    request_context  per request: the service, the JSON body, the caller, its access, the
+                     trace context of the logs and the request counter
+
+May import every layer below it (`app.web`, `app.service` and the stages); only `app.cli`
+is above it.
 """
 
 from __future__ import annotations

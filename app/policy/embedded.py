@@ -1,7 +1,7 @@
 """OPA in this process: the Go engine of the OPA bindings, compiled from a policy set
 (`compile_policy_set`), evaluated with orjson (`evaluate_query`), reloaded when a policy
-directory changes (`PolicyDirectory`), and behind the `PolicyEngine` interface of
-app/policy/engines.py (`EmbeddedPolicyEngine`). Also the Go runtime's settings, which a
+directory changes (`PolicyDirectory`), and as `EmbeddedPolicyEngine` behind the
+`PolicyEngine` interface of app/policy/engines.py. Also the Go runtime's settings, which a
 long-running command takes by starting itself again (`exec_with_go_runtime`).
 """
 

@@ -73,7 +73,6 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-MAX_EVALUATION_FACTS = DEFAULT_LIMITS.facts
 
 _SID = "0"
 _NOT_HANDLED, _OBSERVED = 1, 2

@@ -6,6 +6,8 @@ also the template of the self-contained HTML report `decision-service replay --h
 writes: the report JSON is embedded where the page would otherwise fetch it. What both
 pages share (`common.css`, `common.js`) is inlined into each where it names the slot, so
 each page, and the report, stays one file.
+
+Imports nothing of the service: the pages know it only through the JSON API.
 """
 
 from __future__ import annotations
