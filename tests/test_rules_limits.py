@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,8 @@ from rules_support import fact, procurement, purchase_case, ruleset
 from app.rules import evaluate, parse_ruleset
 from app.rules.engine import Limits
 from app.shared.errors import EvaluationFailed, EvaluationTimeout
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rss_mb() -> float:
@@ -137,3 +142,58 @@ def test_many_rules_comparing_one_fact_type_still_decide() -> None:
     rs = parse_ruleset(json.dumps({"ruleset": "bands", "rules": rules}), "bands.json")
     result = evaluate(rs, [fact("f", "t", x=1000)], limits=Limits(actions=1000))
     assert len(result.fired) == 150
+
+
+# Built and run in a child: a ruleset the core cannot hold once hung registration forever.
+_CHILD = """
+import json, sys
+from app.rules import evaluate, parse_ruleset
+from app.rules.engine import Limits
+spec = json.load(sys.stdin)
+rs = parse_ruleset(json.dumps(spec["ruleset"]), "big.json")
+fired = {}
+for name, data in spec["facts"].items():
+    facts = [{"id": "f", "type": "thing", "department": "ops", "subject": "S", "data": data}]
+    result = evaluate(rs, facts, limits=Limits(firings=1000, actions=1000))
+    fired[name] = [firing.rule for firing in result.fired]
+print(json.dumps(fired))
+"""
+
+
+def _fired_in_a_child(rules: list[dict[str, Any]], facts: dict[str, dict[str, Any]]
+                      ) -> dict[str, list[str]]:
+    payload = json.dumps({"ruleset": {"ruleset": "big", "rules": rules}, "facts": facts})
+    run = subprocess.run([sys.executable, "-c", _CHILD], input=payload, capture_output=True,
+                         text=True, cwd=ROOT, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    fired: dict[str, list[str]] = json.loads(run.stdout)
+    return fired
+
+
+def _table(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"table": name, "hit_policy": "collect", "when": {"a": {"type": "thing"}},
+            "inputs": {"x": {"field": "a.x"}},
+            "outputs": {"hit": {"assert": {"type": "hit", "data": {"table": name}}}},
+            "rows": [{**row, "hit": True} for row in rows]}
+
+
+def test_a_table_listing_more_values_than_the_core_holds_below_one_node_still_decides() -> None:
+    """40 rows of 16 listed values on one field: 640 equality alternatives below one node
+    of the core, which holds 512 (33 rows never finished registering, 32 failed every
+    assert with error 303). Past a budget the listed values are decided outside it."""
+    rows = [{"x": [f"v{r}-{k}" for k in range(16)]} for r in range(40)]
+    fired = _fired_in_a_child([_table("codes", rows)], {
+        "row 4": {"x": "v3-7"}, "row 40": {"x": "v39-15"}, "none": {"x": "v40-0"},
+        "a number": {"x": 3}})
+    assert fired == {"row 4": ["codes_row4"], "row 40": ["codes_row40"], "none": [],
+                     "a number": []}
+
+
+def test_more_rules_with_the_same_conditions_than_the_core_holds_below_one_node_decide() -> None:
+    """Two tables of 128 ranges on one field: 256 rules the core would hang below one node
+    (it holds 255; more were refused with error 108)."""
+    rules = [_table(name, [{"x": f"> {r}"} for r in range(128)]) for name in ("a", "b")]
+    fired = _fired_in_a_child(rules, {"100.5": {"x": 100.5}, "-1": {"x": -1},
+                                      "text": {"x": "100"}})
+    assert sorted(fired["100.5"]) == sorted(f"{t}_row{r}" for t in "ab" for r in range(1, 102))
+    assert fired["-1"] == [] and fired["text"] == []

@@ -17,7 +17,17 @@ What the compiler adds, and why:
   orders "2026-01-01" after "2026-01-01 00:00", its regex engine misses matches (`[]a]`,
   `.` against a tab), and a fact that passes more than 64 of its comparison nodes at
   once aborts the assert (error 303: 65 rules `x > n` on one fact type never decide,
-  as a decision table of ranges would be). Equality it hashes, and keeps.
+  as a decision table of ranges would be). Equality it hashes, and keeps, up to a
+  point: a node holds at most 512 equality alternatives below it (each `==` constant, each
+  value of an `in` list), and past that registering the ruleset never returns (33 table
+  rows of 16 listed values on one field) or every assert fails (32 rows: error 303). A
+  ruleset with more than `CORE_EQUALITY_BUDGET` of them in all has its constant tests
+  decided by `Test.holds` instead (but for the fact type: the join bound counts facts by
+  it), the core checking only that the field is there.
+- Below one node the core keeps at most 255 rules: 256 rules with the same conditions
+  (a decision table of 256 ranges on one field) never finish registering, and more are
+  refused (error 108). Rules that share conditions go in groups of `_GROUP_SIZE`, each
+  with one more condition every fact meets (the field `_GROUP_MARKS` names is there).
 - The definition is sent in UTF-8, as the facts are: escaped (`\u00e9`), a constant
   never equals the fact's text.
 - A field another alias joins on must be present in the fact an alias matches:
@@ -50,6 +60,10 @@ _NEVER = "_z"
 
 # The core only checks that the field is there; `Test.holds` decides (see above).
 _DECIDED_IN_PYTHON = ("!=", "<", "<=", ">", ">=", "matches")
+CORE_EQUALITY_BUDGET = 256  # of the 512 the core has room for below one node (see above)
+_GROUP_SIZE = 200  # rules below one node of the core, which holds at most 255
+_GROUP_MARKS = ("_id", "department", "sid")  # every fact the core sees has them: enough
+# groups for the 500 rules a file may hold (app.rules.loader.MAX_RULES)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -93,8 +107,19 @@ def _operand(value: Any) -> Any:
     return value
 
 
-def _expression(test: Test) -> dict[str, Any]:
+def _constant_alternatives(test: Test) -> int:
+    """How many equality alternatives on constants `test` puts in the core."""
+    if test.field == "type":  # always in the core: it keeps joins to the types they name
+        return 0
+    if test.op == "==" and not isinstance(test.value, Ref):
+        return 1
+    return len(test.value) if test.op == "in" else 0
+
+
+def _expression(test: Test, *, constants_in_core: bool = True) -> dict[str, Any]:
     field = engine_field(test.field)
+    if not constants_in_core and _constant_alternatives(test):
+        return {"$ex": {field: 1}}
     if test.op == "==":
         return {field: _operand(test.value)}
     if test.op in _DECIDED_IN_PYTHON:
@@ -119,15 +144,45 @@ def _joined_fields(patterns: tuple[Pattern, ...]) -> dict[str, set[str]]:
     return joined
 
 
-def _condition(pattern: Pattern, first_alias: str | None, joined: set[str]) -> dict[str, Any]:
-    expressions = [_expression(test) for test in pattern.tests]
+def _alpha(pattern: Pattern, *, first: bool, joined: set[str],
+           constants_in_core: bool = True) -> list[dict[str, Any]]:
+    """The tests of one fact alone: a path through the core's nodes, which identical
+    paths of other rules share."""
+    expressions = [_expression(test, constants_in_core=constants_in_core)
+                   for test in pattern.tests]
     expressions += [{"$ex": {name: 1}} for name in sorted(joined)]
-    if first_alias is None:
-        expressions.insert(0, {"$ex": {TAG: 1}})
-    else:
+    return [{"$ex": {TAG: 1}}, *expressions] if first else expressions
+
+
+def _condition(pattern: Pattern, first_alias: str | None, joined: set[str], *,
+               constants_in_core: bool = True, mark: str | None = None) -> dict[str, Any]:
+    expressions = _alpha(pattern, first=first_alias is None, joined=joined,
+                         constants_in_core=constants_in_core)
+    if mark is not None:
+        expressions.append({"$ex": {mark: 1}})
+    if first_alias is not None:
         expressions.append({TAG: {first_alias: TAG}})
     body = expressions[0] if len(expressions) == 1 else {"$and": expressions}
     return {pattern.alias: body}
+
+
+def _marks(ruleset: Ruleset, constants_in_core: bool) -> dict[tuple[int, str], str]:
+    """(rule index, alias) -> the group mark of each pattern whose path more than
+    `_GROUP_SIZE` patterns share (the sink's first among them, which stays unmarked)."""
+    paths: dict[str, list[tuple[int, str]]] = {json.dumps([{"$ex": {TAG: 1}}]): [(-1, "a")]}
+    for rule in ruleset.rules:
+        joined = _joined_fields(rule.when)
+        for i, pattern in enumerate(rule.when):
+            path = _alpha(pattern, first=i == 0, joined=joined.get(pattern.alias, set()),
+                          constants_in_core=constants_in_core)
+            paths.setdefault(json.dumps(path, sort_keys=True), []).append(
+                (rule.index, pattern.alias))
+    marks = {}
+    for sharing in paths.values():
+        if len(sharing) > _GROUP_SIZE:
+            for n, place in enumerate(sharing):
+                marks[place] = _GROUP_MARKS[n // _GROUP_SIZE]
+    return marks
 
 
 def core_fields(ruleset: Ruleset) -> frozenset[str]:
@@ -152,11 +207,17 @@ def compile_ruleset(ruleset: Ruleset) -> dict[str, Any]:
     }
     by_priority = sorted(ruleset.rules, key=lambda r: (r.priority, r.index))
     rank = {rule.index: position for position, rule in enumerate(by_priority)}
+    constants_in_core = sum(_constant_alternatives(test) for rule in ruleset.rules
+                            for pattern in rule.when
+                            for test in pattern.tests) <= CORE_EQUALITY_BUDGET
+    marks = _marks(ruleset, constants_in_core)
     for rule in ruleset.rules:
         first = rule.when[0].alias
         joined = _joined_fields(rule.when)
         definition[rule_key(rule.index)] = {
-            "all": [_condition(p, None if i == 0 else first, joined.get(p.alias, set()))
+            "all": [_condition(p, None if i == 0 else first, joined.get(p.alias, set()),
+                               constants_in_core=constants_in_core,
+                               mark=marks.get((rule.index, p.alias)))
                     for i, p in enumerate(rule.when)],
             "pri": rank[rule.index],
         }
