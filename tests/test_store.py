@@ -9,10 +9,12 @@ import pytest
 import redis
 from conftest import CLUSTER
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterUnreachableError
+from redis_cluster import LocalCluster
 
 from app.shared import keys
 from app.shared.errors import StoreUnavailable
-from app.shared.store import EmbeddedRedis, connect, is_cluster
+from app.shared.store import EmbeddedRedis, connect, is_cluster, unavailable_on_outage
 
 
 def test_embedded_redis_keeps_acknowledged_writes_across_a_restart(tmp_path: Path) -> None:
@@ -67,3 +69,22 @@ def test_one_subject_keeps_its_keys_in_one_hash_slot() -> None:
         keys.subject_sent_actions)] + [keys.decision_record("PR-7", "d"),
                                        keys.idempotency("PR-7", "c", "k")]
     assert len({key_slot(key.encode()) for key in subject_keys}) == 1
+
+
+def test_a_cluster_gone_entirely_is_503_not_an_error_of_the_service(tmp_path: Path) -> None:
+    """Every node down: each call a 503. When the client must find the cluster again
+    (with no node left to ask) it raises its own error, which is no ConnectionError: that
+    one was a traceback when a worker closed after the test cluster had gone."""
+    cluster = LocalCluster(tmp_path)
+    client = connect(cluster.start(), timeout_seconds=1.0)
+    try:
+        client.hset(keys.subject_facts("S"), "f", "v")
+        cluster.stop()
+        for _ in range(3):  # each a ConnectionError, its nodes refusing the connection
+            with pytest.raises(StoreUnavailable), unavailable_on_outage():
+                client.hgetall(keys.subject_facts("S"))
+    finally:
+        client.close()
+        cluster.stop()
+    with pytest.raises(StoreUnavailable, match="cannot serve"), unavailable_on_outage():
+        raise RedisClusterUnreachableError("Redis Cluster cannot be connected")

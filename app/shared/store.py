@@ -28,7 +28,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from app.shared.errors import Busy, StoreUnavailable
@@ -114,7 +120,8 @@ def unavailable_on_outage() -> Iterator[None]:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
     except redis.BusyLoadingError as exc:
         raise StoreUnavailable("Redis is loading its data set") from exc
-    except (ClusterError, SlotNotCoveredError, TryAgainError) as exc:
+    except (ClusterError, SlotNotCoveredError, TryAgainError,
+            RedisClusterUnreachableError) as exc:
         raise StoreUnavailable(f"the Redis Cluster cannot serve the request now: {exc}") from exc
 
 
