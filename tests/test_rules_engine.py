@@ -8,7 +8,7 @@ from typing import Any
 
 import durable_rules_engine as core
 import pytest
-from rules_support import fact, procurement, purchase_case, ruleset
+from rules_support import SAMPLE_RULES, fact, procurement, purchase_case, ruleset
 
 from app.rules import engine, evaluate
 from app.rules.compiler import compile_ruleset
@@ -432,3 +432,26 @@ def test_a_list_or_object_filled_into_text_reads_as_json() -> None:
     [action] = evaluate(rules, [fact("o-1", "order", items=["a", 1], meta={"k": None}, n=1.5,
                                      ok=True)]).actions
     assert action.params["text"] == '["a", 1] / {"k": null} / 1.5 / true'
+
+
+def test_what_the_core_leaves_to_python_changes_no_answer(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A large ruleset's constants are decided in Python and its alike rules grouped
+    (app/rules/compiler.py): forced on for the sample, every case fires the same rules
+    with the same facts and proposes the same actions as the core deciding them."""
+    from app.rules import compiler
+
+    text = SAMPLE_RULES.read_text()
+    strict = ruleset(text.replace("ruleset: procurement", "ruleset: strict_sample", 1))
+    monkeypatch.setattr(compiler, "CORE_EQUALITY_BUDGET", -1)
+    monkeypatch.setattr(compiler, "_GROUP_SIZE", 1)  # each pattern its group, if it shares
+    loose = ruleset(text.replace("ruleset: procurement", "ruleset: loose_sample", 1))
+    cases = [purchase_case(), purchase_case(amount=90000), purchase_case(available=1000),
+             purchase_case(score=0.6), purchase_case(score=0.9), purchase_case(legal=None),
+             purchase_case(legal="blocked"), purchase_case(urgency="high"),
+             purchase_case(urgency=None), purchase_case(amount="120000"),  # type: ignore[arg-type]
+             [*purchase_case("PR-1"), *purchase_case("PR-2", urgency="high")]]
+    for facts in cases:
+        expected, got = evaluate(strict, facts), evaluate(loose, facts)
+        assert [(f.rule, f.facts) for f in got.fired] == [(f.rule, f.facts) for f in expected.fired]
+        assert got.actions == expected.actions and got.derived_facts == expected.derived_facts

@@ -26,8 +26,8 @@ What the compiler adds, and why:
   it), the core checking only that the field is there.
 - Below one node the core keeps at most 255 rules: 256 rules with the same conditions
   (a decision table of 256 ranges on one field) never finish registering, and more are
-  refused (error 108). Rules that share conditions go in groups of `_GROUP_SIZE`, each
-  with one more condition every fact meets (the field `_GROUP_MARKS` names is there).
+  refused (error 108). Patterns that share conditions go in groups of `_GROUP_SIZE`, each
+  group with its own conditions every fact meets (that some of `_GROUP_MARKS` are there).
 - The definition is sent in UTF-8, as the facts are: escaped (`\u00e9`), a constant
   never equals the fact's text.
 - A field another alias joins on must be present in the fact an alias matches:
@@ -62,8 +62,9 @@ _NEVER = "_z"
 _DECIDED_IN_PYTHON = ("!=", "<", "<=", ">", ">=", "matches")
 CORE_EQUALITY_BUDGET = 256  # of the 512 the core has room for below one node (see above)
 _GROUP_SIZE = 200  # rules below one node of the core, which holds at most 255
-_GROUP_MARKS = ("_id", "department", "sid")  # every fact the core sees has them: enough
-# groups for the 500 rules a file may hold (app.rules.loader.MAX_RULES)
+# Fields every fact the core sees has: a group is marked by a set of them, 31 sets for the
+# 4,001 patterns a file may hold (500 rules of 8 aliases, app.rules.loader; and the sink).
+_GROUP_MARKS = ("_id", "department", "sid", "id", "type")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -155,19 +156,18 @@ def _alpha(pattern: Pattern, *, first: bool, joined: set[str],
 
 
 def _condition(pattern: Pattern, first_alias: str | None, joined: set[str], *,
-               constants_in_core: bool = True, mark: str | None = None) -> dict[str, Any]:
+               constants_in_core: bool = True, marks: tuple[str, ...] = ()) -> dict[str, Any]:
     expressions = _alpha(pattern, first=first_alias is None, joined=joined,
                          constants_in_core=constants_in_core)
-    if mark is not None:
-        expressions.append({"$ex": {mark: 1}})
+    expressions += [{"$ex": {mark: 1}} for mark in marks]
     if first_alias is not None:
         expressions.append({TAG: {first_alias: TAG}})
     body = expressions[0] if len(expressions) == 1 else {"$and": expressions}
     return {pattern.alias: body}
 
 
-def _marks(ruleset: Ruleset, constants_in_core: bool) -> dict[tuple[int, str], str]:
-    """(rule index, alias) -> the group mark of each pattern whose path more than
+def _marks(ruleset: Ruleset, constants_in_core: bool) -> dict[tuple[int, str], tuple[str, ...]]:
+    """(rule index, alias) -> the group marks of each pattern whose path more than
     `_GROUP_SIZE` patterns share (the sink's first among them, which stays unmarked)."""
     paths: dict[str, list[tuple[int, str]]] = {json.dumps([{"$ex": {TAG: 1}}]): [(-1, "a")]}
     for rule in ruleset.rules:
@@ -181,7 +181,11 @@ def _marks(ruleset: Ruleset, constants_in_core: bool) -> dict[tuple[int, str], s
     for sharing in paths.values():
         if len(sharing) > _GROUP_SIZE:
             for n, place in enumerate(sharing):
-                marks[place] = _GROUP_MARKS[n // _GROUP_SIZE]
+                group = n // _GROUP_SIZE + 1  # its bits: which marks
+                if group >= 2 ** len(_GROUP_MARKS):
+                    raise ValueError(f"{len(sharing)} patterns alike: more than the core holds")
+                marks[place] = tuple(mark for bit, mark in enumerate(_GROUP_MARKS)
+                                     if group >> bit & 1)
     return marks
 
 
@@ -217,7 +221,7 @@ def compile_ruleset(ruleset: Ruleset) -> dict[str, Any]:
         definition[rule_key(rule.index)] = {
             "all": [_condition(p, None if i == 0 else first, joined.get(p.alias, set()),
                                constants_in_core=constants_in_core,
-                               mark=marks.get((rule.index, p.alias)))
+                               marks=marks.get((rule.index, p.alias), ()))
                     for i, p in enumerate(rule.when)],
             "pri": rank[rule.index],
         }
