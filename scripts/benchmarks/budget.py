@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import ROOT, open_service, pool, running_redis
+from .common import ROOT, running_redis, seed_pool
 from .servers import SERVER_GROUPS, server, wrk, wrk_decisions
 
 # The step a sample of a worker's stack is charged to: the first step, in this order, one of
@@ -60,9 +60,7 @@ def budget_table(directory: Path, *, seconds: int = 20,
     wrk figures."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with running_redis() as url:
-        service = open_service(url)
-        pool(service)
-        service.close()
+        seed_pool(url)
         with server("service", url) as base:
             script = wrk_decisions()
             wrk(base, script, connections=8, seconds=3)  # warm up

@@ -97,6 +97,16 @@ def pool(service: DecisionService, subjects: int = SUBJECTS) -> None:
         service.facts.put(sample_facts(subject_of(n), n))
 
 
+def seed_pool(url: str) -> None:
+    """The sample's facts for SUBJECTS subjects, in the Redis at `url`, for servers to
+    decide on."""
+    service = open_service(url)
+    try:
+        pool(service)
+    finally:
+        service.close()
+
+
 def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 

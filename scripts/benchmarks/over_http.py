@@ -8,7 +8,7 @@ import contextlib
 import shutil
 import statistics
 
-from .common import SUBJECTS, open_service, pool, running_redis, table
+from .common import SUBJECTS, running_redis, seed_pool, table
 from .servers import median_run, server, wrk, wrk_decisions
 
 # What `bench http` serves, in the order each round measures them.
@@ -29,9 +29,7 @@ def run(seconds: int = 8, rounds: int = 3) -> str:
     script = wrk_decisions()
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in _HTTP_KINDS}
     with running_redis() as url, contextlib.ExitStack() as stack:
-        service = open_service(url)
-        pool(service)
-        service.close()
+        seed_pool(url)
         bases = {kind: stack.enter_context(server(kind, url)) for kind in _HTTP_KINDS}
         for base in bases.values():
             wrk(base, script, connections=8, seconds=3)  # warm up every path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 
-from .common import open_service, pool, running_redis
+from .common import running_redis, seed_pool
 from .servers import median_run, server, wrk, wrk_decisions
 
 
@@ -22,9 +22,7 @@ def run(seconds: int = 8, rounds: int = 2) -> str:
     script = wrk_decisions()
     runs: dict[str, list[dict[str, float]]] = {setup: [] for setup in setups}
     with running_redis() as url, contextlib.ExitStack() as stack:
-        service = open_service(url)
-        pool(service)
-        service.close()
+        seed_pool(url)
         bases = {setup: [stack.enter_context(server("service", url, workers=n))
                          for n in workers] for setup, workers in setups.items()}
         for urls in bases.values():
