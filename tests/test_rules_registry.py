@@ -161,3 +161,32 @@ def test_the_api_lists_active_rulesets_and_rejected_files(tmp_path: Path,
     assert "approve_purchase" in procurement["rules"]
     assert body["problems"][0]["file"] == "broken.yaml"
     app.extensions["decision_service"].close()
+
+
+def test_rejected_files_name_no_server_path_in_their_messages(tmp_path: Path, redis_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A second file of one ruleset name, and a file that cannot be read: the problems
+    name the other file, and say why, as a path in the rules directory."""
+    from app import create_app
+    from app.shared.config import Settings
+
+    shutil.copy(SAMPLE_RULES, tmp_path / "procurement.yaml")
+    shutil.copy(SAMPLE_RULES, tmp_path / "z_again.yaml")
+    (tmp_path / "locked.yaml").write_text("ruleset: locked\n")
+    read_text = Path.read_text
+
+    def unreadable(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name == "locked.yaml":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    app = create_app(Settings.load(environ={}, overrides={
+        "redis_url": redis_url, "rules_dir": tmp_path, "data_dir": tmp_path}))
+    problems = app.test_client().get("/v1/rulesets").get_json()["problems"]
+    assert {p["file"] for p in problems} == {"locked.yaml", "z_again.yaml"}
+    assert not [p for p in problems if str(tmp_path) in p["message"]], problems
+    assert any("already defined in procurement.yaml" in p["message"] for p in problems)
+    assert any("Permission denied" in p["message"] for p in problems)
+    app.extensions["decision_service"].close()

@@ -324,7 +324,10 @@ def parse_ruleset(source: str, file: str) -> Ruleset:
 def load_ruleset_file(path: Path) -> Ruleset:
     try:
         source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # its reason, not its absolute path (as policy files say)
+        raise RulesetInvalid([RuleProblem(str(path), f"cannot be read: {exc.strerror or exc}")]
+                             ) from exc
+    except UnicodeDecodeError as exc:
         raise RulesetInvalid([RuleProblem(str(path), f"cannot be read: {exc}")]) from exc
     return parse_ruleset(source, str(path))
 

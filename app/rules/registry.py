@@ -78,7 +78,7 @@ class RulesetRegistry:
                 if ruleset.name in owner:
                     report.problems.append(RuleProblem(
                         str(path), f"ruleset {ruleset.name!r} is already defined in "
-                                   f"{owner[ruleset.name]}; this file is ignored"))
+                                   f"{Path(owner[ruleset.name]).name}; this file is ignored"))
                     continue
                 owner[ruleset.name] = str(path)
                 by_file[str(path)] = ruleset
