@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ import requests
 import yaml
 from conftest import wait_for_ready
 from executor_server import Executor
-from opa_sidecar import OpaServer
+from opa_sidecar import OpaServer, free_port
 
 from app.decisions.log import DecisionLog
 from app.dispatch.outbox import Outbox
@@ -52,12 +51,6 @@ EXECUTOR_TIMEOUT_SECONDS = 0.5
 REDIS_TIMEOUT_SECONDS = 0.5
 OPA_TIMEOUT_SECONDS = 0.25
 SANCTIONED = "Northwind Arms"  # on the sample sanctions list: its orders are denied
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def facts_of(subject: str, index: int) -> list[dict[str, Any]]:

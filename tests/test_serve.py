@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_for_ready
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from opa_sidecar import free_port
 
 
 @pytest.mark.parametrize("access_log", [False, True])
 def test_serve_starts_redis_and_the_api_then_stops_both(tmp_path: Path, access_log: bool) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DECISION_DATA_DIR": str(tmp_path / "var"), "DECISION_PORT": str(port),
            "DECISION_ACCESS_LOG": str(access_log).lower()}
     env.pop("DECISION_REDIS_URL", None)
@@ -85,7 +80,7 @@ def test_ctrl_c_stops_the_api_before_redis_and_each_instance_has_its_control_soc
     so it outlives the web workers and stops after them (before, it stopped with them and
     every shutdown logged "Redis did not answer"). gunicorn's control socket is this
     instance's, in the data directory, not ~/.gunicorn/gunicorn.ctl shared by all."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     home.mkdir()
     env = {**_serve_env(tmp_path, port), "HOME": str(home)}

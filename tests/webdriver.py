@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from opa_sidecar import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -23,16 +23,10 @@ MISSING = None if CHROMIUM and CHROMEDRIVER else (
 _ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Browser:
     def __init__(self) -> None:
         assert CHROMIUM and CHROMEDRIVER, MISSING
-        port = _free_port()
+        port = free_port()
         self._driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._base = f"http://127.0.0.1:{port}"
